@@ -1,0 +1,48 @@
+"""StreamingLLM: attention sinks plus a window of recent tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..cache import SinkWindowCache
+from ..rotary import gpt_neox_rotary
+from .base import PolicyBase, check_bool, check_int, check_model
+
+
+@dataclass(frozen=True)
+class StreamingLLM(PolicyBase):
+    """Keep the first ``n_sink`` tokens (the attention sinks) and the last ``window`` tokens.
+
+    Xiao, Tian, Chen, Han, Lewis: *Efficient Streaming Language Models with Attention Sinks*, ICLR 2024
+    (arXiv 2309.17453). With ``pos_shift`` (the paper's choice) positions are assigned within the cache, so the
+    model never sees a position beyond ``n_sink + window``; without it every token keeps its original position.
+    """
+
+    n_sink: int = 4
+    window: int = 1020
+    pos_shift: bool = True
+
+    name = "streamingllm"
+
+    def __post_init__(self):
+        check_int("n_sink", self.n_sink, 0)
+        check_int("window", self.window, 1)
+        check_bool("pos_shift", self.pos_shift)
+
+    @property
+    def budget(self) -> int:
+        return self.n_sink + self.window
+
+    def make_cache(self, model) -> SinkWindowCache:
+        check_model(model, type(self).__name__)
+        return SinkWindowCache(
+            num_layers=model.config.num_hidden_layers,
+            n_sink=self.n_sink,
+            window=self.window,
+            pos_shift=self.pos_shift,
+            rotary=gpt_neox_rotary(model),
+        )
+
+    def label(self) -> str:
+        shift = "" if self.pos_shift else ", no shift"
+        return f"StreamingLLM {self.n_sink}+{self.window}{shift}"

@@ -1,0 +1,34 @@
+"""Window attention: only the most recent tokens, no sinks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .streaming_llm import StreamingLLM
+
+
+@dataclass(frozen=True)
+class Window(StreamingLLM):
+    """Keep the last ``window`` tokens (Beltagy et al., *Longformer*, 2020, as the StreamingLLM paper uses it).
+
+    Exactly ``StreamingLLM(n_sink=0, window=window)``: with no sinks both position modes give the same distances.
+    The paper shows its perplexity explodes once the first tokens leave the cache (Figure 3).
+    """
+
+    n_sink: int = 0
+    window: int = 1024
+    pos_shift: bool = True
+
+    name = "window"
+
+    def __init__(self, window: int = 1024):
+        object.__setattr__(self, "n_sink", 0)
+        object.__setattr__(self, "window", window)
+        object.__setattr__(self, "pos_shift", True)
+        self.__post_init__()
+
+    def params(self) -> dict:
+        return {"policy": self.name, "n_sink": 0, "window": self.window, "pos_shift": True}
+
+    def label(self) -> str:
+        return f"Window {self.window}"

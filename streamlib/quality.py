@@ -1,0 +1,107 @@
+"""Streaming perplexity: the negative log-likelihood of every token given what a policy lets the model see.
+
+Definitions (used everywhere in the workbook):
+
+* ``token_nll[i]`` is ``-log p(x_{i+1} | context)`` in nats for ``i = 0..T-2``, where the context is what the
+  policy keeps of ``x_0..x_i`` (Dense: all of it; StreamingLLM: the first ``n_sink`` and the last ``window`` of the
+  tokens before ``x_i``, plus ``x_i``; Recompute: ``x_{i-window+1}..x_i`` re-encoded at positions ``0..window-1``).
+* perplexity is ``exp(mean(token_nll))`` over the whole stream, so the first tokens (short context) count too, as in
+  the StreamingLLM paper's evaluation.
+
+Two modes give the same numbers: ``"token"`` feeds one token at a time (the paper's own evaluation, the reference);
+``"chunked"`` feeds chunks with per-token masks (see :mod:`streamlib.cache`) and is many times faster.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .generation import check_input_ids, forward_chunks
+from .policies import Recompute
+
+MODES = ("chunked", "token")
+
+
+def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="tok", mininterval=1.0)
+
+
+@torch.inference_mode()
+def token_nll(model, input_ids: torch.Tensor, policy, *, mode: str = "chunked", chunk_size: int | None = None,
+              progress: bool = False) -> torch.Tensor:
+    """Per-token NLL (nats) of ``input_ids[0, 1:]`` under ``policy``; a float32 CPU tensor of length ``T - 1``.
+
+    ``input_ids``: shape ``(1, T)``, integer dtype, ``T >= 2``. ``mode``: ``"chunked"`` (default) or ``"token"``.
+    ``chunk_size``: tokens per forward in chunked mode (default: about the cache window).
+    """
+    check_input_ids(input_ids, batch_one=True, min_len=2)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be an integer >= 1 or None; got {chunk_size!r}")
+    if isinstance(policy, Recompute):
+        return _recompute_nll(model, input_ids, policy.window, progress)
+    cache = policy.make_cache(model)
+    inputs, targets = input_ids[:, :-1], input_ids[:, 1:]
+    out = torch.empty(targets.shape[1], dtype=torch.float32)
+    bar = _progress(inputs.shape[1], progress, policy.label())
+    step = 1 if mode == "token" else chunk_size
+    for start, logits in forward_chunks(model, inputs, cache, step):
+        n = logits.shape[1]
+        out[start : start + n] = _nll(logits, targets[:, start : start + n].to(logits.device)).cpu()
+        if bar is not None:
+            bar.update(n)
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def _recompute_nll(model, input_ids: torch.Tensor, window: int, progress: bool, batch: int = 8) -> torch.Tensor:
+    device = next(model.parameters()).device
+    ids = input_ids.to(device)
+    total = ids.shape[1]
+    targets = ids[0, 1:]
+    out = torch.empty(total - 1, dtype=torch.float32)
+    # Predictions of tokens 1..window come from prefixes, which one causal forward gives exactly.
+    head = min(window, total - 1)
+    logits = model(input_ids=ids[:, :head], use_cache=False).logits
+    out[:head] = _nll(logits, targets[None, :head]).cpu()
+    if total - 1 > window:
+        windows = ids[0, :-1].unfold(0, window, 1)[1:]  # row r: tokens r+1 .. r+window, predicting token r+window+1
+        bar = _progress(windows.shape[0], progress, f"Recompute {window}")
+        for r in range(0, windows.shape[0], batch):
+            rows = windows[r : r + batch]
+            last = model(input_ids=rows, use_cache=False, logits_to_keep=1).logits[:, -1:]
+            tgt = targets[window + r : window + r + rows.shape[0]]
+            out[window + r : window + r + rows.shape[0]] = _nll(last.transpose(0, 1), tgt[None]).cpu()
+            if bar is not None:
+                bar.update(rows.shape[0])
+        if bar is not None:
+            bar.close()
+    return out
+
+
+@dataclass
+class PerplexityResult:
+    ppl: float
+    mean_nll: float
+    n_tokens: int
+    nll: torch.Tensor  # per-token NLL, kept for NLL-vs-position curves
+
+
+def perplexity(model, input_ids: torch.Tensor, policy, **kwargs) -> PerplexityResult:
+    """Perplexity of a stream under a policy, keeping the per-token NLL. Keyword arguments go to :func:`token_nll`."""
+    nll = token_nll(model, input_ids, policy, **kwargs)
+    mean = float(nll.double().mean())
+    return PerplexityResult(ppl=math.exp(mean), mean_nll=mean, n_tokens=int(nll.numel()), nll=nll)

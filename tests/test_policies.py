@@ -1,0 +1,251 @@
+"""The cache policies against a naive reference, generate(), bounds, long streams and bad input."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from reference import kept_indices, naive_recompute_nll, naive_streaming_nll
+from streamlib.cache import SinkWindowCache
+from streamlib.generation import forward_chunks, prefill, stream_generate
+from streamlib.policies import Dense, Recompute, StreamingLLM, Window, from_params
+from streamlib.quality import token_nll
+
+CASES = [(0, 8, True), (1, 8, True), (1, 8, False), (4, 16, True), (4, 16, False), (2, 5, True), (3, 1, False)]
+
+
+def test_kept_indices_follow_the_semantics():
+    assert kept_indices(5, 2, 4) == [0, 1, 2, 3, 4]
+    assert kept_indices(10, 2, 4) == [0, 1, 6, 7, 8, 9]
+    assert kept_indices(10, 0, 3) == [7, 8, 9]
+
+
+@pytest.mark.parametrize("n_sink,window,pos_shift", CASES)
+@pytest.mark.parametrize("mode,chunk", [("token", None), ("chunked", 7), ("chunked", 40)])
+def test_exact_against_naive_reference(peaky_model, stream, n_sink, window, pos_shift, mode, chunk):
+    policy = StreamingLLM(n_sink, window, pos_shift)
+    expected = naive_streaming_nll(peaky_model, stream, n_sink, window, pos_shift)
+    got = token_nll(peaky_model, stream, policy, mode=mode, chunk_size=chunk)
+    assert got.shape == (stream.shape[1] - 1,)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    # the model is peaky enough that evictions matter: the policy is far from dense attention
+    dense = token_nll(peaky_model, stream, Dense())
+    assert (got - dense).abs().max() > 1e-2
+
+
+def test_position_modes_differ_only_once_sinks_are_evicted_from_their_place(peaky_model, stream):
+    shifted = token_nll(peaky_model, stream, StreamingLLM(4, 16, True))
+    original = token_nll(peaky_model, stream, StreamingLLM(4, 16, False))
+    budget = 4 + 16
+    torch.testing.assert_close(shifted[: budget + 1], original[: budget + 1], atol=1e-6, rtol=0)
+    assert (shifted[budget + 1 :] - original[budget + 1 :]).abs().max() > 1e-3
+
+
+def test_sdpa_matches_eager(peaky_model, peaky_model_sdpa, stream):
+    for policy in (StreamingLLM(4, 16, True), StreamingLLM(2, 9, False), Dense()):
+        eager = token_nll(peaky_model, stream, policy, chunk_size=11)
+        sdpa = token_nll(peaky_model_sdpa, stream, policy, chunk_size=11)
+        torch.testing.assert_close(sdpa, eager, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("policy", [Window(96), StreamingLLM(4, 92), StreamingLLM(1, 200, False), Recompute(96)])
+def test_large_window_equals_dense(peaky_model, stream, policy):
+    dense = token_nll(peaky_model, stream, Dense(), mode="token")
+    for mode in ("token", "chunked"):
+        torch.testing.assert_close(token_nll(peaky_model, stream, policy, mode=mode), dense, atol=1e-5, rtol=0)
+
+
+def test_window_is_streamingllm_without_sinks(peaky_model, stream):
+    torch.testing.assert_close(
+        token_nll(peaky_model, stream, Window(9)), token_nll(peaky_model, stream, StreamingLLM(0, 9)), atol=0, rtol=0
+    )
+
+
+@pytest.mark.parametrize("window", [1, 8, 30])
+def test_recompute_against_naive_reference(peaky_model, stream, window):
+    expected = naive_recompute_nll(peaky_model, stream, window)
+    torch.testing.assert_close(token_nll(peaky_model, stream, Recompute(window)), expected, atol=1e-4, rtol=0)
+
+
+def _manual_greedy(model, prompt, cache, steps):
+    out = model(input_ids=prompt, cache=cache, use_cache=True)
+    token = out.logits[:, -1].argmax(-1, keepdim=True)
+    tokens = [token]
+    for _ in range(steps - 1):
+        out = model(input_ids=token, cache=cache, use_cache=True)
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        tokens.append(token)
+    return torch.cat(tokens, dim=1)
+
+
+@pytest.mark.parametrize("policy", [StreamingLLM(4, 12, True), StreamingLLM(2, 10, False), Window(9)])
+def test_generate_matches_manual_loop_past_eviction(peaky_model, policy):
+    prompt = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(3))
+    steps = 40  # the cache overflows after budget + 1 tokens: evictions start well inside the run
+    with torch.no_grad():
+        manual = _manual_greedy(peaky_model, prompt, policy.make_cache(peaky_model), steps)
+        generated = peaky_model.generate(
+            prompt, past_key_values=policy.make_cache(peaky_model), max_new_tokens=steps, do_sample=False,
+            pad_token_id=0,
+        )[:, prompt.shape[1] :]
+    ours = stream_generate(peaky_model, prompt, policy, steps)
+    assert torch.equal(generated, manual)
+    assert torch.equal(ours, manual)
+    # and it is not what dense attention generates (eviction changed the continuation)
+    with torch.no_grad():
+        dense = _manual_greedy(peaky_model, prompt, Dense().make_cache(peaky_model), steps)
+    assert not torch.equal(dense, manual)
+
+
+def test_batch_rows_equal_batch_one(peaky_model):
+    g = torch.Generator().manual_seed(4)
+    batch = torch.randint(0, 97, (3, 70), generator=g)
+    policy = StreamingLLM(2, 12, True)
+    with torch.no_grad():
+        logits_batch = torch.cat([l for _, l in forward_chunks(peaky_model, batch, policy.make_cache(peaky_model), 9)], 1)
+        for row in range(3):
+            single = torch.cat(
+                [l for _, l in forward_chunks(peaky_model, batch[row : row + 1], policy.make_cache(peaky_model), 9)], 1
+            )
+            torch.testing.assert_close(logits_batch[row : row + 1], single, atol=1e-4, rtol=0)
+    gen_batch = stream_generate(peaky_model, batch[:, :20], policy, 30)
+    for row in range(3):
+        assert torch.equal(gen_batch[row : row + 1], stream_generate(peaky_model, batch[row : row + 1, :20], policy, 30))
+
+
+def test_cache_is_bounded_and_written_in_place(peaky_model):
+    n_sink, window = 3, 10
+    cache = StreamingLLM(n_sink, window).make_cache(peaky_model)
+    ids = torch.randint(0, 97, (1, 200), generator=torch.Generator().manual_seed(5))
+    pointers = None
+    with torch.no_grad():
+        for t in range(ids.shape[1]):
+            peaky_model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True)
+            assert cache.resident_tokens() == min(t + 1, n_sink + window)
+            assert cache.seen_tokens == t + 1
+            layer = cache.layers[0]
+            assert layer.keys.shape[2] == n_sink + window + 1  # one scratch slot for the incoming token
+            now = [(l.keys.data_ptr(), l.values.data_ptr()) for l in cache.layers]
+            pointers = pointers or now
+            assert now == pointers, "the KV buffers were reallocated"
+    allocated, resident = cache.kv_bytes()
+    per_token = resident // (n_sink + window)
+    assert resident == per_token * (n_sink + window)
+    assert allocated >= resident
+
+
+def _periodic_nll_gap(model, cache, period=50, repeats=1200):
+    """Largest NLL gap between the same phase of a periodic stream early on and ~60K tokens later."""
+    block = torch.randint(0, 97, (1, period), generator=torch.Generator().manual_seed(6))
+    head = torch.randint(0, 97, (1, 4), generator=torch.Generator().manual_seed(7))
+    ids = torch.cat([head, block.repeat(1, repeats)], dim=1)  # sinks that are not part of the period
+    nll = torch.empty(ids.shape[1] - 1)
+    with torch.no_grad():
+        for start, logits in forward_chunks(model, ids[:, :-1], cache, chunk_size=64):
+            n = logits.shape[1]
+            nll[start : start + n] = torch.nn.functional.cross_entropy(logits[0], ids[0, start + 1 : start + n + 1], reduction="none")
+    late = 100 + ((nll.numel() - 100 - period) // period) * period  # same phase of the period
+    assert late > 59_000
+    return (nll[late : late + period] - nll[100 : 100 + period]).abs().max().item()
+
+
+def test_long_stream_does_not_drift(peaky_model):
+    """A periodic stream: once the cache is full, token t and token t + k*period see identical contexts (same sinks,
+    same window), so with position shift their NLLs must match however far apart they are. Rotating by ever-growing
+    positions loses fp32 precision; the same run without re-basing shows the drift this test is there to catch."""
+    policy = StreamingLLM(4, 16, True)
+    gap = _periodic_nll_gap(peaky_model, policy.make_cache(peaky_model))
+    assert gap <= 2e-6
+    unbounded = policy.make_cache(peaky_model)
+    unbounded.rebase_interval = 10**9  # positions grow with the stream, as under model.generate
+    assert _periodic_nll_gap(peaky_model, unbounded) > 2e-6
+
+
+def test_rebase_keeps_positions_bounded(peaky_model):
+    policy = StreamingLLM(4, 16, True)
+    cache = policy.make_cache(peaky_model)
+    ids = torch.randint(0, 97, (1, 3000), generator=torch.Generator().manual_seed(8))
+    frames = []
+    with torch.no_grad():
+        for _ in forward_chunks(peaky_model, ids, cache, chunk_size=32):
+            frames.append(cache.get_seq_length())
+    assert cache.seen_tokens == 3000
+    assert max(frames) <= policy.budget + cache.rebase_interval + 32
+    assert cache.layers[0].offset > 0
+
+
+def test_long_plain_call_is_refused_with_directions(peaky_model):
+    cache = StreamingLLM(2, 6).make_cache(peaky_model)
+    ids = torch.randint(0, 97, (1, 30))
+    with pytest.raises(ValueError, match="prefill"):
+        with torch.no_grad():
+            peaky_model(input_ids=ids, cache=cache, use_cache=True)
+    # prefill does it, and equals token-by-token
+    cache_a, cache_b = StreamingLLM(2, 6).make_cache(peaky_model), StreamingLLM(2, 6).make_cache(peaky_model)
+    last_a = prefill(peaky_model, ids, cache_a)
+    last_b = prefill(peaky_model, ids, cache_b, chunk_size=1)
+    torch.testing.assert_close(last_a, last_b, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "make,param",
+    [
+        (lambda: StreamingLLM(n_sink=-1), "n_sink"),
+        (lambda: StreamingLLM(window=0), "window"),
+        (lambda: StreamingLLM(window=2.5), "window"),
+        (lambda: StreamingLLM(n_sink="4"), "n_sink"),
+        (lambda: StreamingLLM(n_sink=True), "n_sink"),
+        (lambda: StreamingLLM(pos_shift="yes"), "pos_shift"),
+        (lambda: Window(0), "window"),
+        (lambda: Window(-3), "window"),
+        (lambda: Recompute(0), "window"),
+        (lambda: from_params({"policy": "h2o"}), "policy"),
+    ],
+)
+def test_bad_parameters_name_the_parameter_and_range(make, param):
+    with pytest.raises(ValueError, match=param) as err:
+        make()
+    assert ">=" in str(err.value) or "one of" in str(err.value) or "True or False" in str(err.value)
+
+
+def test_unsupported_model_is_refused():
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=64))
+    for policy in (StreamingLLM(), Window(8), Dense(), Recompute(8)):
+        with pytest.raises(ValueError, match="gpt_neox"):
+            policy.make_cache(gpt2)
+
+
+@pytest.mark.parametrize(
+    "ids,match",
+    [
+        (torch.zeros(1, 10), "dtype"),
+        (torch.zeros(10, dtype=torch.long), r"shape \(batch, T\)"),
+        (torch.zeros(2, 10, dtype=torch.long), r"shape \(1, T\)"),
+        (torch.zeros(1, 1, dtype=torch.long), "at least 2"),
+        ([[1, 2, 3]], "torch.Tensor"),
+    ],
+)
+def test_bad_input_ids(peaky_model, ids, match):
+    with pytest.raises(ValueError, match="input_ids") as err:
+        token_nll(peaky_model, ids, StreamingLLM(2, 8))
+    assert err.match(match)
+
+
+def test_bad_mode_and_chunk(peaky_model, stream):
+    with pytest.raises(ValueError, match="mode"):
+        token_nll(peaky_model, stream, Dense(), mode="fast")
+    with pytest.raises(ValueError, match="chunk_size"):
+        token_nll(peaky_model, stream, Dense(), chunk_size=0)
+
+
+def test_policy_params_round_trip():
+    for policy in (Dense(), Window(12), StreamingLLM(4, 252, False), Recompute(64)):
+        assert from_params(policy.params()) == policy
+    assert StreamingLLM(4, 252).budget == 256
+    assert isinstance(StreamingLLM(1, 4).make_cache.__self__, StreamingLLM)
+
+
+def test_make_cache_types(peaky_model):
+    assert isinstance(StreamingLLM(1, 4).make_cache(peaky_model), SinkWindowCache)
+    assert isinstance(Window(4).make_cache(peaky_model), SinkWindowCache)
+    with pytest.raises(ValueError, match="Recompute has no cache"):
+        Recompute(8).make_cache(peaky_model)
