@@ -1,0 +1,21 @@
+# The two commands of the README:  make run  (the notebook chain)  and  make test  (the test suite).
+PY := .venv/bin/python
+PROFILE ?= auto
+
+.PHONY: run test env bench clean-runs
+
+env:
+	bash scripts/setup_env.sh
+
+run: env
+	$(PY) -m streamlib run --profile $(PROFILE)
+
+test: env
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+bench: env
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_policies.py
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_quality.py
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,183 @@
+"""Loading Pythia models: from the Hub, from a local directory, the embedded micro model, or random weights of the
+real Pythia shapes (built from a config, no download) for speed and memory work.
+
+    load_model("EleutherAI/pythia-2.8b")          # Hub id, cached under data/hf-models
+    load_model("/path/to/checkpoint")             # a local directory
+    load_model("micro")                           # the embedded model trained by scripts/train_micro.py
+    load_model("random:pythia-2.8b")              # random weights, exact Pythia-2.8b shapes
+
+Defaults: fp16 on CUDA, fp32 on CPU; CUDA when available. ``attn_implementation`` is ``"sdpa"`` unless asked;
+``"eager"`` is needed to read attention weights and for calflops to count the attention matmuls.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
+
+from .data import data_dir
+
+MICRO_DIR = Path(__file__).resolve().parent / "assets" / "pythia-micro"
+MICRO_NAMES = ("micro", "pythia-micro")
+
+# (hidden, layers, heads, vocab) of the Pythia suite (Biderman et al., 2023); every model rotates 25 % of each head,
+# uses the parallel residual and was trained at length 2048.
+PYTHIA_SHAPES = {
+    "pythia-14m": (128, 6, 4, 50304),
+    "pythia-70m": (512, 6, 8, 50304),
+    "pythia-160m": (768, 12, 12, 50304),
+    "pythia-410m": (1024, 24, 16, 50304),
+    "pythia-1b": (2048, 16, 8, 50304),
+    "pythia-1.4b": (2048, 24, 16, 50304),
+    "pythia-2.8b": (2560, 32, 32, 50304),
+    "pythia-6.9b": (4096, 32, 32, 50432),
+    "pythia-12b": (5120, 36, 40, 50688),
+}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Model weights are neither cached locally nor reachable on the Hub."""
+
+
+def models_dir() -> Path:
+    return data_dir() / "hf-models"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def pythia_config(arch: str, attn_implementation: str = "sdpa") -> GPTNeoXConfig:
+    """The config of a Pythia size, e.g. ``"pythia-160m"``; the ``-deduped`` variants share their shapes."""
+    key = arch.split("/")[-1].replace("-deduped", "").lower()
+    if key not in PYTHIA_SHAPES:
+        raise ValueError(f"architecture must be one of {sorted(PYTHIA_SHAPES)}; got {arch!r}")
+    hidden, layers, heads, vocab = PYTHIA_SHAPES[key]
+    return GPTNeoXConfig(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * hidden, max_position_embeddings=2048, rotary_pct=0.25, rotary_emb_base=10000,
+        use_parallel_residual=True, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
+        attn_implementation=attn_implementation,
+    )
+
+
+def _check_gpt_neox(config, name: str) -> None:
+    if getattr(config, "model_type", None) != "gpt_neox":
+        raise ValueError(
+            f"model: {name!r} is a {getattr(config, 'model_type', '?')!r} model; streamlib's policies are written for "
+            "GPT-NeoX (Pythia) models, model_type 'gpt_neox'"
+        )
+
+
+def _resolve(name: str) -> tuple[str, str]:
+    """(kind, location): kind is 'micro', 'random', 'local' or 'hub'."""
+    if name in MICRO_NAMES:
+        return "micro", str(MICRO_DIR)
+    if name.startswith("random:"):
+        return "random", name.split(":", 1)[1]
+    if Path(name).expanduser().is_dir():
+        return "local", str(Path(name).expanduser())
+    return "hub", name
+
+
+def load_model(name: str, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+               attn_implementation: str = "sdpa", seed: int = 0):
+    """Load a causal LM; see the module docstring for what ``name`` may be. Returns the model in eval mode."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name must be a non-empty string (Hub id, directory, 'micro' or 'random:ARCH'); got {name!r}")
+    if attn_implementation not in ("sdpa", "eager"):
+        raise ValueError(f"attn_implementation must be 'sdpa' or 'eager'; got {attn_implementation!r}")
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    kind, where = _resolve(name)
+    if kind == "random":
+        config = pythia_config(where, attn_implementation)
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = GPTNeoXForCausalLM(config).to(dtype)
+        model.name_or_path = name
+        return model.eval()
+    if kind == "hub":
+        # Without a network the Hub client retries for ~20 s before failing; go straight to the local cache.
+        kwargs = dict(cache_dir=str(models_dir()), local_files_only=not hub_reachable())
+        try:
+            config = AutoConfig.from_pretrained(where, **kwargs)
+        except (OSError, ValueError) as err:
+            raise WeightsUnavailableError(
+                f"model {where!r} is not in the local cache ({models_dir()}) and the Hugging Face Hub is not "
+                f"reachable. Download it once with network access: python -m streamlib download --model {where}"
+            ) from err
+    else:
+        kwargs = {}
+        config = AutoConfig.from_pretrained(where)
+    _check_gpt_neox(config, name)
+    model = AutoModelForCausalLM.from_pretrained(
+        where, dtype=dtype, attn_implementation=attn_implementation, **kwargs
+    ).to(device)
+    model.name_or_path = name
+    return model.eval()
+
+
+def load_tokenizer(name: str):
+    """The tokenizer for a model name; random-weight models use the Pythia tokenizer if it is cached, else None."""
+    kind, where = _resolve(name)
+    if kind in ("micro", "local"):
+        return AutoTokenizer.from_pretrained(where)
+    hub_id = "EleutherAI/pythia-160m" if kind == "random" else where
+    try:
+        return AutoTokenizer.from_pretrained(hub_id, cache_dir=str(models_dir()), local_files_only=not hub_reachable())
+    except (OSError, ValueError) as err:
+        if kind == "random":
+            return None
+        raise WeightsUnavailableError(
+            f"the tokenizer of {where!r} is not cached in {models_dir()} and the Hub is not reachable. "
+            f"Download it once with network access: python -m streamlib download --model {where}"
+        ) from err
+
+
+def download(name: str) -> Path:
+    """Fetch a Hub model (weights and tokenizer) into the project's cache; returns its local snapshot directory."""
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(name, cache_dir=str(models_dir()), allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+
+
+def is_cached(name: str) -> bool:
+    kind, where = _resolve(name)
+    if kind != "hub":
+        return kind != "micro" or (MICRO_DIR / "config.json").exists()
+    folder = models_dir() / ("models--" + where.replace("/", "--"))
+    return any(folder.glob("snapshots/*/config.json"))
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether huggingface.co answers on 443; False at once when HF_HUB_OFFLINE is set."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def describe(model) -> dict:
+    """Facts about a loaded model for result records."""
+    p = next(model.parameters())
+    gpu = torch.cuda.get_device_name(p.device) if p.device.type == "cuda" else ""
+    return {
+        "model": getattr(model, "name_or_path", "") or model.config.name_or_path,
+        "n_params": sum(t.numel() for t in model.parameters()),
+        "dtype": str(p.dtype).replace("torch.", ""),
+        "device": p.device.type,
+        "gpu": gpu,
+        "attn_implementation": model.config._attn_implementation,
+    }

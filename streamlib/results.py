@@ -1,0 +1,229 @@
+"""Result records: one flat row per measurement, appended to ``<run_dir>/results.jsonl`` so no run is ever lost.
+
+Each row has the metric, value and unit, the policy and its parameters, the model and where it ran, the library
+versions and git commit, the dataset and token count, a timestamp, a status (``ok`` or ``failed``) and, for failures,
+the error. A row is one ``write`` of one line to a file opened for appending, flushed and fsynced: a process killed
+mid-run leaves every finished row intact (at worst a torn last line, which the loader skips).
+
+A configuration (``key``) that already has ``ok`` rows is skipped on re-run unless ``force=True``; a failure, CUDA
+out-of-memory included, becomes a ``failed`` row and the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .data import repo_root
+
+RESULTS_FILE = "results.jsonl"
+COLUMNS = ["run", "key", "status", "metric", "value", "unit", "policy", "n_sink", "window", "pos_shift", "model",
+           "dtype", "device", "gpu", "dataset", "n_tokens", "torch", "transformers", "git_commit", "timestamp",
+           "error", "extra"]
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo_root(), capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def environment() -> dict:
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "git_commit": git_commit(),
+            "host": platform.node()}
+
+
+def config_key(**fields) -> str:
+    """A short stable hash of a configuration: the same fields in any order give the same key."""
+    blob = json.dumps(fields, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+class ResultsStore:
+    """The results file of one run directory."""
+
+    def __init__(self, run_dir: str | os.PathLike, context: dict | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / RESULTS_FILE
+        self.context = {"run": self.run_dir.name, **environment(), **(context or {})}
+
+    # -- writing ------------------------------------------------------------------------------------------------
+    def append(self, row: dict) -> None:
+        full = {**self.context, **row, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        line = (json.dumps(full, default=_jsonable) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def done_keys(self) -> set[str]:
+        return {r["key"] for r in read_rows(self.path) if r.get("status") == "ok" and "key" in r}
+
+    def measure(self, fields: dict, fn: Callable[[], Iterable[tuple[str, float, str]]], *, force: bool = False) -> str:
+        """Run ``fn`` unless ``fields`` were already measured; record its ``(metric, value, unit)`` rows.
+
+        ``fields``: the configuration (policy params, model, dataset, n_tokens, ... and anything else that makes the
+        measurement distinct). Returns ``"skipped"``, ``"ok"`` or ``"failed"``; never raises for a failing ``fn``
+        (``KeyboardInterrupt`` still stops the run).
+        """
+        key = config_key(**fields)
+        if not force and key in self.done_keys():
+            return "skipped"
+        base = {"key": key, **_flatten(fields)}
+        try:
+            rows = list(fn())
+        except Exception as err:  # noqa: BLE001 - any failure, CUDA OOM included, is a record, not a crash
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            self.append({**base, "status": "failed", "metric": fields.get("group", ""), "value": None,
+                         "error": f"{type(err).__name__}: {err}"[:2000],
+                         "extra": {"traceback": traceback.format_exc(limit=5)}})
+            return "failed"
+        for metric, value, unit in rows:
+            self.append({**base, "status": "ok", "metric": metric, "value": float(value), "unit": unit})
+        return "ok"
+
+
+def _jsonable(value):
+    if isinstance(value, torch.dtype):
+        return str(value).replace("torch.", "")
+    if isinstance(value, (Path, torch.device)):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _flatten(fields: dict) -> dict:
+    """Policy params and other dicts are spread into the row; known columns keep their names."""
+    out = {}
+    for name, value in fields.items():
+        if isinstance(value, dict):
+            out.update(value)
+        else:
+            out[name] = value
+    return out
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    rows = []
+    p = Path(path)
+    if not p.exists():
+        return rows
+    with open(p, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line from a killed process
+    return rows
+
+
+def load_results(*paths: str | os.PathLike) -> pd.DataFrame:
+    """All rows under the given run directories, results files or roots (searched recursively), as a DataFrame."""
+    files: list[Path] = []
+    for p in paths or (repo_root() / "runs",):
+        p = Path(p)
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            files.extend(sorted(p.rglob(RESULTS_FILE)))
+    rows = [r for f in files for r in read_rows(f)]
+    df = pd.DataFrame(rows)
+    for col in COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
+
+
+# ---------------------------------------------------------------------------------------------------- tables --
+
+
+def comparison_table(df: pd.DataFrame, baseline: dict, streaming: dict, metrics: list[str]) -> pd.DataFrame:
+    """The lab report's table: metric | baseline | StreamingLLM | change, from ``ok`` rows.
+
+    ``baseline`` and ``streaming`` select rows by column values (e.g. ``{"policy": "dense"}``); where several rows
+    match a metric the latest is used. ``change`` is ``streaming / baseline - 1`` as a percentage.
+    """
+    ok = df[df["status"] == "ok"]
+
+    def pick(selector: dict, metric: str):
+        rows = ok[ok["metric"] == metric]
+        for col, val in selector.items():
+            rows = rows[rows[col] == val]
+        if rows.empty:
+            return None, ""
+        last = rows.sort_values("timestamp").iloc[-1]
+        return float(last["value"]), last["unit"]
+
+    out = []
+    for metric in metrics:
+        base, unit = pick(baseline, metric)
+        stream, unit2 = pick(streaming, metric)
+        change = (stream / base - 1) * 100 if base not in (None, 0) and stream is not None else None
+        out.append({"metric": metric, "unit": unit or unit2, "baseline": base, "streamingllm": stream,
+                    "change_%": change})
+    return pd.DataFrame(out)
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 1e5 or abs(value) < 1e-2:
+            return f"{value:.3g}"
+        return f"{value:.2f}"
+    return str(value)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, row in table.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            cells.append(f"{v:+.1f}%" if c == "change_%" and isinstance(v, float) and v == v else _fmt(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def to_latex(table: pd.DataFrame) -> str:
+    cols = list(table.columns)
+
+    def esc(s: str) -> str:
+        return s.replace("_", r"\_").replace("%", r"\%")
+
+    lines = [r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}", r"\toprule",
+             " & ".join(esc(c) for c in cols) + r" \\", r"\midrule"]
+    for _, row in table.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            cells.append(esc(f"{v:+.1f}%" if c == "change_%" and isinstance(v, float) and v == v else _fmt(v)))
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines)

@@ -1,0 +1,326 @@
+"""Efficiency metrics: latency, throughput, memory and FLOPs, measured the same way for every policy.
+
+Definitions (the README repeats them):
+
+* **TTFT** (time to first token): from the start of the prefill of the prompt until the first new token is chosen,
+  prefill included. Seconds.
+* **TPOT** (time per output token): the time of one decode step (one new token for every row of the batch) after the
+  first; reported as mean, p50 and p90 over the decode steps. Seconds.
+* **decode throughput**: new tokens per second over the decode steps, ``batch * steps / sum(step times)``.
+* **end-to-end time**: TTFT plus all decode steps. Seconds.
+* **peak memory**: on CUDA ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` after a reset, over one
+  generation; on CPU the peak resident set size of the process sampled every 2 ms during it. Bytes.
+* **KV bytes**: the bytes of the key and value tensors the cache holds, read from the cache itself.
+* **FLOPs**: forward floating-point operations (a multiply-add is 2) of the matmuls: projections, MLP, LM head and
+  the two attention matmuls. ``flops_per_token`` gives the analytic count for one token that attends ``context`` keys;
+  calflops (with eager attention) measures a whole forward, see :func:`calflops_forward`.
+
+Timing: warm-up runs first, then ``repeats`` timed runs, each with a fresh cache; on CUDA with CUDA events after a
+synchronise, on CPU with ``time.perf_counter``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .cache import SinkWindowCache
+from .generation import check_input_ids, prefill
+from .policies import Recompute
+
+# ----------------------------------------------------------------------------------------------------- timers --
+
+
+class _Clock:
+    """Marks on CUDA events or on perf_counter; ``elapsed(a, b)`` in seconds."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def elapsed(self, start, end) -> float:
+        if self.cuda:
+            end.synchronize()
+            return start.elapsed_time(end) / 1000.0
+        return end - start
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+@dataclass
+class GenerationTiming:
+    ttft_s: float
+    step_s: list[float]  # one entry per decode step after the first token
+    batch_size: int
+
+    @property
+    def tpot_s(self) -> float:
+        return statistics.fmean(self.step_s) if self.step_s else float("nan")
+
+    @property
+    def e2e_s(self) -> float:
+        return self.ttft_s + sum(self.step_s)
+
+    @property
+    def throughput_tok_s(self) -> float:
+        return self.batch_size * len(self.step_s) / sum(self.step_s) if self.step_s else float("nan")
+
+
+@dataclass
+class SpeedResult:
+    runs: list[GenerationTiming] = field(default_factory=list)
+
+    def summary(self) -> dict[str, tuple[float, float, str]]:
+        """metric -> (mean over repeats, standard deviation over repeats, unit)."""
+        def agg(values):
+            return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+        steps = [s for r in self.runs for s in r.step_s]
+        out = {
+            "ttft": (*agg([r.ttft_s for r in self.runs]), "s"),
+            "tpot_mean": (*agg([r.tpot_s for r in self.runs]), "s"),
+            "tpot_p50": (_percentile(steps, 0.5), 0.0, "s"),
+            "tpot_p90": (_percentile(steps, 0.9), 0.0, "s"),
+            "decode_throughput": (*agg([r.throughput_tok_s for r in self.runs]), "tok/s"),
+            "e2e_time": (*agg([r.e2e_s for r in self.runs]), "s"),
+        }
+        return out
+
+
+def _check_counts(**values):
+    for name, (value, minimum) in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+@torch.inference_mode()
+def time_generation(model, policy, prompt_ids: torch.Tensor, new_tokens: int, *, warmup: int = 1,
+                    repeats: int = 3, chunk_size: int | None = None) -> SpeedResult:
+    """Greedy generation of ``new_tokens`` after ``prompt_ids`` (batch, T) under ``policy``, timed per step."""
+    check_input_ids(prompt_ids)
+    _check_counts(new_tokens=(new_tokens, 2), warmup=(warmup, 0), repeats=(repeats, 1))
+    device = next(model.parameters()).device
+    clock = _Clock(device)
+    prompt_ids = prompt_ids.to(device)
+    result = SpeedResult()
+    for run in range(warmup + repeats):
+        timing = _one_generation(model, policy, prompt_ids, new_tokens, clock, chunk_size)
+        if run >= warmup:
+            result.runs.append(timing)
+    return result
+
+
+def _one_generation(model, policy, prompt_ids, new_tokens, clock, chunk_size) -> GenerationTiming:
+    batch = prompt_ids.shape[0]
+    if isinstance(policy, Recompute):
+        # every token is a fresh forward over the last `window` tokens
+        w = policy.window
+        ids = prompt_ids[:, -w:]
+        clock.sync()
+        start = clock.mark()
+        token = model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
+        first = clock.mark()
+        ttft = clock.elapsed(start, first)
+        steps = []
+        for _ in range(new_tokens - 1):
+            ids = torch.cat([ids, token], dim=1)[:, -w:]
+            a = clock.mark()
+            token = model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
+            b = clock.mark()
+            steps.append(clock.elapsed(a, b))
+        return GenerationTiming(ttft, steps, batch)
+    cache = policy.make_cache(model)
+    clock.sync()
+    start = clock.mark()
+    token = prefill(model, prompt_ids, cache, chunk_size).argmax(-1, keepdim=True)
+    first = clock.mark()
+    ttft = clock.elapsed(start, first)
+    steps = []
+    for _ in range(new_tokens - 1):
+        a = clock.mark()
+        if isinstance(cache, SinkWindowCache):
+            cache.maybe_rebase()
+        token = model(input_ids=token, cache=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+        b = clock.mark()
+        steps.append(clock.elapsed(a, b))
+    return GenerationTiming(ttft, steps, batch)
+
+
+# ----------------------------------------------------------------------------------------------------- memory --
+
+
+def kv_cache_bytes(cache) -> int:
+    """Bytes of the key and value tensors a cache holds (allocated buffers for the streaming cache)."""
+    if isinstance(cache, SinkWindowCache):
+        return cache.kv_bytes()[0]
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+class _RssSampler:
+    def __init__(self, interval: float = 0.002):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def peak_memory(fn, device: torch.device | str) -> dict[str, int]:
+    """Run ``fn()`` and return its peak memory in bytes: CUDA allocated/reserved, or CPU peak RSS."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return {"peak_allocated": torch.cuda.max_memory_allocated(device),
+                "peak_reserved": torch.cuda.max_memory_reserved(device)}
+    with _RssSampler() as sampler:
+        fn()
+    return {"peak_rss": sampler.peak}
+
+
+@torch.inference_mode()
+def stream_trace(model, input_ids: torch.Tensor, policy, *, every: int = 64, max_dense_tokens: int | None = None):
+    """Feed a stream token by token and record, every ``every`` tokens: position, KV bytes, memory in use and the
+    step latency (seconds, mean over the last ``every`` steps). Dense stops at ``max_dense_tokens`` if given (it runs
+    out of memory or past its trained length); a CUDA OOM ends the trace where it happened.
+
+    Returns a list of dicts with keys ``position``, ``kv_bytes``, ``memory_bytes``, ``step_s``.
+    """
+    check_input_ids(input_ids)
+    device = next(model.parameters()).device
+    clock = _Clock(device)
+    ids = input_ids.to(device)
+    rows = []
+    if isinstance(policy, Recompute):
+        w = policy.window
+        window_steps = []
+        for t in range(ids.shape[1]):
+            a = clock.mark()
+            model(input_ids=ids[:, max(0, t - w + 1) : t + 1], use_cache=False, logits_to_keep=1)
+            b = clock.mark()
+            window_steps.append(clock.elapsed(a, b))
+            if (t + 1) % every == 0:
+                rows.append({"position": t + 1, "kv_bytes": 0, "memory_bytes": _memory_now(device),
+                             "step_s": statistics.fmean(window_steps)})
+                window_steps = []
+        return rows
+    cache = policy.make_cache(model)
+    limit = ids.shape[1] if max_dense_tokens is None or policy.budget is not None else min(ids.shape[1], max_dense_tokens)
+    window_steps = []
+    try:
+        for t in range(limit):
+            a = clock.mark()
+            if isinstance(cache, SinkWindowCache):
+                cache.maybe_rebase()
+            model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True)
+            b = clock.mark()
+            window_steps.append(clock.elapsed(a, b))
+            if (t + 1) % every == 0:
+                rows.append({"position": t + 1, "kv_bytes": kv_cache_bytes(cache), "memory_bytes": _memory_now(device),
+                             "step_s": statistics.fmean(window_steps)})
+                window_steps = []
+    except torch.cuda.OutOfMemoryError:
+        pass
+    return rows
+
+
+def _memory_now(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+# ------------------------------------------------------------------------------------------------------ flops --
+
+
+def _dims(config) -> tuple[int, int, int, int]:
+    return config.hidden_size, config.num_hidden_layers, config.vocab_size, config.intermediate_size
+
+
+def flops_per_token(config, context: int) -> int:
+    """Forward FLOPs for one token attending ``context`` keys (itself included), all matmuls, LM head included.
+
+    Per layer: QKV ``2*h*3h``, output projection ``2*h*h``, MLP ``2*2*h*i``, scores ``2*context*h``, weighted sum
+    ``2*context*h``; then the LM head ``2*h*V``. Norms, softmax and activations are left out (a few per cent of
+    the total at most for Pythia sizes).
+    """
+    h, layers, vocab, inter = _dims(config)
+    return layers * (8 * h * h + 4 * h * inter + 4 * context * h) + 2 * h * vocab
+
+
+def forward_flops(config, tokens: int, context_per_token=None) -> int:
+    """FLOPs of a forward over ``tokens`` tokens, attention computed as a full ``tokens x tokens`` matmul (what
+    eager attention does, masked entries included) unless ``context_per_token`` (a function of the index) is given."""
+    h, layers, vocab, inter = _dims(config)
+    dense = tokens * (layers * (8 * h * h + 4 * h * inter) + 2 * h * vocab)
+    if context_per_token is None:
+        attention = layers * 4 * h * tokens * tokens
+    else:
+        attention = layers * 4 * h * sum(context_per_token(i) for i in range(tokens))
+    return dense + attention
+
+
+def stream_flops(config, n_tokens: int, policy) -> int:
+    """Analytic FLOPs to process a stream of ``n_tokens`` one token at a time under ``policy``."""
+    if isinstance(policy, Recompute):
+        w = policy.window
+        per_window = forward_flops(config, w)  # one fresh forward per token once the window is full
+        head = forward_flops(config, min(w, n_tokens))
+        return head + max(0, n_tokens - w) * per_window
+    budget = policy.budget
+    return sum(flops_per_token(config, (t + 1) if budget is None else min(t + 1, budget + 1)) for t in range(n_tokens))
+
+
+def calflops_forward(model, input_ids: torch.Tensor) -> int:
+    """FLOPs of one forward over ``input_ids`` as calflops counts them (use an eager-attention model to count the
+    attention matmuls; with SDPA calflops sees no attention matmul)."""
+    from calflops import calculate_flops
+
+    flops, _, _ = calculate_flops(model=model, kwargs={"input_ids": input_ids},
+                                  output_as_string=False, print_results=False, print_detailed=False)
+    return int(flops)

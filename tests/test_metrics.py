@@ -1,0 +1,184 @@
+"""Quality and efficiency metrics, and result records."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+import torch
+
+from streamlib.models import load_model
+from streamlib.policies import Dense, Recompute, StreamingLLM, Window
+from streamlib.quality import perplexity, token_nll
+from streamlib.results import ResultsStore, comparison_table, config_key, load_results, read_rows, to_latex, to_markdown
+from streamlib.speed import (calflops_forward, flops_per_token, forward_flops, kv_cache_bytes, peak_memory,
+                             stream_flops, stream_trace, time_generation)
+
+
+# -------------------------------------------------------------------------------------------------- quality --
+
+@pytest.mark.parametrize("policy", [StreamingLLM(4, 20, True), StreamingLLM(1, 12, False), Window(16), Dense()])
+def test_chunked_equals_token_by_token(peaky_model, policy):
+    ids = torch.randint(0, 97, (1, 160), generator=torch.Generator().manual_seed(11))
+    reference = token_nll(peaky_model, ids, policy, mode="token")
+    for chunk in (5, 24, 64):
+        torch.testing.assert_close(token_nll(peaky_model, ids, policy, chunk_size=chunk), reference, atol=1e-4, rtol=0)
+
+
+def test_perplexity_is_exp_mean_nll(peaky_model, stream):
+    result = perplexity(peaky_model, stream, StreamingLLM(2, 10))
+    assert result.n_tokens == stream.shape[1] - 1
+    assert math.isclose(result.ppl, math.exp(float(result.nll.double().mean())), rel_tol=1e-9)
+    assert 1.0 < result.ppl < 97 ** 3  # a random model is at worst a few times worse than uniform
+
+
+# ---------------------------------------------------------------------------------------------------- speed --
+
+def test_timings_positive_and_ordered(peaky_model):
+    prompt = torch.randint(0, 97, (1, 48))
+    result = time_generation(peaky_model, StreamingLLM(2, 16), prompt, new_tokens=12, warmup=1, repeats=3)
+    assert len(result.runs) == 3
+    for run in result.runs:
+        assert len(run.step_s) == 11
+        assert run.ttft_s > 0 and all(s > 0 for s in run.step_s)
+        assert run.e2e_s == pytest.approx(run.ttft_s + sum(run.step_s))
+        assert run.throughput_tok_s == pytest.approx(11 / sum(run.step_s))
+    summary = result.summary()
+    assert summary["tpot_p50"][0] <= summary["tpot_p90"][0]
+    assert set(summary) == {"ttft", "tpot_mean", "tpot_p50", "tpot_p90", "decode_throughput", "e2e_time"}
+
+
+def test_ttft_includes_the_prefill():
+    model = load_model("random:pythia-70m", device="cpu")
+    short = torch.randint(0, 1000, (1, 8))
+    long = torch.randint(0, 1000, (1, 1024))
+    t_short = time_generation(model, Dense(), short, new_tokens=2, warmup=1, repeats=2).summary()["ttft"][0]
+    t_long = time_generation(model, Dense(), long, new_tokens=2, warmup=1, repeats=2).summary()["ttft"][0]
+    assert t_long > 3 * t_short  # 128x the tokens to prefill
+
+
+def test_batch_throughput_counts_rows(peaky_model):
+    prompt = torch.randint(0, 97, (4, 16))
+    run = time_generation(peaky_model, Window(8), prompt, new_tokens=6, warmup=0, repeats=1).runs[0]
+    assert run.throughput_tok_s == pytest.approx(4 * 5 / sum(run.step_s))
+
+
+def test_recompute_timing_runs(peaky_model):
+    prompt = torch.randint(0, 97, (1, 40))
+    run = time_generation(peaky_model, Recompute(16), prompt, new_tokens=5, warmup=0, repeats=1).runs[0]
+    assert len(run.step_s) == 4 and run.ttft_s > 0
+
+
+def test_bad_counts_are_refused(peaky_model):
+    prompt = torch.randint(0, 97, (1, 8))
+    with pytest.raises(ValueError, match="new_tokens"):
+        time_generation(peaky_model, Dense(), prompt, new_tokens=1)
+    with pytest.raises(ValueError, match="repeats"):
+        time_generation(peaky_model, Dense(), prompt, new_tokens=4, repeats=0)
+
+
+def test_kv_memory_flat_for_streaming_and_growing_for_dense(peaky_model):
+    ids = torch.randint(0, 97, (1, 400))
+    streaming = stream_trace(peaky_model, ids, StreamingLLM(4, 28), every=50)
+    dense = stream_trace(peaky_model, ids, Dense(), every=50)
+    s_bytes = [r["kv_bytes"] for r in streaming]
+    d_bytes = [r["kv_bytes"] for r in dense]
+    assert len(set(s_bytes)) == 1  # flat from the first sample on (the buffers are preallocated)
+    assert all(b > a for a, b in zip(d_bytes, d_bytes[1:]))  # dense grows with every sample
+    per_token = d_bytes[0] // 50
+    assert d_bytes[-1] == per_token * 400
+    # n_sink + window slots, one scratch slot for the incoming token, and the stored sink keys (keys only)
+    assert s_bytes[0] == per_token * (4 + 28 + 1) + (per_token // 2) * 4
+
+
+def test_peak_memory_reports_cpu_rss():
+    out = peak_memory(lambda: torch.ones(32 * 1024 * 1024 // 4).sum(), "cpu")
+    assert out["peak_rss"] > 32 * 1024 * 1024
+
+
+# ---------------------------------------------------------------------------------------------------- flops --
+
+@pytest.mark.parametrize("arch,tokens", [("pythia-70m", 96), ("pythia-160m", 64)])
+def test_analytic_flops_match_calflops(arch, tokens):
+    model = load_model(f"random:{arch}", device="cpu", attn_implementation="eager")
+    ids = torch.randint(0, 1000, (1, tokens))
+    measured = calflops_forward(model, ids)
+    assert forward_flops(model.config, tokens) == pytest.approx(measured, rel=0.02)
+
+
+def test_flops_per_token_sum_to_a_causal_forward(peaky_model):
+    cfg = peaky_model.config
+    total = sum(flops_per_token(cfg, t + 1) for t in range(50))
+    assert total == forward_flops(cfg, 50, context_per_token=lambda i: i + 1)
+    # a bounded cache stops the growth: streaming costs less than dense on a long stream, the same on a short one
+    assert stream_flops(cfg, 40, StreamingLLM(4, 60)) == stream_flops(cfg, 40, Dense())
+    assert stream_flops(cfg, 400, StreamingLLM(4, 60)) < stream_flops(cfg, 400, Dense())
+    assert stream_flops(cfg, 400, Recompute(64)) > stream_flops(cfg, 400, StreamingLLM(4, 60))
+
+
+# -------------------------------------------------------------------------------------------------- records --
+
+def test_records_append_skip_and_fail(tmp_path):
+    store = ResultsStore(tmp_path / "run1")
+    fields = {"group": "ppl", "policy": StreamingLLM(4, 252).params(), "model": "micro", "dataset": "x", "n_tokens": 10}
+    assert store.measure(fields, lambda: [("ppl", 12.5, "")]) == "ok"
+    assert store.measure(fields, lambda: [("ppl", 99.0, "")]) == "skipped"
+    assert store.measure(fields, lambda: [("ppl", 13.0, "")], force=True) == "ok"
+
+    def boom():
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    other = {**fields, "n_tokens": 20}
+    assert store.measure(other, boom) == "failed"
+    assert store.measure(other, lambda: [("ppl", 14.0, "")]) == "ok"  # a failure is not "done"
+    df = load_results(tmp_path)
+    assert list(df["status"]) == ["ok", "ok", "failed", "ok"]
+    assert df.loc[0, "n_sink"] == 4 and df.loc[0, "window"] == 252 and df.loc[0, "policy"] == "streamingllm"
+    assert "simulated" in df.loc[2, "error"]
+    for col in ("torch", "transformers", "timestamp", "git_commit", "model", "dataset", "unit"):
+        assert col in df.columns
+    assert config_key(a=1, b=2) == config_key(b=2, a=1) != config_key(a=1, b=3)
+
+
+def test_records_survive_a_killed_process(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, time
+        from streamlib.results import ResultsStore
+        store = ResultsStore({str(tmp_path / 'run')!r})
+        for i in range(10_000):
+            store.measure({{"group": "g", "i": i}}, lambda: [("m", float(i), "u")])
+            if i == 20:
+                print("ready", flush=True)
+            time.sleep(0.001)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    path = tmp_path / "run" / "results.jsonl"
+    lines = path.read_text().splitlines()
+    rows = read_rows(path)
+    assert len(rows) >= 21
+    assert len(rows) >= len(lines) - 1  # at most a torn last line
+    assert [r["value"] for r in rows] == [float(i) for i in range(len(rows))]
+
+
+def test_comparison_table_formats(tmp_path):
+    store = ResultsStore(tmp_path / "r")
+    store.measure({"group": "ppl", "policy": Dense().params(), "dataset": "d"}, lambda: [("ppl", 10.0, ""), ("tpot_mean", 0.02, "s")])
+    store.measure({"group": "ppl", "policy": StreamingLLM(4, 252).params(), "dataset": "d"},
+                  lambda: [("ppl", 11.0, ""), ("tpot_mean", 0.01, "s")])
+    table = comparison_table(load_results(tmp_path), {"policy": "dense"}, {"policy": "streamingllm"}, ["ppl", "tpot_mean", "absent"])
+    assert table.loc[0, "change_%"] == pytest.approx(10.0)
+    assert table.loc[1, "change_%"] == pytest.approx(-50.0)
+    assert pd.isna(table.loc[2, "baseline"])
+    assert "| absent |  | – | – | – |" in to_markdown(table)
+    md = to_markdown(table)
+    assert "| ppl |" in md and "+10.0%" in md and "-50.0%" in md
+    tex = to_latex(table)
+    assert tex.startswith(r"\begin{tabular}") and r"+10.0\%" in tex
