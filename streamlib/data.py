@@ -20,6 +20,7 @@ Datasets from the Hub are cached under :func:`data_dir` so a second run needs no
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -78,10 +79,23 @@ def kjv_text(split: str = "all") -> str:
     return DOC_SEPARATOR.join(text for _, text in chosen)
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether huggingface.co answers on 443; False at once when HF_HUB_OFFLINE is set."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _load_hub_dataset(path: str, name: str | None, split: str):
     import datasets
 
     cache = data_dir() / "hf-datasets"
+    if not hub_reachable():
+        datasets.config.HF_HUB_OFFLINE = True  # read the local cache only, instead of retrying for ~20 s
     try:
         return datasets.load_dataset(path, name, split=split, cache_dir=str(cache))
     except Exception as err:  # offline, no cache, hub error: one clear message

@@ -12,14 +12,12 @@ Defaults: fp16 on CUDA, fp32 on CPU; CUDA when available. ``attn_implementation`
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
 
-from .data import data_dir
+from .data import data_dir, hub_reachable
 
 MICRO_DIR = Path(__file__).resolve().parent / "assets" / "pythia-micro"
 MICRO_NAMES = ("micro", "pythia-micro")
@@ -156,17 +154,6 @@ def is_cached(name: str) -> bool:
         return kind != "micro" or (MICRO_DIR / "config.json").exists()
     folder = models_dir() / ("models--" + where.replace("/", "--"))
     return any(folder.glob("snapshots/*/config.json"))
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether huggingface.co answers on 443; False at once when HF_HUB_OFFLINE is set."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def describe(model) -> dict:

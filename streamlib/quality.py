@@ -105,3 +105,18 @@ def perplexity(model, input_ids: torch.Tensor, policy, **kwargs) -> PerplexityRe
     nll = token_nll(model, input_ids, policy, **kwargs)
     mean = float(nll.double().mean())
     return PerplexityResult(ppl=math.exp(mean), mean_nll=mean, n_tokens=int(nll.numel()), nll=nll)
+
+
+@torch.inference_mode()
+def windowed_perplexity(model, input_ids: torch.Tensor, seq_len: int) -> float:
+    """Perplexity over consecutive, non-overlapping windows of ``seq_len`` tokens, each read from scratch (the
+    usual "perplexity at the training length"; the last partial window is dropped)."""
+    check_input_ids(input_ids, batch_one=True, min_len=seq_len)
+    device = next(model.parameters()).device
+    n = (input_ids.shape[1] // seq_len) * seq_len
+    chunks = input_ids[0, :n].view(-1, seq_len).to(device)
+    total = 0.0
+    for c in chunks:
+        logits = model(input_ids=c[None], use_cache=False).logits[0, :-1]
+        total += float(torch.nn.functional.cross_entropy(logits.float(), c[1:], reduction="sum"))
+    return math.exp(total / (chunks.shape[0] * (seq_len - 1)))
