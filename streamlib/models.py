@@ -124,6 +124,16 @@ def load_model(name: str, *, dtype: torch.dtype | None = None, device: str | tor
     return model.eval()
 
 
+def load_config(name: str):
+    """The model config alone (no weights): for sizes in reports."""
+    kind, where = _resolve(name)
+    if kind == "random":
+        return pythia_config(where)
+    if kind == "hub":
+        return AutoConfig.from_pretrained(where, cache_dir=str(models_dir()), local_files_only=not hub_reachable())
+    return AutoConfig.from_pretrained(where)
+
+
 def load_tokenizer(name: str):
     """The tokenizer for a model name; random-weight models use the Pythia tokenizer if it is cached, else None."""
     kind, where = _resolve(name)

@@ -1,0 +1,44 @@
+"""Command line: ``python -m streamlib run|download|profiles``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m streamlib", description="StreamingLLM workbook on Pythia")
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute the notebook chain with papermill into a run directory")
+    run.add_argument("--profile", default="auto", help="smoke | cpu | paper | a YAML path | auto (pick by machine)")
+    run.add_argument("--run-dir", default=None, help="default: runs/<profile>-<timestamp>")
+    run.add_argument("--only", default=None, help="comma-separated notebook prefixes, e.g. 01,02")
+    run.add_argument("--force", action="store_true", help="re-measure configurations already recorded")
+    dl = sub.add_parser("download", help="fetch a model and datasets into the project's cache (needs the Hub)")
+    dl.add_argument("--model", default="EleutherAI/pythia-2.8b")
+    dl.add_argument("--data", nargs="*", default=["wikitext2", "pg19-first-book", "pg19"])
+    sub.add_parser("profiles", help="list the profiles and the one this machine would pick")
+    args = ap.parse_args(argv)
+
+    if args.command == "run":
+        from .runner import run_chain
+
+        run_chain(args.profile, args.run_dir, args.only.split(",") if args.only else None, args.force)
+    elif args.command == "download":
+        from .data import corpus_text
+        from .models import download
+
+        print("model:", download(args.model))
+        for corpus in args.data:
+            print(corpus, len(corpus_text(corpus)), "characters")
+    else:
+        from .runner import choose_profile
+        from .workbook import PROFILES_DIR
+
+        for path in sorted(PROFILES_DIR.glob("*.yaml")):
+            print(path.stem, "-", path.read_text().splitlines()[0].lstrip("# "))
+        print("auto would pick:", json.dumps(choose_profile()))
+
+
+if __name__ == "__main__":
+    main()

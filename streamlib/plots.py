@@ -1,0 +1,190 @@
+"""The workbook's figures: one style (colour-blind Okabe-Ito palette, a marker and line style per policy so the
+figures read in greyscale, fonts embedded as TrueType/Type 42), each figure saved as PDF and PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"]
+# policy kind -> (colour, marker, linestyle)
+POLICY_STYLE = {
+    "dense": ("#000000", "o", "-"),
+    "window": ("#E69F00", "s", "--"),
+    "recompute": ("#009E73", "^", ":"),
+    "streamingllm": ("#0072B2", "D", "-"),
+    "streamingllm-noshift": ("#CC79A7", "v", "-."),
+    "published": ("#D55E00", "x", ":"),
+}
+
+
+def apply_style() -> None:
+    plt.rcParams.update({
+        "pdf.fonttype": 42, "ps.fonttype": 42,  # embed TrueType (Type 42), not Type 3
+        "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+        "axes.prop_cycle": matplotlib.cycler(color=OKABE_ITO),
+        "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 110, "savefig.dpi": 200,
+        "savefig.bbox": "tight", "lines.linewidth": 1.5, "lines.markersize": 4,
+    })
+
+
+def style_for(policy: str, pos_shift=True) -> dict:
+    key = "streamingllm-noshift" if policy == "streamingllm" and pos_shift is False else policy
+    colour, marker, ls = POLICY_STYLE.get(key, ("#56B4E9", "*", "-"))
+    return {"color": colour, "marker": marker, "linestyle": ls}
+
+
+def save_figure(fig, name: str, *dirs: str | Path) -> list[Path]:
+    """Write ``name.pdf`` and ``name.png`` into each directory; returns the paths written."""
+    written = []
+    for d in dirs:
+        d = Path(d)
+        d.mkdir(parents=True, exist_ok=True)
+        for ext in ("pdf", "png"):
+            path = d / f"{name}.{ext}"
+            fig.savefig(path)
+            written.append(path)
+    plt.close(fig)
+    return written
+
+
+def _markevery(n: int) -> int:
+    return max(1, n // 12)
+
+
+def _binned(x: np.ndarray, y: np.ndarray, bins: int = 64):
+    """Mean of y in equal-width bins of x (NLL per token is noisy; the paper's Figure 3 is smoothed too)."""
+    if len(x) <= bins:
+        return x, y
+    edges = np.linspace(x.min(), x.max() + 1, bins + 1)
+    idx = np.digitize(x, edges) - 1
+    xs = np.array([x[idx == i].mean() for i in range(bins) if (idx == i).any()])
+    ys = np.array([y[idx == i].mean() for i in range(bins) if (idx == i).any()])
+    return xs, ys
+
+
+def fig_nll_vs_position(curves: pd.DataFrame, trained_length: int | None = None):
+    """Figure 1: NLL (log scale) against token position, one line per policy. ``curves``: label, policy,
+    pos_shift, position, nll."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for label, df in curves.groupby("label", sort=False):
+        x, y = _binned(df["position"].to_numpy(), df["nll"].to_numpy())
+        ax.plot(x, y, label=label, markevery=_markevery(len(x)), **style_for(df["policy"].iloc[0], df["pos_shift"].iloc[0]))
+    if trained_length:
+        ax.axvline(trained_length, color="grey", lw=0.8, ls=":")
+        ax.text(trained_length, ax.get_ylim()[1], " trained length", va="top", fontsize=7, color="grey")
+    ax.set_yscale("log")
+    ax.set_xlabel("token position in the stream")
+    ax.set_ylabel("NLL (nats, binned mean)")
+    ax.set_title("Language modelling along a long stream")
+    ax.legend(ncols=2)
+    return fig
+
+
+def fig_trace(traces: pd.DataFrame, column: str, ylabel: str, title: str, scale: float = 1.0):
+    """Figures 2 and 3: a per-position trace (memory or latency) of each policy."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for label, df in traces.groupby("label", sort=False):
+        ax.plot(df["position"], df[column] * scale, label=label, markevery=_markevery(len(df)),
+                **style_for(df["policy"].iloc[0], df["pos_shift"].iloc[0]))
+    ax.set_xlabel("token position in the stream")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(ncols=2)
+    return fig
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Rows not dominated by another row with smaller-or-equal x and y (both minimised)."""
+    ordered = points.sort_values([x, y])
+    front, best = [], np.inf
+    for _, row in ordered.iterrows():
+        if row[y] < best:
+            front.append(row)
+            best = row[y]
+    return pd.DataFrame(front)
+
+
+def fig_tradeoff(sweep: pd.DataFrame):
+    """Figure 4: perplexity against KV-cache memory for the sweep, Pareto front marked; TPOT in a second panel.
+    ``sweep``: label, policy, pos_shift, kv_mib, ppl, tpot_ms, cache_size."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for policy_key, df in sweep.groupby(["policy", "pos_shift"], sort=False):
+        st = style_for(*policy_key)
+        name = df["kind_label"].iloc[0]
+        a.plot(df["kv_mib"], df["ppl"], label=name, **st)
+        b.plot(df["cache_size"], df["tpot_ms"], label=name, **st)
+    front = pareto_front(sweep.dropna(subset=["ppl"]), "kv_mib", "ppl")
+    if not front.empty:
+        a.plot(front["kv_mib"], front["ppl"], color="grey", lw=4, alpha=0.25, zorder=0, label="Pareto front")
+    a.set_xlabel("KV-cache memory (MiB)")
+    a.set_ylabel("perplexity")
+    a.set_yscale("log")
+    a.set_title("Quality vs memory")
+    b.set_xlabel("cache size (tokens)")
+    b.set_ylabel("TPOT (ms)")
+    b.set_title("Latency vs cache size")
+    a.legend()
+    return fig
+
+
+def fig_sinks(ours: pd.DataFrame, published: pd.DataFrame | None = None):
+    """Figure 5: perplexity against the number of sinks at a fixed cache size (the paper's Table 2 shape).
+    ``ours``: n_sink, ppl, cache_size. ``published``: rows of the reference CSV (model, n_sink, ppl)."""
+    ncols = 2 if published is not None and not published.empty else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(4 * ncols, 3.2), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(ours["n_sink"], ours["ppl"], **style_for("streamingllm"))
+    ax.set_xlabel("attention sinks (cache size fixed)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(f"This run, cache {int(ours['cache_size'].iloc[0])}")
+    if ncols == 2:
+        ax2 = axes[0, 1]
+        for i, (model, df) in enumerate(published.groupby("model")):
+            df = df.sort_values("n_sink")
+            ax2.plot(df["n_sink"], df["ppl"], label=model, color=OKABE_ITO[(i + 5) % len(OKABE_ITO)],
+                     marker="xP"[i % 2], linestyle=[":", "--"][i % 2])
+        ax2.set_yscale("log")
+        ax2.set_xlabel("attention sinks")
+        ax2.set_title("Published (StreamingLLM, Table 2)")
+        ax2.legend()
+    return fig
+
+
+def fig_speed(table: pd.DataFrame):
+    """Figure 6: TTFT, TPOT and throughput, baseline vs streaming, per batch size.
+    ``table``: label, policy, pos_shift, batch_size, ttft_ms, tpot_ms, throughput."""
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3))
+    labels = list(dict.fromkeys(table["label"]))
+    batches = sorted(table["batch_size"].unique())
+    width = 0.8 / max(1, len(labels))
+    hatches = ["", "//", "..", "xx"]
+    for ax, (col, title) in zip(axes, [("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("throughput", "decode tokens/s")]):
+        for i, label in enumerate(labels):
+            df = table[table["label"] == label].set_index("batch_size").reindex(batches)
+            st = style_for(df["policy"].dropna().iloc[0], df["pos_shift"].dropna().iloc[0])
+            ax.bar(np.arange(len(batches)) + i * width, df[col], width, label=label, color=st["color"],
+                   hatch=hatches[i % len(hatches)], edgecolor="white")
+        ax.set_xticks(np.arange(len(batches)) + width * (len(labels) - 1) / 2, [f"batch {b}" for b in batches])
+        ax.set_title(title)
+    axes[0].legend()
+    return fig
+
+
+def fig_attention(share: pd.DataFrame, uniform: float | None = None):
+    """Figure 7: mean attention weight on each of the first tokens, per layer. ``share``: layer, token, weight."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for i, (token, df) in enumerate(share.groupby("token")):
+        ax.plot(df["layer"], df["weight"], label=f"token {token}", marker="osD^"[i % 4],
+                linestyle=["-", "--", ":", "-."][i % 4])
+    if uniform is not None:
+        ax.axhline(uniform, color="grey", ls=":", lw=1, label="uniform attention")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("mean attention weight")
+    ax.set_title("Where attention goes: the first tokens")
+    ax.legend(ncols=2)
+    return fig
