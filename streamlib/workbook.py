@@ -464,12 +464,13 @@ def report(cfg: Config) -> dict:
         pub = pub[(pub["table"] == "table2")]
         written["fig5_ppl_vs_sinks"] = plots.save_figure(plots.fig_sinks(sinks, pub), "fig5_ppl_vs_sinks", *fig_dirs)
         save_curve(cfg, "sweep", sweep_df)
-    speed = ok[ok["group"] == "speed"]
+    speed = ok[ok["group"] == "speed"].copy()
     if not speed.empty:
+        speed[["n_sink", "window"]] = speed[["n_sink", "window"]].fillna(-1)  # Dense has neither
+        speed["pos_shift"] = speed["pos_shift"].fillna(True).astype(bool)
         rows = []
-        for (label_key, batch), g in speed.groupby([speed["policy"] + speed["n_sink"].astype(str) + speed["window"].astype(str) + speed["pos_shift"].astype(str), "batch_size"]):
-            first = g.iloc[0]
-            policy = Dense() if first["policy"] == "dense" else StreamingLLM(int(first["n_sink"]), int(first["window"]), bool(first["pos_shift"]))
+        for (kind, n_sink, window, shift, batch), g in speed.groupby(["policy", "n_sink", "window", "pos_shift", "batch_size"]):
+            policy = Dense() if kind == "dense" else StreamingLLM(int(n_sink), int(window), bool(shift))
             metric = dict(zip(g["metric"], g["value"]))
             rows.append({**_policy_row(policy), "batch_size": int(batch), "ttft_ms": metric.get("ttft", float("nan")) * 1e3,
                          "tpot_ms": metric.get("tpot_mean", float("nan")) * 1e3,

@@ -249,3 +249,28 @@ def test_make_cache_types(peaky_model):
     assert isinstance(Window(4).make_cache(peaky_model), SinkWindowCache)
     with pytest.raises(ValueError, match="Recompute has no cache"):
         Recompute(8).make_cache(peaky_model)
+
+
+def test_micro_model_memory_flat_over_100k_tokens():
+    """100K tokens of real text through the embedded model: same buffers, same KV bytes, no RSS growth to speak of
+    (a Dense cache would hold ~820 MB by the end)."""
+    import psutil
+
+    from streamlib.data import kjv_text, tokenize_stream
+    from streamlib.models import load_model, load_tokenizer
+
+    model, tok = load_model("micro", device="cpu"), load_tokenizer("micro")
+    ids = tokenize_stream(tok, kjv_text("train"), max_tokens=100_000)
+    assert ids.shape[1] == 100_000
+    cache = StreamingLLM(4, 252).make_cache(model)
+    proc = psutil.Process()
+    marks = {}
+    with torch.no_grad():
+        for start, _ in forward_chunks(model, ids, cache, chunk_size=256, all_logits=False):
+            if start >= 10_000 and "rss" not in marks:
+                marks.update(rss=proc.memory_info().rss, kv=cache.kv_bytes(),
+                             ptrs=[l.keys.data_ptr() for l in cache.layers])
+    assert cache.seen_tokens == 100_000 and cache.resident_tokens() == 256
+    assert cache.kv_bytes() == marks["kv"]
+    assert [l.keys.data_ptr() for l in cache.layers] == marks["ptrs"]
+    assert proc.memory_info().rss - marks["rss"] < 50 * 2**20
