@@ -56,32 +56,29 @@ def _markevery(n: int) -> int:
     return max(1, n // 12)
 
 
-def _binned(x: np.ndarray, y: np.ndarray, bins: int = 64):
-    """Mean of y in equal-width bins of x (NLL per token is noisy; the paper's Figure 3 is smoothed too)."""
-    if len(x) <= bins:
-        return x, y
-    edges = np.linspace(x.min(), x.max() + 1, bins + 1)
-    idx = np.digitize(x, edges) - 1
-    xs = np.array([x[idx == i].mean() for i in range(bins) if (idx == i).any()])
-    ys = np.array([y[idx == i].mean() for i in range(bins) if (idx == i).any()])
-    return xs, ys
+def _binned(x: np.ndarray, y: np.ndarray, width: int):
+    """Mean of y in bins of ``width`` positions (NLL per token is noisy; the paper's Figure 3 is smoothed too)."""
+    idx = (x - 1) // width
+    keys = np.unique(idx)
+    return np.array([x[idx == k].mean() for k in keys]), np.array([y[idx == k].mean() for k in keys])
 
 
 def fig_nll_vs_position(curves: pd.DataFrame, trained_length: int | None = None):
     """Figure 1: NLL (log scale) against token position, one line per policy. ``curves``: label, policy,
     pos_shift, position, nll."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
+    width = max(1, int(curves["position"].max()) // 64)  # one bin width for every policy
     for label, df in curves.groupby("label", sort=False):
-        x, y = _binned(df["position"].to_numpy(), df["nll"].to_numpy())
+        x, y = _binned(df["position"].to_numpy(), df["nll"].to_numpy(), width)
         ax.plot(x, y, label=label, markevery=_markevery(len(x)), **style_for(df["policy"].iloc[0], df["pos_shift"].iloc[0]))
     if trained_length:
         ax.axvline(trained_length, color="grey", lw=0.8, ls=":")
         ax.text(trained_length, ax.get_ylim()[1], " trained length", va="top", fontsize=7, color="grey")
     ax.set_yscale("log")
     ax.set_xlabel("token position in the stream")
-    ax.set_ylabel("NLL (nats, binned mean)")
+    ax.set_ylabel(f"NLL (nats, mean per {width} tokens)")
     ax.set_title("Language modelling along a long stream")
-    ax.legend(ncols=2)
+    ax.legend(ncols=2, loc="lower right")
     return fig
 
 
