@@ -14,6 +14,7 @@ import yaml
 
 from . import models as M
 from .data import corpus_text, load_stream, repo_root, tokenize_stream
+from .generation import prefill
 from .policies import Dense, Recompute, StreamingLLM, Window
 from .quality import perplexity
 from .results import ResultsStore, comparison_table, load_results, to_latex, to_markdown  # noqa: F401 (notebooks use to_markdown)
@@ -203,6 +204,15 @@ def _ppl_rows(session: Session, policy, corpus: str, n_tokens: int, curve_name: 
     return session.measure(session.fields("ppl", policy, dataset=corpus, n_tokens=int(ids.shape[1]), **more), run)
 
 
+def _kv_after_prompt(model, policy, prompt) -> list:
+    """KV-cache bytes once the prompt is in the cache (Recompute keeps none between tokens)."""
+    if isinstance(policy, Recompute):
+        return []
+    cache = policy.make_cache(model)
+    prefill(model, prompt, cache)
+    return [("kv_bytes_after_prompt", kv_cache_bytes(cache), "bytes")]
+
+
 def _speed_rows(session: Session, policy):
     cfg = session.cfg
     vocab = session.model.config.vocab_size
@@ -217,13 +227,7 @@ def _speed_rows(session: Session, policy):
             rows = [(m, mean, unit) for m, (mean, _, unit) in holder["r"].summary().items()]
             rows += [(m + "_std", std, unit) for m, (_, std, unit) in holder["r"].summary().items() if std]
             rows += [(f"gen_{k}_mem", v, "bytes") for k, v in mem.items()]
-            if not isinstance(policy, Recompute):
-                cache = policy.make_cache(session.model)
-                from .generation import prefill
-
-                prefill(session.model, prompt[:, : cfg.speed_prompt_tokens], cache)
-                rows.append(("kv_bytes_after_prompt", kv_cache_bytes(cache), "bytes"))
-            return rows
+            return rows + _kv_after_prompt(session.model, policy, prompt)
 
         session.measure(session.fields("speed", policy, batch_size=batch, prompt_tokens=cfg.speed_prompt_tokens,
                                        new_tokens=cfg.speed_new_tokens), run)
@@ -336,14 +340,7 @@ def sweep(cfg: Config) -> pd.DataFrame:
 
         def run(policy=policy):
             r = time_generation(session.model, policy, prompt, min(cfg.speed_new_tokens, 32), repeats=1)
-            rows = [("tpot_mean", r.summary()["tpot_mean"][0], "s")]
-            if not isinstance(policy, Recompute):
-                cache = policy.make_cache(session.model)
-                from .generation import prefill
-
-                prefill(session.model, prompt, cache)
-                rows.append(("kv_bytes_after_prompt", kv_cache_bytes(cache), "bytes"))
-            return rows
+            return [("tpot_mean", r.summary()["tpot_mean"][0], "s")] + _kv_after_prompt(session.model, policy, prompt)
 
         session.measure(session.fields("sweep_speed", policy, prompt_tokens=cfg.speed_prompt_tokens), run)
     return load_results(cfg.run_path)

@@ -83,12 +83,14 @@ def test_generate_matches_manual_loop_past_eviction(peaky_model, policy):
     steps = 40  # the cache overflows after budget + 1 tokens: evictions start well inside the run
     with torch.no_grad():
         manual = _manual_greedy(peaky_model, prompt, policy.make_cache(peaky_model), steps)
-        generated = peaky_model.generate(
-            prompt, past_key_values=policy.make_cache(peaky_model), max_new_tokens=steps, do_sample=False,
-            pad_token_id=0,
-        )[:, prompt.shape[1] :]
+        generated = peaky_model.generate(prompt, cache=policy.make_cache(peaky_model), max_new_tokens=steps,
+                                         do_sample=False, pad_token_id=0)[:, prompt.shape[1] :]
+        with pytest.warns(FutureWarning, match="past_key_values"):  # the deprecated alias still works
+            alias = peaky_model.generate(prompt, past_key_values=policy.make_cache(peaky_model), max_new_tokens=steps,
+                                         do_sample=False, pad_token_id=0)[:, prompt.shape[1] :]
     ours = stream_generate(peaky_model, prompt, policy, steps)
     assert torch.equal(generated, manual)
+    assert torch.equal(alias, manual)
     assert torch.equal(ours, manual)
     # and it is not what dense attention generates (eviction changed the continuation)
     with torch.no_grad():
