@@ -32,7 +32,7 @@ def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def _progress(total: int, enabled: bool, desc: str):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text: works in a terminal, JupyterLab and papermill alike
 
     return tqdm(total=total, desc=desc, unit="tok", mininterval=1.0)
 

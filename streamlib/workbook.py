@@ -190,7 +190,8 @@ def _ppl_rows(session: Session, policy, corpus: str, n_tokens: int, curve_name: 
 
     def run():
         holder = {}
-        mem = peak_memory(lambda: holder.setdefault("r", perplexity(session.model, ids, policy)), session.model.device)
+        mem = peak_memory(lambda: holder.setdefault("r", perplexity(session.model, ids, policy, progress=True)),
+                          session.model.device)
         result = holder["r"]
         if curve_name:
             save_curve(session.cfg, curve_name, pd.DataFrame({

@@ -276,3 +276,21 @@ def test_micro_model_memory_flat_over_100k_tokens():
     assert cache.kv_bytes() == marks["kv"]
     assert [l.keys.data_ptr() for l in cache.layers] == marks["ptrs"]
     assert proc.memory_info().rss - marks["rss"] < 50 * 2**20
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_adds_no_error_beyond_the_models_own(dtype):
+    """fp16/bf16 (on CPU here; CUDA runs the same code): the streaming cache's departure from fp32 is no larger
+    than dense attention's own, and its two evaluation modes agree within half-precision noise."""
+    from conftest import make_peaky_model
+
+    full = make_peaky_model("sdpa", scale=2.0)
+    half = make_peaky_model("sdpa", scale=2.0).to(dtype)
+    ids = torch.randint(0, 97, (1, 120), generator=torch.Generator().manual_seed(12))
+    tol = 2e-3 if dtype == torch.float16 else 1e-2
+    dense_dev = (token_nll(half, ids, Dense()) - token_nll(full, ids, Dense())).abs().max().item()
+    for policy in (StreamingLLM(4, 16), StreamingLLM(2, 9, False)):
+        chunked = token_nll(half, ids, policy, chunk_size=16)
+        torch.testing.assert_close(chunked, token_nll(half, ids, policy, mode="token"), atol=tol, rtol=0)
+        deviation = (chunked - token_nll(full, ids, policy)).abs().max().item()
+        assert deviation <= max(2 * dense_dev, tol)
