@@ -46,7 +46,8 @@ def save_figure(fig, name: str, *dirs: str | Path) -> list[Path]:
         d.mkdir(parents=True, exist_ok=True)
         for ext in ("pdf", "png"):
             path = d / f"{name}.{ext}"
-            fig.savefig(path)
+            # no creation date in the PDF, so an unchanged figure is an unchanged file
+            fig.savefig(path, metadata={"CreationDate": None} if ext == "pdf" else None)
             written.append(path)
     plt.close(fig)
     return written
