@@ -25,7 +25,8 @@ call needs a per-token mask: :meth:`SinkWindowCache.plan_chunk` returns the ``po
 the next chunk, and the chunk's keys are laid out as ``[sink copies | ring | chunk]`` in a workspace shared by the
 layers. With ``pos_shift`` each query needs its own copy of the sinks (their distance to the query is constant, their
 position is not), so the sink block holds ``n_sink`` keys per query. ``streamlib.generation.prefill`` and
-``streamlib.quality.token_nll`` do this chunking; a plain call that would need it raises an error saying so.
+``streamlib.quality.token_nll`` do this chunking; ``model.generate(..., prefill_chunk_size=1)`` feeds a long prompt
+one token at a time instead; a plain call that would need chunking raises an error saying so.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ class SinkWindowLayer(CacheLayerMixin):
                 f"input_ids: {n} tokens at stream position {t0} do not fit a cache of {owner.n_sink} sinks + "
                 f"{owner.window} recent tokens in one plain call (each would need its own mask). Use "
                 "streamlib.generation.prefill(model, input_ids, cache) or streamlib.quality.token_nll, which chunk "
-                "the input, or feed at most "
+                "the input; with model.generate pass prefill_chunk_size=1; or feed at most "
                 f"{max(self.capacity - t0, 1)} tokens at once"
             )
         batch, heads, _, k_dim = key_states.shape

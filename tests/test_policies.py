@@ -83,11 +83,12 @@ def test_generate_matches_manual_loop_past_eviction(peaky_model, policy):
     steps = 40  # the cache overflows after budget + 1 tokens: evictions start well inside the run
     with torch.no_grad():
         manual = _manual_greedy(peaky_model, prompt, policy.make_cache(peaky_model), steps)
-        generated = peaky_model.generate(prompt, cache=policy.make_cache(peaky_model), max_new_tokens=steps,
-                                         do_sample=False, pad_token_id=0)[:, prompt.shape[1] :]
+        mask = torch.ones_like(prompt)  # else generate() takes any token equal to pad_token_id for padding
+        generated = peaky_model.generate(prompt, attention_mask=mask, cache=policy.make_cache(peaky_model),
+                                         max_new_tokens=steps, do_sample=False, pad_token_id=0)[:, prompt.shape[1] :]
         with pytest.warns(FutureWarning, match="past_key_values"):  # the deprecated alias still works
-            alias = peaky_model.generate(prompt, past_key_values=policy.make_cache(peaky_model), max_new_tokens=steps,
-                                         do_sample=False, pad_token_id=0)[:, prompt.shape[1] :]
+            alias = peaky_model.generate(prompt, attention_mask=mask, past_key_values=policy.make_cache(peaky_model),
+                                         max_new_tokens=steps, do_sample=False, pad_token_id=0)[:, prompt.shape[1] :]
     ours = stream_generate(peaky_model, prompt, policy, steps)
     assert torch.equal(generated, manual)
     assert torch.equal(alias, manual)
@@ -96,6 +97,18 @@ def test_generate_matches_manual_loop_past_eviction(peaky_model, policy):
     with torch.no_grad():
         dense = _manual_greedy(peaky_model, prompt, Dense().make_cache(peaky_model), steps)
     assert not torch.equal(dense, manual)
+
+
+def test_generate_with_a_prompt_longer_than_the_cache(peaky_model):
+    prompt = torch.randint(0, 97, (1, 50), generator=torch.Generator().manual_seed(9))
+    policy = StreamingLLM(4, 12)
+    with torch.no_grad(), pytest.raises(ValueError, match="prefill_chunk_size=1"):
+        peaky_model.generate(prompt, cache=policy.make_cache(peaky_model), max_new_tokens=5, pad_token_id=0)
+    with torch.no_grad():
+        # an explicit mask: generate() would otherwise take every token equal to pad_token_id for padding
+        generated = peaky_model.generate(prompt, attention_mask=torch.ones_like(prompt), cache=policy.make_cache(peaky_model),
+                                         max_new_tokens=20, do_sample=False, pad_token_id=0, prefill_chunk_size=1)[:, 50:]
+    assert torch.equal(generated, stream_generate(peaky_model, prompt, policy, 20))
 
 
 def test_batch_rows_equal_batch_one(peaky_model):
