@@ -1,4 +1,4 @@
-"""Command line: ``python -m streamlib run|download|profiles``."""
+"""Command line: ``python -m streamlib run|generate|download|profiles``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,15 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--run-dir", default=None, help="default: runs/<profile>-<timestamp>")
     run.add_argument("--only", default=None, help="comma-separated notebook prefixes, e.g. 01,02")
     run.add_argument("--force", action="store_true", help="re-measure configurations already recorded")
+    run.add_argument("--dry-run", action="store_true",
+                     help="the profile's whole chain offline on CPU in minutes: random weights of a small Pythia "
+                          "shape, embedded text, scaled-down token counts (checks the chain; not a result)")
+    gen = sub.add_parser("generate", help="stream generated text to stdout under a cache policy",
+                         description="Stream generated text to stdout under a cache policy. A last line on stderr "
+                                     "gives tokens/s, KV-cache bytes and the positions reached.")
+    from .generate_cli import add_arguments
+
+    add_arguments(gen)
     dl = sub.add_parser("download", help="fetch a model and datasets into the project's cache (needs the Hub)")
     dl.add_argument("--model", default="EleutherAI/pythia-2.8b")
     dl.add_argument("--data", nargs="*", default=["wikitext2", "pg19-first-book", "pg19"])
@@ -23,7 +32,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "run":
         from .runner import run_chain
 
-        run_chain(args.profile, args.run_dir, args.only.split(",") if args.only else None, args.force)
+        run_chain(args.profile, args.run_dir, args.only.split(",") if args.only else None, args.force,
+                  dry_run=args.dry_run)
+    elif args.command == "generate":
+        from .generate_cli import run_generate
+
+        raise SystemExit(run_generate(args, gen))
     elif args.command == "download":
         from .data import corpus_text
         from .models import download

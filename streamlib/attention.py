@@ -6,9 +6,11 @@ attention on the first token whatever it is. This measures that share per layer 
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 
 from .generation import check_input_ids
+from .results import Measurement
 
 
 @torch.inference_mode()
@@ -31,3 +33,13 @@ def first_token_attention(model, input_ids: torch.Tensor, n_first: int = 4, skip
 def uniform_share(length: int, skip: int = 16) -> float:
     """What uniform attention would give one key on average over queries ``skip..length-1``."""
     return float(torch.tensor([1.0 / (t + 1) for t in range(skip, length)]).mean())
+
+
+def measure_first_tokens(model, input_ids: torch.Tensor, n_first: int = 4, skip: int = 16) -> Measurement:
+    """:func:`first_token_attention` as a record: the curve has one row per (layer, token) with its mean weight and
+    the uniform share for comparison; the row ``token0_over_uniform`` is the largest ratio over layers."""
+    share = first_token_attention(model, input_ids, n_first, skip)
+    uniform = uniform_share(input_ids.shape[1], skip)
+    curve = pd.DataFrame([{"layer": layer, "token": tok, "weight": float(share[layer, tok]), "uniform": uniform}
+                          for layer in range(share.shape[0]) for tok in range(share.shape[1])])
+    return Measurement(rows=[("token0_over_uniform", float(share[:, 0].max()) / uniform, "")], curve=curve)

@@ -84,40 +84,115 @@ def prefill(model, input_ids: torch.Tensor, cache: Cache, chunk_size: int | None
     return logits[:, -1]
 
 
-def _next_token(logits: torch.Tensor, do_sample: bool, temperature: float, generator) -> torch.Tensor:
+def next_token(logits: torch.Tensor, *, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one token per row from ``logits`` (batch, vocab): greedy, or sampled with temperature and nucleus
+    (top-p) filtering. Returns (batch, 1)."""
     if not do_sample:
         return logits.argmax(dim=-1, keepdim=True)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # keep the smallest set of tokens whose mass reaches top_p (the most likely token always stays)
+        drop = sorted_p.cumsum(dim=-1) - sorted_p >= top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    gen_device = generator.device if generator is not None else probs.device
+    return torch.multinomial(probs.to(gen_device), 1, generator=generator).to(logits.device)
 
 
-@torch.inference_mode()
+def check_sampling(max_new_tokens, do_sample: bool, temperature, top_p) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}")
+    if do_sample and not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be > 0 when sampling; got {temperature!r}")
+    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1]; got {top_p!r}")
+
+
+class TokenStream:
+    """One stream that never ends: feed tokens, generate, feed more, all through one cache.
+
+    The last generated token is kept *pending* (chosen but not yet fed to the model): the next :meth:`generate`
+    step or :meth:`feed` call feeds it first, so no forward is spent on a token nobody asked to continue from.
+    The cache owns the positions (it re-bases them now and then), so the stream can run for as long as wanted.
+    This is the loop of a chat that never ends (``python -m streamlib generate --interactive``) and of
+    :func:`stream_generate`.
+    """
+
+    def __init__(self, model, policy_or_cache, *, do_sample: bool = False, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int | None = None, chunk_size: int | None = None):
+        check_sampling(1, do_sample, temperature, top_p)
+        self.model = model
+        self.cache = policy_or_cache if isinstance(policy_or_cache, Cache) else policy_or_cache.make_cache(model)
+        self.device = next(model.parameters()).device
+        self.sampling = {"do_sample": do_sample, "temperature": temperature, "top_p": top_p}
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.chunk_size = chunk_size
+        self.logits: torch.Tensor | None = None  # next-token logits after everything fed so far
+        self.pending: torch.Tensor | None = None  # a generated token not yet fed
+        self.position = 0  # tokens of the stream so far, pending token included
+
+    @torch.inference_mode()
+    def feed(self, input_ids: torch.Tensor) -> None:
+        """Append tokens (batch, T) to the stream (the pending token goes first)."""
+        check_input_ids(input_ids)
+        ids = input_ids.to(self.device)
+        if self.pending is not None:
+            ids = torch.cat([self.pending, ids], dim=1)
+            self.pending = None
+            self.position -= 1
+        self.logits = prefill(self.model, ids, self.cache, self.chunk_size)
+        self.position += ids.shape[1]
+
+    @torch.inference_mode()
+    def step(self) -> torch.Tensor:
+        """Choose the next token (batch, 1) and make it the pending one."""
+        if self.pending is not None:
+            if isinstance(self.cache, SinkWindowCache):
+                self.cache.maybe_rebase()
+            out = self.model(input_ids=self.pending, cache=self.cache, use_cache=True)
+            self.logits = out.logits[:, -1]
+        if self.logits is None:
+            raise ValueError("input_ids: feed a prompt of at least one token before generating")
+        self.pending = next_token(self.logits, generator=self.generator, **self.sampling)
+        self.position += 1
+        return self.pending
+
+    def generate(self, max_new_tokens: int, eos_token_id: int | None = None) -> Iterator[torch.Tensor]:
+        """Yield up to ``max_new_tokens`` tokens, each (batch, 1), stopping after an end-of-text token."""
+        check_sampling(max_new_tokens, False, 1.0, 1.0)
+        for _ in range(max_new_tokens):
+            token = self.step()
+            yield token
+            if eos_token_id is not None and bool((token == eos_token_id).all()):
+                return
+
+    @property
+    def seen_tokens(self) -> int:
+        """Tokens the model has processed (the stream position the cache has reached)."""
+        return self.cache.seen_tokens if isinstance(self.cache, SinkWindowCache) else self.cache.get_seq_length()
+
+
 def stream_generate(model, input_ids: torch.Tensor, policy_or_cache, max_new_tokens: int, *,
-                    do_sample: bool = False, temperature: float = 1.0, eos_token_id: int | None = None,
-                    generator: torch.Generator | None = None, chunk_size: int | None = None) -> torch.Tensor:
+                    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                    eos_token_id: int | None = None, seed: int | None = None,
+                    chunk_size: int | None = None) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` after ``input_ids`` under a policy (or an existing cache).
 
     Unlike ``model.generate`` this loop lets the cache own the positions, so a stream can go on for as long as
     wanted without rotary angles growing. Returns the new tokens, shape (batch, n_new).
     """
     check_input_ids(input_ids)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}")
-    if do_sample and not temperature > 0:
-        raise ValueError(f"temperature must be > 0 when sampling; got {temperature!r}")
-    cache = policy_or_cache if isinstance(policy_or_cache, Cache) else policy_or_cache.make_cache(model)
-    logits = prefill(model, input_ids, cache, chunk_size)
-    device = logits.device
-    new_tokens = []
-    token = _next_token(logits, do_sample, temperature, generator)
-    for step in range(max_new_tokens):
-        new_tokens.append(token)
-        if eos_token_id is not None and bool((token == eos_token_id).all()):
-            break
-        if step == max_new_tokens - 1:
-            break
-        if isinstance(cache, SinkWindowCache):
-            cache.maybe_rebase()
-        out = model(input_ids=token.to(device), cache=cache, use_cache=True)
-        token = _next_token(out.logits[:, -1], do_sample, temperature, generator)
-    return torch.cat(new_tokens, dim=1)
+    check_sampling(max_new_tokens, do_sample, temperature, top_p)
+    stream = TokenStream(model, policy_or_cache, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                         seed=seed, chunk_size=chunk_size)
+    stream.feed(input_ids)
+    return torch.cat(list(stream.generate(max_new_tokens, eos_token_id)), dim=1)
+
+
+def excerpt(tokenizer, steps, position: int, n_tokens: int = 40) -> str:
+    """The text of ``n_tokens`` generated tokens from stream ``position`` on. ``steps``: a generation trace (a
+    DataFrame with ``position`` and ``token`` columns, see ``speed.measure_generation_trace``)."""
+    tokens = steps.loc[steps["position"] >= position, "token"].head(n_tokens).tolist()
+    return tokenizer.decode(tokens) if tokens else ""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers.utils import logging as hf_logging
 
 from .data import data_dir, hub_reachable
 
@@ -95,6 +96,7 @@ def load_model(name: str, *, dtype: torch.dtype | None = None, device: str | tor
         raise ValueError(f"attn_implementation must be 'sdpa' or 'eager'; got {attn_implementation!r}")
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
+    hf_logging.disable_progress_bar()  # a bar per load clutters notebooks and the terminal; loads are quick
     kind, where = _resolve(name)
     if kind == "random":
         config = pythia_config(where, attn_implementation)

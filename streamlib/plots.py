@@ -9,6 +9,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"]
 # policy kind -> (colour, marker, linestyle)
@@ -32,14 +33,38 @@ def apply_style() -> None:
     })
 
 
+def kind_label(policy: str, pos_shift=True) -> str:
+    """The name of a policy family in legends: Dense, Window, StreamingLLM (no shift), Recompute."""
+    names = {"dense": "Dense", "window": "Window", "recompute": "Recompute", "streamingllm": "StreamingLLM"}
+    return names.get(policy, policy) + (", no shift" if policy == "streamingllm" and pos_shift is False else "")
+
+
 def style_for(policy: str, pos_shift=True) -> dict:
     key = "streamingllm-noshift" if policy == "streamingllm" and pos_shift is False else policy
     colour, marker, ls = POLICY_STYLE.get(key, ("#56B4E9", "*", "-"))
     return {"color": colour, "marker": marker, "linestyle": ls}
 
 
-def save_figure(fig, name: str, *dirs: str | Path) -> list[Path]:
-    """Write ``name.pdf`` and ``name.png`` into each directory; returns the paths written."""
+def plain_log_axis(ax, axis: str = "y") -> None:
+    """Log scale with plain tick labels (5, 10, 20), not 5x10^0; minor labels only when the range is under a
+    decade, where there would be no major tick to read."""
+    which = ax.yaxis if axis == "y" else ax.xaxis
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    which.set_major_formatter(plain)
+    lo, hi = (ax.get_ylim() if axis == "y" else ax.get_xlim())
+    which.set_minor_formatter(plain if hi / max(lo, 1e-12) < 10 else NullFormatter())
+
+
+def mark_dry_run(fig) -> None:
+    """Say across the top of a figure that it comes from a dry run (random weights: mechanics, not results)."""
+    fig.text(0.5, 1.0, "DRY RUN: random weights, embedded text, scaled-down counts. Not a result.",
+             ha="center", va="bottom", color="#D55E00", fontsize=10, fontweight="bold")
+
+
+def save_figure(fig, name: str, *dirs: str | Path, close: bool = True) -> list[Path]:
+    """Write ``name.pdf`` and ``name.png`` into each directory; returns the paths written. ``close=False`` leaves
+    the figure open for a notebook to show inline."""
     written = []
     for d in dirs:
         d = Path(d)
@@ -49,7 +74,8 @@ def save_figure(fig, name: str, *dirs: str | Path) -> list[Path]:
             # no creation date in the PDF, so an unchanged figure is an unchanged file
             fig.savefig(path, metadata={"CreationDate": None} if ext == "pdf" else None)
             written.append(path)
-    plt.close(fig)
+    if close:
+        plt.close(fig)
     return written
 
 
@@ -75,7 +101,7 @@ def fig_nll_vs_position(curves: pd.DataFrame, trained_length: int | None = None)
     if trained_length:
         ax.axvline(trained_length, color="grey", lw=0.8, ls=":")
         ax.text(trained_length, ax.get_ylim()[1], " trained length", va="top", fontsize=7, color="grey")
-    ax.set_yscale("log")
+    plain_log_axis(ax)
     ax.set_xlabel("token position in the stream")
     ax.set_ylabel(f"NLL (nats, mean per {width} tokens)")
     ax.set_title("Language modelling along a long stream")
@@ -113,7 +139,7 @@ def fig_tradeoff(sweep: pd.DataFrame):
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2))
     for policy_key, df in sweep.groupby(["policy", "pos_shift"], sort=False):
         st = style_for(*policy_key)
-        name = df["kind_label"].iloc[0]
+        name = kind_label(*policy_key)
         a.plot(df["kv_mib"], df["ppl"], label=name, **st)
         b.plot(df["cache_size"], df["tpot_ms"], label=name, **st)
     front = pareto_front(sweep.dropna(subset=["ppl"]), "kv_mib", "ppl")
@@ -121,7 +147,7 @@ def fig_tradeoff(sweep: pd.DataFrame):
         a.plot(front["kv_mib"], front["ppl"], color="grey", lw=4, alpha=0.25, zorder=0, label="Pareto front")
     a.set_xlabel("KV-cache memory (MiB)")
     a.set_ylabel("perplexity")
-    a.set_yscale("log")
+    plain_log_axis(a)
     a.set_title("Quality vs memory")
     b.set_xlabel("cache size (tokens)")
     b.set_ylabel("TPOT (ms)")
@@ -137,6 +163,7 @@ def fig_sinks(ours: pd.DataFrame, published: pd.DataFrame | None = None):
     fig, axes = plt.subplots(1, ncols, figsize=(4 * ncols, 3.2), squeeze=False)
     ax = axes[0, 0]
     ax.plot(ours["n_sink"], ours["ppl"], **style_for("streamingllm"))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("attention sinks (cache size fixed)")
     ax.set_ylabel("perplexity")
     ax.set_title(f"This run, cache {int(ours['cache_size'].iloc[0])}")
@@ -146,7 +173,8 @@ def fig_sinks(ours: pd.DataFrame, published: pd.DataFrame | None = None):
             df = df.sort_values("n_sink")
             ax2.plot(df["n_sink"], df["ppl"], label=model, color=OKABE_ITO[(i + 5) % len(OKABE_ITO)],
                      marker="xP"[i % 2], linestyle=[":", "--"][i % 2])
-        ax2.set_yscale("log")
+        plain_log_axis(ax2)
+        ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax2.set_xlabel("attention sinks")
         ax2.set_title("Published (StreamingLLM, Table 2)")
         ax2.legend()
@@ -181,8 +209,31 @@ def fig_attention(share: pd.DataFrame, uniform: float | None = None):
                 linestyle=["-", "--", ":", "-."][i % 4])
     if uniform is not None:
         ax.axhline(uniform, color="grey", ls=":", lw=1, label="uniform attention")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel("mean attention weight")
     ax.set_title("Where attention goes: the first tokens")
     ax.legend(ncols=2)
+    return fig
+
+
+def fig_generation(steps: pd.DataFrame, trained_length: int | None = None):
+    """KV-cache memory and time per token along a generation, one line per policy. ``steps``: label, policy,
+    pos_shift, position, kv_bytes, step_s (one row per generated token)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    width = max(1, len(steps) // max(1, steps["label"].nunique()) // 64)
+    for label, df in steps.groupby("label", sort=False):
+        st = style_for(df["policy"].iloc[0], df["pos_shift"].iloc[0])
+        a.plot(df["position"], df["kv_bytes"] / 2**20, label=label, markevery=_markevery(len(df)), **st)
+        x, y = _binned(df["position"].to_numpy(), df["step_s"].to_numpy() * 1e3, width)
+        b.plot(x, y, label=label, markevery=_markevery(len(x)), **st)
+    for ax in (a, b):
+        if trained_length:
+            ax.axvline(trained_length, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("position in the stream")
+    a.set_ylabel("KV cache (MiB)")
+    a.set_title("Memory while generating")
+    b.set_ylabel(f"time per token (ms, mean per {width})")
+    b.set_title("Latency while generating")
+    a.legend()
     return fig

@@ -19,8 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
+import pandas as pd
+
 from .generation import check_input_ids, forward_chunks
 from .policies import Recompute
+from .results import Measurement
 
 MODES = ("chunked", "token")
 
@@ -105,6 +108,14 @@ def perplexity(model, input_ids: torch.Tensor, policy, **kwargs) -> PerplexityRe
     nll = token_nll(model, input_ids, policy, **kwargs)
     mean = float(nll.double().mean())
     return PerplexityResult(ppl=math.exp(mean), mean_nll=mean, n_tokens=int(nll.numel()), nll=nll)
+
+
+def measure_perplexity(model, input_ids: torch.Tensor, policy, **kwargs) -> Measurement:
+    """:func:`perplexity` as a record: rows ``ppl`` and ``mean_nll``, and the NLL per position as its curve
+    (``position`` is the index of the predicted token, 1..T-1)."""
+    result = perplexity(model, input_ids, policy, **kwargs)
+    curve = pd.DataFrame({"position": range(1, result.n_tokens + 1), "nll": result.nll.numpy()})
+    return Measurement(rows=[("ppl", result.ppl, ""), ("mean_nll", result.mean_nll, "nats")], curve=curve)
 
 
 @torch.inference_mode()

@@ -19,6 +19,7 @@ import subprocess
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -157,7 +158,88 @@ def load_results(*paths: str | os.PathLike) -> pd.DataFrame:
     return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
 
 
+@dataclass
+class Measurement:
+    """What one measurement gives: ``(metric, value, unit)`` rows for the records and, optionally, a curve (a tidy
+    DataFrame, e.g. NLL per position, or the tokens of a generation). The measuring functions of the
+    package (``quality.measure_perplexity``, ``speed.measure_generation``, ...) return one; ``status`` is set by
+    :meth:`streamlib.workbook.Run.measure` (``ok``, ``skipped`` when read back from an earlier run, ``failed``)."""
+
+    rows: list[tuple[str, float, str]] = field(default_factory=list)
+    curve: pd.DataFrame | None = None
+    status: str = "ok"
+    error: str = ""
+
+    def __getitem__(self, metric: str) -> float:
+        for name, value, _ in self.rows:
+            if name == metric:
+                return value
+        raise KeyError(f"metric {metric!r} not measured; have {[r[0] for r in self.rows]}")
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=["metric", "value", "unit"])
+
+
 # ---------------------------------------------------------------------------------------------------- tables --
+
+# Display units: what people expect to read in a table (records keep SI units: seconds and bytes).
+DISPLAY_UNITS = {"s": ("ms", 1e3), "bytes": ("MiB", 1 / 2**20), "FLOP": ("GFLOP", 1e-9)}
+
+
+def in_display_units(table: pd.DataFrame, value_columns=("baseline", "streamingllm", "value")) -> pd.DataFrame:
+    """Seconds to ms, bytes to MiB (GiB from 1 GiB up), FLOP to GFLOP, in a table with a ``unit`` column."""
+    out = table.copy()
+    cols = [c for c in value_columns if c in out.columns]
+    for i, unit in out["unit"].items():
+        if unit not in DISPLAY_UNITS:
+            continue
+        new_unit, scale = DISPLAY_UNITS[unit]
+        values = pd.to_numeric(out.loc[i, cols], errors="coerce")
+        if unit == "bytes" and values.abs().max() >= 2**30:
+            new_unit, scale = "GiB", 1 / 2**30
+        out.loc[i, cols] = values * scale
+        out.loc[i, "unit"] = new_unit
+    return out
+
+
+def metrics_wide(df: pd.DataFrame, group: str | None = None) -> pd.DataFrame:
+    """One row per measurement (record key): its descriptive columns plus one column per metric. The tidy form the
+    figures and tables are built from."""
+    ok = df[df["status"] == "ok"]
+    if group is not None:
+        ok = ok[ok["group"] == group] if "group" in ok else ok.iloc[0:0]
+    if ok.empty:
+        return pd.DataFrame()
+    drop = {"run", "metric", "value", "unit", "status", "timestamp", "error", "extra", "torch", "transformers",
+            "git_commit", "host"}
+    described = ok.drop(columns=[c for c in ok.columns if c in drop]).groupby("key", sort=False).last()
+    values = ok.sort_values("timestamp").pivot_table(index="key", columns="metric", values="value", aggfunc="last")
+    wide = described.join(values).reset_index()
+    wide = wide.dropna(axis=1, how="all")
+    for col in ("n_sink", "window", "pos_shift"):  # Dense has none of them, but every frame has the columns
+        if col not in wide:
+            wide[col] = pd.NA
+    for col in ("n_sink", "window", "batch_size", "n_tokens", "prompt_tokens", "new_tokens", "n_heavy", "n_recent", "budget"):
+        if col in wide:
+            wide[col] = wide[col].astype("Int64")
+    if "policy" in wide:
+        wide.insert(1, "label", [policy_label(r) for r in wide.to_dict("records")])
+    return wide
+
+
+def policy_label(row: dict) -> str:
+    """The display label of the policy a record row describes."""
+    from .policies import from_params
+
+    params = {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+    if params.get("pos_shift") is None:
+        params["pos_shift"] = True
+    try:
+        return from_params(params).label()
+    except (ValueError, KeyError, TypeError):
+        return str(row.get("policy"))
+
+
 
 
 def comparison_table(df: pd.DataFrame, baseline: dict, streaming: dict, metrics: list[str]) -> pd.DataFrame:

@@ -1,9 +1,11 @@
-"""Run the notebook chain with papermill into a run directory: executed notebooks, records, curves, figures."""
+"""Run the notebook chain with papermill into a run directory: executed notebooks, records, curves, figures, the
+report and its HTML export."""
 
 from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -13,6 +15,8 @@ from .models import is_cached
 from .workbook import NOTEBOOKS, Config
 
 PROFILE_MODELS = {"paper": "EleutherAI/pythia-2.8b", "cpu": "EleutherAI/pythia-160m"}
+# The kernel's own start-up chatter (transport notices) is not the user's business; errors still show.
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 
 def choose_profile() -> tuple[str, str]:
@@ -25,8 +29,20 @@ def choose_profile() -> tuple[str, str]:
     return "smoke", "no CUDA GPU and no Hub: the embedded micro model"
 
 
+def export_html(notebook: Path) -> Path:
+    """A self-contained HTML copy of an executed notebook (figures inlined), for sharing."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(embed_images=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+    out = notebook.with_suffix(".html")
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
 def run_chain(profile: str = "auto", run_dir: str | None = None, only: list[str] | None = None,
-              force: bool = False, extra: dict | None = None) -> Path:
+              force: bool = False, extra: dict | None = None, dry_run: bool = False) -> Path:
     """Execute the notebooks in order; stop at the first failure, naming the notebook and the cell."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -34,27 +50,38 @@ def run_chain(profile: str = "auto", run_dir: str | None = None, only: list[str]
     if profile == "auto":
         profile, why = choose_profile()
         print(f"profile: {profile} ({why})")
-    cfg = Config.load(profile, **(extra or {}))  # validates the profile before any notebook starts
-    run_path = Path(run_dir) if run_dir else repo_root() / "runs" / f"{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_path = run_path.resolve()
+    else:
+        print(f"profile: {profile}{' (dry run)' if dry_run else ''}")
+    cfg = Config.load(profile, dry_run=dry_run, **(extra or {}))  # validates before any notebook starts
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"{Path(profile).stem}-{'dryrun-' if dry_run else ''}{stamp}"
+    run_path = (Path(run_dir) if run_dir else repo_root() / "runs" / name).resolve()
     run_path.mkdir(parents=True, exist_ok=True)
     names = NOTEBOOKS if not only else [n for n in NOTEBOOKS if any(n.startswith(o) for o in only)]
     if only and not names:
         raise ValueError(f"only must name notebooks among {NOTEBOOKS}; got {only}")
-    print(f"run directory: {run_path}\nmodel: {cfg.model} on {cfg.device}")
+    print(f"model: {cfg.model} on {cfg.torch_device()}, {str(cfg.torch_dtype()).replace('torch.', '')}\n"
+          f"run directory: {run_path}", flush=True)
+    parameters = {"profile": profile, "run_dir": str(run_path), "force": force, "dry_run": dry_run, **(extra or {})}
+    total = time.time()
     for i, name in enumerate(names, 1):
         src = repo_root() / "notebooks" / f"{name}.ipynb"
         dst = run_path / f"{name}.ipynb"
-        print(f"[{i}/{len(names)}] {name}", flush=True)
+        print(f"[{i}/{len(names)}] {name:<16}", end="", flush=True)
         started = time.time()
         try:
-            pm.execute_notebook(str(src), str(dst), parameters={"profile": profile, "run_dir": str(run_path),
-                                                                "force": force, **(extra or {})},
-                                kernel_name="python3", progress_bar=sys.stderr.isatty(), cwd=str(src.parent))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # papermill's and nbformat's notices about notebook metadata
+                pm.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name="python3",
+                                    progress_bar=False, cwd=str(src.parent), extra_arguments=KERNEL_ARGS)
         except PapermillExecutionError as err:
+            print(f"failed after {time.time() - started:.0f} s", flush=True)
             print(f"FAILED: notebook {name}, cell {err.cell_index} (execution count {err.exec_count}): "
                   f"{err.ename}: {err.evalue}\n  executed notebook with the traceback: {dst}", file=sys.stderr)
             raise SystemExit(1) from None
-        print(f"      done in {time.time() - started:.0f} s", flush=True)
-    print(f"finished: {run_path}/report.md, figures in {run_path}/figures")
+        print(f"{time.time() - started:6.0f} s", flush=True)
+        if name == NOTEBOOKS[-1]:
+            export_html(dst)
+    print(f"finished in {time.time() - total:.0f} s\n"
+          f"report: {run_path / 'report.md'} (and {NOTEBOOKS[-1]}.html)\nfigures: {run_path / 'figures'}")
     return run_path

@@ -26,11 +26,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import pandas as pd
 import torch
 
 from .cache import SinkWindowCache
-from .generation import check_input_ids, prefill
+from .generation import TokenStream, check_input_ids, check_sampling, prefill
 from .policies import Recompute
+from .results import Measurement
 
 # ----------------------------------------------------------------------------------------------------- timers --
 
@@ -324,3 +326,107 @@ def calflops_forward(model, input_ids: torch.Tensor) -> int:
     flops, _, _ = calculate_flops(model=model, kwargs={"input_ids": input_ids},
                                   output_as_string=False, print_results=False, print_detailed=False)
     return int(flops)
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one token adds to a dense cache: 2 (K, V) x layers x hidden x element size."""
+    return 2 * config.num_hidden_layers * config.hidden_size * torch.finfo(dtype).bits // 8
+
+
+# ------------------------------------------------------------------------------------------- as measurements --
+
+
+def kv_bytes_after_prompt(model, policy, prompt_ids: torch.Tensor) -> int:
+    """KV-cache bytes once the prompt is in the cache; for Recompute, the transient KV of one window's forward."""
+    if isinstance(policy, Recompute):
+        p = next(model.parameters())
+        return kv_bytes_per_token(model.config, p.dtype) * prompt_ids.shape[0] * min(policy.window, prompt_ids.shape[1])
+    cache = policy.make_cache(model)
+    prefill(model, prompt_ids, cache)
+    return kv_cache_bytes(cache)
+
+
+def measure_generation(model, policy, prompt_ids: torch.Tensor, new_tokens: int, *, repeats: int = 3,
+                       warmup: int = 1) -> Measurement:
+    """:func:`time_generation` and :func:`peak_memory` as a record: TTFT, TPOT (mean, p50, p90), decode throughput,
+    end-to-end time (means over repeats, and their standard deviations), peak memory, KV bytes after the prompt."""
+    device = next(model.parameters()).device
+    holder = {}
+    mem = peak_memory(lambda: holder.setdefault(
+        "r", time_generation(model, policy, prompt_ids, new_tokens, repeats=repeats, warmup=warmup)), device)
+    summary = holder["r"].summary()
+    rows = [(m, mean, unit) for m, (mean, _, unit) in summary.items()]
+    rows += [(m + "_std", std, unit) for m, (_, std, unit) in summary.items() if std]
+    rows += [(f"gen_{k}_mem", v, "bytes") for k, v in mem.items()]
+    rows.append(("kv_bytes_after_prompt", kv_bytes_after_prompt(model, policy, prompt_ids.to(device)), "bytes"))
+    return Measurement(rows=rows)
+
+
+def measure_decode(model, policy, prompt_ids: torch.Tensor, new_tokens: int = 32) -> Measurement:
+    """A quick decode-latency point for sweeps: one timed generation (after a warm-up); TPOT and KV bytes."""
+    r = time_generation(model, policy, prompt_ids, new_tokens, repeats=1)
+    device = next(model.parameters()).device
+    return Measurement(rows=[("tpot_mean", r.summary()["tpot_mean"][0], "s"),
+                             ("kv_bytes_after_prompt", kv_bytes_after_prompt(model, policy, prompt_ids.to(device)), "bytes")])
+
+
+def measure_flops(config, policy, *, prompt_tokens: int, stream_tokens: int, eager_model=None,
+                  calflops_tokens: int = 256) -> Measurement:
+    """Analytic FLOPs: one token at the end of a prompt of ``prompt_tokens`` and the mean per token over a stream of
+    ``stream_tokens``; with ``eager_model``, calflops' count of one forward of ``calflops_tokens`` tokens and the
+    analytic count of the same forward beside it."""
+    context = prompt_tokens + 1 if policy.budget is None else min(prompt_tokens, policy.budget) + 1
+    rows = [("flops_per_token_at_prompt_end", flops_per_token(config, context), "FLOP"),
+            ("flops_stream_per_token", stream_flops(config, stream_tokens, policy) / stream_tokens, "FLOP")]
+    if eager_model is not None:
+        ids = torch.randint(0, config.vocab_size, (1, calflops_tokens), generator=torch.Generator().manual_seed(0))
+        rows.append(("calflops_forward", calflops_forward(eager_model, ids.to(next(eager_model.parameters()).device)), "FLOP"))
+        rows.append(("analytic_forward", forward_flops(config, calflops_tokens), "FLOP"))
+    return Measurement(rows=rows)
+
+
+def measure_trace(model, input_ids: torch.Tensor, policy, *, every: int = 64,
+                  max_dense_tokens: int | None = None) -> Measurement:
+    """:func:`stream_trace` as a record: the per-position curve, and the first and last step times and KV bytes."""
+    rows = stream_trace(model, input_ids, policy, every=every, max_dense_tokens=max_dense_tokens)
+    if not rows:
+        raise ValueError(f"input_ids: the trace needs at least every={every} tokens; got {input_ids.shape[1]}")
+    return Measurement(rows=[("trace_final_kv_bytes", rows[-1]["kv_bytes"], "bytes"),
+                             ("trace_final_step_s", rows[-1]["step_s"], "s"),
+                             ("trace_first_step_s", rows[0]["step_s"], "s"),
+                             ("trace_positions", rows[-1]["position"], "tokens")],
+                       curve=pd.DataFrame(rows))
+
+
+@torch.inference_mode()
+def measure_generation_trace(model, prompt_ids: torch.Tensor, policy, new_tokens: int, *, temperature: float = 0.0,
+                             top_p: float = 1.0, seed: int = 0) -> Measurement:
+    """Generate ``new_tokens`` after a prompt (batch 1) and record every step: the token chosen, its position in the
+    stream, the KV bytes held and the step's time. ``temperature`` 0 is greedy decoding. Dense stops early on a
+    CUDA out-of-memory error, and the curve says how far it got."""
+    check_input_ids(prompt_ids, batch_one=True)
+    check_sampling(new_tokens, temperature > 0, temperature, top_p)
+    if isinstance(policy, Recompute):
+        raise ValueError("policy: Recompute keeps no cache to generate from; use Dense, Window or StreamingLLM")
+    clock = _Clock(next(model.parameters()).device)
+    stream = TokenStream(model, policy, do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p,
+                         seed=seed)
+    start = clock.mark()
+    stream.feed(prompt_ids)
+    prefill_s = clock.elapsed(start, clock.mark())
+    rows = []
+    try:
+        for step in range(new_tokens):
+            a = clock.mark()
+            token = stream.step()
+            b = clock.mark()
+            rows.append({"step": step, "position": stream.position, "token": int(token[0, 0]),
+                         "kv_bytes": kv_cache_bytes(stream.cache), "step_s": clock.elapsed(a, b)})
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+    steps = [r["step_s"] for r in rows[1:]]
+    return Measurement(rows=[("ttft", prefill_s + rows[0]["step_s"], "s"),
+                             ("tpot_mean", statistics.fmean(steps) if steps else float("nan"), "s"),
+                             ("final_kv_bytes", rows[-1]["kv_bytes"], "bytes"),
+                             ("tokens_generated", len(rows), "tokens")],
+                       curve=pd.DataFrame(rows))

@@ -1,10 +1,13 @@
-"""The steps of the notebook chain. Each notebook builds a :class:`Config` from its parameters and calls one step;
-every number goes into the run's results file (``streamlib.results``), every curve into ``<run_dir>/curves``."""
+"""What the notebooks cannot do without: the run's configuration (profiles, parameters, dry runs) and a
+:class:`Run` that records measurements, keeps curves and saves figures and tables. The measuring itself is done in
+the notebooks, with the package's primitives (``quality.measure_perplexity``, ``speed.measure_generation``, ...).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,16 +16,28 @@ import torch
 import yaml
 
 from . import models as M
-from .data import corpus_text, load_stream, repo_root, tokenize_stream
-from .generation import prefill
-from .policies import Dense, Recompute, StreamingLLM, Window
-from .quality import perplexity
-from .results import ResultsStore, comparison_table, load_results, to_latex, to_markdown  # noqa: F401 (notebooks use to_markdown)
-from .speed import (calflops_forward, flops_per_token, kv_cache_bytes, peak_memory, stream_flops, stream_trace,
-                    time_generation)
+from .data import repo_root
+from .plots import kind_label
+from .policies import StreamingLLM
+from .results import (Measurement, ResultsStore, comparison_table, config_key, in_display_units, load_results,
+                      metrics_wide, read_rows, to_latex, to_markdown)
 
 PROFILES_DIR = repo_root() / "profiles"
-NOTEBOOKS = ["00_download", "01_baseline", "02_streaming", "03_sweep", "04_long_stream", "05_report"]
+NOTEBOOKS = ["00_download", "01_baseline", "02_streaming", "03_sweep", "04_long_stream", "05_generation",
+             "06_report"]
+TOKEN_COUNTS = ("ppl_tokens", "speed_prompt_tokens", "speed_new_tokens", "flops_tokens", "sweep_tokens",
+                "long_stream_tokens", "trace_tokens", "trace_every", "max_dense_tokens", "recompute_window",
+                "sweep_sink_cache", "generation_prompt_tokens", "generation_new_tokens")
+
+# A dry run: the profile's chain, every notebook and code path, offline on CPU in a few minutes.
+DRY_RUN_MODEL = "random:pythia-14m"  # random weights of the smallest Pythia shape
+DRY_RUN_TOKENIZER = "micro"  # the embedded tokenizer (4096 ids, all valid for Pythia's 50304-token vocabulary)
+DRY_RUN_CORPORA = ["kjv-heldout", "kjv-train"]  # embedded text in place of the profile's datasets
+DRY_RUN_CACHE_DIVISOR = 4  # cache sizes and windows shrink by this
+DRY_RUN_CAPS = {"ppl_tokens": 512, "sweep_tokens": 1024, "long_stream_tokens": 2048, "trace_tokens": 512,
+                "trace_every": 32, "max_dense_tokens": 2048, "speed_prompt_tokens": 256, "speed_new_tokens": 16,
+                "speed_repeats": 1, "flops_tokens": 128, "generation_prompt_tokens": 32,
+                "generation_new_tokens": 384}
 
 
 @dataclass
@@ -32,6 +47,7 @@ class Config:
     profile: str = "smoke"
     run_dir: str = "runs/smoke"
     model: str = "micro"
+    tokenizer: str | None = None  # None: the model's own
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     datasets: list = field(default_factory=lambda: ["kjv-heldout"])
@@ -55,12 +71,20 @@ class Config:
     trace_every: int = 64
     max_dense_tokens: int = 8192
     recompute_window: int = 256
+    generation_prompt: str | None = None  # None: the first generation_prompt_tokens of long_stream_corpus
+    generation_prompt_tokens: int = 64
+    generation_new_tokens: int = 2048
+    generation_temperature: float = 0.0  # 0: greedy
+    generation_top_p: float = 1.0
+    generation_seed: int = 0
     export_figures: bool = False
+    dry_run: bool = False
     force: bool = False
 
     @classmethod
     def load(cls, profile: str = "smoke", **overrides) -> "Config":
-        """A profile's YAML, then ``overrides`` (notebook parameters; ``None`` means "keep the profile's")."""
+        """A profile's YAML, then ``overrides`` (notebook parameters; ``None`` means "keep the profile's"); with
+        ``dry_run=True`` the dry-run substitutions last (see :func:`dry_run_values`)."""
         path = Path(profile) if str(profile).endswith((".yaml", ".yml")) else PROFILES_DIR / f"{profile}.yaml"
         if not path.is_file():
             names = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
@@ -71,17 +95,18 @@ class Config:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown parameters {unknown}; known: {sorted(known)}")
+        if values.get("dry_run"):
+            values = dry_run_values(values)
         cfg = cls(**values)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        for name in ("ppl_tokens", "speed_prompt_tokens", "speed_new_tokens", "speed_repeats", "flops_tokens",
-                     "sweep_tokens", "long_stream_tokens", "trace_tokens", "trace_every", "max_dense_tokens",
-                     "recompute_window", "sweep_sink_cache"):
+        for name in TOKEN_COUNTS + ("speed_repeats",):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 2:
-                raise ValueError(f"{name} must be an integer >= 2; got {v!r}")
+            minimum = 1 if name == "speed_repeats" else 2
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}; got {v!r}")
         StreamingLLM(self.n_sink, self.window, self.pos_shift)  # raises with the parameter's name
         for c in self.sweep_cache_sizes:
             if isinstance(c, bool) or not isinstance(c, int) or c < 9:
@@ -89,10 +114,17 @@ class Config:
         for s in self.sweep_sinks:
             if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < self.sweep_sink_cache:
                 raise ValueError(f"sweep_sinks must hold integers in [0, sweep_sink_cache); got {s!r}")
+        for b in self.speed_batch_sizes:
+            if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+                raise ValueError(f"speed_batch_sizes must hold integers >= 1; got {b!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be one of 'auto', 'cpu', 'cuda'; got {self.device!r}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"dtype must be one of 'auto', 'float32', 'float16', 'bfloat16'; got {self.dtype!r}")
+        if not (isinstance(self.generation_temperature, (int, float)) and self.generation_temperature >= 0):
+            raise ValueError(f"generation_temperature must be >= 0 (0: greedy); got {self.generation_temperature!r}")
+        if not (isinstance(self.generation_top_p, (int, float)) and 0 < self.generation_top_p <= 1):
+            raise ValueError(f"generation_top_p must be in (0, 1]; got {self.generation_top_p!r}")
 
     # -- derived ----------------------------------------------------------------------------------------------
     @property
@@ -111,380 +143,271 @@ class Config:
     def streaming_policy(self) -> StreamingLLM:
         return StreamingLLM(self.n_sink, self.window, self.pos_shift)
 
+    def tokenizer_name(self) -> str:
+        return self.tokenizer or self.model
+
+    def trained_length(self) -> int:
+        """The sequence length the model was trained at: the micro model's card, else Pythia's 2048."""
+        if self.model in M.MICRO_NAMES:
+            return json.loads((M.MICRO_DIR / "card.json").read_text())["train_seq_len"]
+        return 2048
+
     def save(self) -> None:
         self.run_path.mkdir(parents=True, exist_ok=True)
         (self.run_path / "config.json").write_text(json.dumps(dataclasses.asdict(self), indent=1))
 
 
-# ---------------------------------------------------------------------------------------------------- helpers --
+def dry_run_values(values: dict) -> dict:
+    """A profile's values turned into its dry run: random weights of a small Pythia shape on CPU, the embedded text
+    in place of each dataset, cache sizes divided by 4 and token counts capped, every parameter still set. Figures
+    are not exported to ``figures/``: a dry run measures nothing worth keeping."""
+    v = dict(values)
+    div = DRY_RUN_CACHE_DIVISOR
+    v.update(model=DRY_RUN_MODEL, tokenizer=DRY_RUN_TOKENIZER, device="cpu", export_figures=False)
+    if v.get("dtype") not in (None, "auto", "float32"):
+        v["dtype"] = "bfloat16"  # the profile's half precision, in the half type CPUs compute well
+    v["datasets"] = [DRY_RUN_CORPORA[i % len(DRY_RUN_CORPORA)] for i in range(len(v.get("datasets", [1])))]
+    v["long_stream_corpus"] = DRY_RUN_CORPORA[-1]
+    v["generation_prompt"] = None
+    n_sink, window = v.get("n_sink", 4), v.get("window", 252)
+    v["window"] = max(8, (n_sink + window) // div - n_sink)
+    v["sweep_cache_sizes"] = sorted({max(16, c // div) for c in v.get("sweep_cache_sizes", [64])})
+    v["sweep_sink_cache"] = max(16, v.get("sweep_sink_cache", 64) // div)
+    v["sweep_sinks"] = [s for s in v.get("sweep_sinks", []) if s < v["sweep_sink_cache"]]
+    v["recompute_window"] = max(16, v.get("recompute_window", 256) // div)
+    for name, cap in DRY_RUN_CAPS.items():
+        v[name] = min(v.get(name, cap), cap)
+    return v
 
-class Session:
-    """A loaded model, its tokenizer and the run's results store."""
 
-    def __init__(self, cfg: Config, attn_implementation: str = "sdpa"):
+# ------------------------------------------------------------------------------------------------------ a run --
+
+
+class Run:
+    """One run directory: its records (``results.jsonl``), curves (``curves/``), figures and tables.
+
+    ``run.measure(group, policy, compute, **fields)`` runs ``compute()`` once per configuration and records what it
+    returns; a configuration already recorded is read back instead (unless ``cfg.force``), so a notebook re-runs
+    in seconds and a killed run resumes where it stopped.
+    """
+
+    def __init__(self, cfg: Config):
         self.cfg = cfg
         cfg.save()
-        self.model = M.load_model(cfg.model, device=cfg.torch_device(), dtype=cfg.torch_dtype(),
-                                  attn_implementation=attn_implementation)
-        self.tokenizer = M.load_tokenizer(cfg.model)
-        info = M.describe(self.model)
-        self.store = ResultsStore(cfg.run_path, {k: info[k] for k in ("model", "dtype", "device", "gpu")})
-        self._streams: dict[tuple[str, int], torch.Tensor] = {}
+        device = cfg.torch_device()
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" and torch.cuda.is_available() else ""
+        self.context = {"model": cfg.model, "dtype": str(cfg.torch_dtype()).replace("torch.", ""),
+                        "device": device.type, "gpu": gpu, "dry_run": cfg.dry_run}
+        self.store = ResultsStore(cfg.run_path, self.context)
+        self.path = cfg.run_path
 
-    def stream(self, corpus: str, n_tokens: int) -> torch.Tensor:
-        key = (corpus, n_tokens)
-        if key not in self._streams:
-            self._streams[key] = load_stream(corpus, self.tokenizer, max_tokens=n_tokens)
-        return self._streams[key]
-
+    # -- measuring --------------------------------------------------------------------------------------------
     def fields(self, group: str, policy, **more) -> dict:
-        return {"group": group, "policy": policy.params(), "model": self.cfg.model, "dtype": str(self.cfg.torch_dtype()),
-                "device": self.cfg.torch_device().type, **more}
+        return {"group": group, "policy": policy.params(), "model": self.cfg.model,
+                "dtype": self.context["dtype"], "device": self.context["device"],
+                **{k: int(v) if isinstance(v, torch.Tensor) else v for k, v in more.items()}}
 
-    def measure(self, fields: dict, fn) -> str:
-        status = self.store.measure(fields, fn, force=self.cfg.force)
-        print(f"{fields['group']:>10} {fields['policy'].get('policy', ''):>12} {json.dumps({k: v for k, v in fields.items() if k not in ('group', 'policy', 'model', 'dtype', 'device')})}: {status}")
-        return status
+    def measure(self, group: str, policy, compute, **fields) -> Measurement:
+        """``compute()`` returns a :class:`~streamlib.results.Measurement`; its rows go to the records and its
+        curve to ``curves/<group>-<key>.csv`` with the policy's columns. Failures become ``failed`` records."""
+        full = self.fields(group, policy, **fields)
+        key = config_key(**full)
+        if not self.cfg.force and key in self.store.done_keys():
+            result = self._read_back(group, key)
+        else:
+            holder: dict = {}
+            status = self.store.measure(full, lambda: holder.setdefault("m", compute()).rows, force=True)
+            if status == "ok":
+                result = holder["m"]
+                if result.curve is not None:  # returned as it is read back: with the policy's columns
+                    result.curve = self._save_curve(group, key, policy, fields, result.curve)
+            else:
+                error = next((r.get("error", "") for r in reversed(read_rows(self.store.path)) if r.get("key") == key), "")
+                result = Measurement(status="failed", error=error)
+                print(f"FAILED {group} {policy.label()}: {error}", file=sys.stderr)
+        print(f"{group:>10} | {policy.label():<28} | {_describe(fields):<40} | {result.status}")
+        return result
 
+    def _read_back(self, group: str, key: str) -> Measurement:
+        rows = {}
+        for r in read_rows(self.store.path):
+            if r.get("key") == key and r.get("status") == "ok":
+                rows[r["metric"]] = (r["metric"], r["value"], r.get("unit", ""))
+        path = self.path / "curves" / f"{group}-{key}.csv"
+        curve = pd.read_csv(path) if path.exists() else None
+        return Measurement(rows=list(rows.values()), curve=curve, status="skipped")
 
-def save_curve(cfg: Config, name: str, df: pd.DataFrame) -> Path:
-    path = cfg.run_path / "curves" / f"{name}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False)
-    return path
+    def _save_curve(self, group, key, policy, fields, curve: pd.DataFrame) -> pd.DataFrame:
+        p = policy.params()
+        columns = {"key": key, "label": policy.label(), "policy": p["policy"], "n_sink": p.get("n_sink"),
+                   "window": p.get("window"), "pos_shift": p.get("pos_shift", True),
+                   **{k: v for k, v in fields.items() if not isinstance(v, (list, dict))}}
+        out = curve.copy()
+        for name, value in reversed(list(columns.items())):
+            if name not in out:
+                out.insert(0, name, value)
+        path = self.path / "curves" / f"{group}-{key}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out.to_csv(path, index=False)
+        return out
 
+    # -- reading back -----------------------------------------------------------------------------------------
+    def records(self) -> pd.DataFrame:
+        return load_results(self.path)
 
-def load_curve(cfg: Config, name: str) -> pd.DataFrame | None:
-    path = cfg.run_path / "curves" / f"{name}.csv"
-    return pd.read_csv(path) if path.exists() else None
+    def metrics(self, group: str) -> pd.DataFrame:
+        """One row per measurement of ``group``, one column per metric (see ``results.metrics_wide``)."""
+        return metrics_wide(self.records(), group)
 
+    def curves(self, group: str) -> pd.DataFrame:
+        """Every curve recorded for ``group``, concatenated (empty when there is none)."""
+        keys = {r.get("key") for r in read_rows(self.store.path) if r.get("status") == "ok"}
+        frames = [pd.read_csv(p) for p in sorted((self.path / "curves").glob(f"{group}-*.csv"))
+                  if p.stem.rsplit("-", 1)[1] in keys]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
-def _policy_row(policy) -> dict:
-    p = policy.params()
-    return {"label": policy.label(), "policy": p["policy"], "pos_shift": p.get("pos_shift", True)}
+    # -- writing figures and tables ---------------------------------------------------------------------------
+    def figure(self, fig, name: str) -> None:
+        """Save ``fig`` as ``figures/<name>.pdf`` and ``.png`` in the run; the report's figures (``fig*``) go to the
+        repository's ``figures/`` too when ``export_figures``. A dry run's figures say so across the top. In a
+        notebook the figure then shows inline, below the cell."""
+        from . import plots
 
+        if self.cfg.dry_run:
+            plots.mark_dry_run(fig)
+        export = self.cfg.export_figures and name.startswith("fig")
+        dirs = [self.path / "figures"] + ([repo_root() / "figures"] if export else [])
+        plots.save_figure(fig, name, *dirs, close=not _in_notebook())
 
-# ------------------------------------------------------------------------------------------------------ steps --
-
-def download(cfg: Config) -> dict:
-    """00: fetch the model and datasets when they are on the Hub and missing; check that everything loads."""
-    from .data import hub_reachable
-
-    online = hub_reachable()
-    report = {"model": cfg.model, "hub_reachable": online, "cached": M.is_cached(cfg.model)}
-    if not report["cached"] and online and not cfg.model.startswith("random:"):
-        M.download(cfg.model)
-        report["downloaded"] = True
-    tok = M.load_tokenizer(cfg.model)
-    report["datasets"] = {}
-    for corpus in dict.fromkeys(list(cfg.datasets) + [cfg.long_stream_corpus]):
-        text = corpus_text(corpus)  # downloads into data/ when online, reads the cache when not
-        report["datasets"][corpus] = {"characters": len(text)}
-        if tok is not None:
-            report["datasets"][corpus]["tokens_kept"] = int(tokenize_stream(tok, text, max_tokens=max(cfg.ppl_tokens, cfg.long_stream_tokens)).shape[1])
-    return report
-
-
-def _ppl_rows(session: Session, policy, corpus: str, n_tokens: int, curve_name: str | None = None):
-    ids = session.stream(corpus, n_tokens)
-
-    def run():
-        holder = {}
-        mem = peak_memory(lambda: holder.setdefault("r", perplexity(session.model, ids, policy, progress=True)),
-                          session.model.device)
-        result = holder["r"]
-        if curve_name:
-            save_curve(session.cfg, curve_name, pd.DataFrame({
-                **{k: [v] * result.n_tokens for k, v in _policy_row(policy).items()},
-                "position": range(1, result.n_tokens + 1), "nll": result.nll.numpy()}))
-        rows = [("ppl", result.ppl, ""), ("mean_nll", result.mean_nll, "nats")]
-        rows += [(f"ppl_{k}_mem", v, "bytes") for k, v in mem.items()]
-        return rows
-
-    more = {"curve": curve_name} if curve_name else {}  # a curve is its own measurement: never skipped for a bare ppl
-    return session.measure(session.fields("ppl", policy, dataset=corpus, n_tokens=int(ids.shape[1]), **more), run)
-
-
-def _kv_after_prompt(model, policy, prompt) -> list:
-    """KV-cache bytes once the prompt is in the cache (Recompute keeps none between tokens)."""
-    if isinstance(policy, Recompute):
-        return []
-    cache = policy.make_cache(model)
-    prefill(model, prompt, cache)
-    return [("kv_bytes_after_prompt", kv_cache_bytes(cache), "bytes")]
-
-
-def _speed_rows(session: Session, policy):
-    cfg = session.cfg
-    vocab = session.model.config.vocab_size
-    for batch in cfg.speed_batch_sizes:
-        prompt = torch.randint(0, vocab, (batch, cfg.speed_prompt_tokens), generator=torch.Generator().manual_seed(0))
-
-        def run(prompt=prompt):
-            holder = {}
-            mem = peak_memory(lambda: holder.setdefault(
-                "r", time_generation(session.model, policy, prompt, cfg.speed_new_tokens, repeats=cfg.speed_repeats)),
-                session.model.device)
-            rows = [(m, mean, unit) for m, (mean, _, unit) in holder["r"].summary().items()]
-            rows += [(m + "_std", std, unit) for m, (_, std, unit) in holder["r"].summary().items() if std]
-            rows += [(f"gen_{k}_mem", v, "bytes") for k, v in mem.items()]
-            return rows + _kv_after_prompt(session.model, policy, prompt)
-
-        session.measure(session.fields("speed", policy, batch_size=batch, prompt_tokens=cfg.speed_prompt_tokens,
-                                       new_tokens=cfg.speed_new_tokens), run)
+    def table(self, table: pd.DataFrame, name: str) -> pd.DataFrame:
+        """Write ``tables/<name>.md`` and ``.tex``; returns the table for display."""
+        out = self.path / "tables"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.md").write_text(to_markdown(table) + "\n")
+        (out / f"{name}.tex").write_text(to_latex(table) + "\n")
+        return table
 
 
-def _flops_rows(session: Session, policy):
-    cfg = session.cfg
-    mcfg = session.model.config
-
-    def run():
-        rows = [("flops_per_token_at_prompt_end", flops_per_token(
-            mcfg, cfg.speed_prompt_tokens + 1 if policy.budget is None else min(cfg.speed_prompt_tokens, policy.budget) + 1), "FLOP"),
-            ("flops_stream_per_token", stream_flops(mcfg, cfg.long_stream_tokens, policy) / cfg.long_stream_tokens, "FLOP")]
-        if isinstance(policy, Dense):
-            eager = M.load_model(cfg.model, device=cfg.torch_device(), dtype=cfg.torch_dtype(), attn_implementation="eager")
-            ids = torch.randint(0, mcfg.vocab_size, (1, cfg.flops_tokens))
-            rows.append(("calflops_forward", calflops_forward(eager, ids.to(eager.device)), "FLOP"))
-            del eager
-        return rows
-
-    session.measure(session.fields("flops", policy, tokens=cfg.long_stream_tokens), run)
+def _describe(fields: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in fields.items())[:40]
 
 
-def _attention_curve(session: Session):
-    from .attention import first_token_attention, uniform_share
-
-    cfg = session.cfg
-    eager = M.load_model(cfg.model, device=cfg.torch_device(), dtype=cfg.torch_dtype(), attn_implementation="eager")
-    length = min(512, cfg.ppl_tokens)
-    ids = session.stream(cfg.datasets[0], cfg.ppl_tokens)[:, :length]
-    share = first_token_attention(eager, ids, n_first=4)
-    rows = [{"layer": layer, "token": tok, "weight": float(share[layer, tok])}
-            for layer in range(share.shape[0]) for tok in range(share.shape[1])]
-    df = pd.DataFrame(rows)
-    df["uniform"] = uniform_share(length)
-    save_curve(cfg, "attention_first_tokens", df)
-    del eager
-    return df
-
-
-def baseline(cfg: Config) -> pd.DataFrame:
-    """01: dense attention: perplexity per dataset, memory, FLOPs, TTFT / TPOT / throughput, attention on the first
-    tokens."""
-    session = Session(cfg)
-    policy = Dense()
-    for corpus in cfg.datasets:
-        _ppl_rows(session, policy, corpus, cfg.ppl_tokens)
-    _speed_rows(session, policy)
-    _flops_rows(session, policy)
-    _attention_curve(session)
-    return load_results(cfg.run_path)
-
-
-def streaming(cfg: Config) -> pd.DataFrame:
-    """02: the same measurements under StreamingLLM(n_sink, window, pos_shift); returns the comparison table."""
-    session = Session(cfg)
-    policy = cfg.streaming_policy()
-    for corpus in cfg.datasets:
-        _ppl_rows(session, policy, corpus, cfg.ppl_tokens)
-    _speed_rows(session, policy)
-    _flops_rows(session, policy)
-    return report_table(cfg)
-
-
-def report_table(cfg: Config) -> pd.DataFrame:
-    df = load_results(cfg.run_path)
-    policy = cfg.streaming_policy().params()
-    tables = []
-    for corpus in cfg.datasets:
-        t = comparison_table(df[df["dataset"] == corpus], {"policy": "dense"},
-                             {k: policy[k] for k in ("policy", "n_sink", "window", "pos_shift")}, ["ppl"])
-        t["metric"] = f"ppl ({corpus})"
-        tables.append(t)
-    batch = cfg.speed_batch_sizes[0]
-    speed = df[(df["batch_size"] == batch)] if "batch_size" in df else df.iloc[0:0]
-    tables.append(comparison_table(speed, {"policy": "dense"},
-                                   {k: policy[k] for k in ("policy", "n_sink", "window", "pos_shift")},
-                                   ["ttft", "tpot_mean", "decode_throughput", "kv_bytes_after_prompt"]
-                                   + [m for m in ("gen_peak_allocated_mem", "gen_peak_rss_mem") if m in set(speed["metric"])]))
-    tables.append(comparison_table(df, {"policy": "dense"},
-                                   {k: policy[k] for k in ("policy", "n_sink", "window", "pos_shift")},
-                                   ["flops_stream_per_token"]))
-    table = pd.concat(tables, ignore_index=True)
-    out = cfg.run_path / "tables"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.md").write_text(to_markdown(table) + "\n")
-    (out / "comparison.tex").write_text(to_latex(table) + "\n")
-    return table
-
-
-def sweep_policies(cfg: Config) -> list:
-    policies = []
-    for c in cfg.sweep_cache_sizes:
-        policies += [Window(c), StreamingLLM(min(4, c - 1), c - min(4, c - 1), True),
-                     StreamingLLM(min(4, c - 1), c - min(4, c - 1), False)]
-        if cfg.sweep_recompute:
-            policies.append(Recompute(c))
-    policies += [StreamingLLM(s, cfg.sweep_sink_cache - s, True) for s in cfg.sweep_sinks]
-    return list(dict.fromkeys(policies))
-
-
-def sweep(cfg: Config) -> pd.DataFrame:
-    """03: perplexity, KV bytes and decode latency over cache sizes x sink counts x policies."""
-    session = Session(cfg)
-    corpus = cfg.datasets[0]
-    vocab = session.model.config.vocab_size
-    prompt = torch.randint(0, vocab, (1, cfg.speed_prompt_tokens), generator=torch.Generator().manual_seed(0))
-    for policy in sweep_policies(cfg):
-        _ppl_rows(session, policy, corpus, cfg.sweep_tokens)
-
-        def run(policy=policy):
-            r = time_generation(session.model, policy, prompt, min(cfg.speed_new_tokens, 32), repeats=1)
-            return [("tpot_mean", r.summary()["tpot_mean"][0], "s")] + _kv_after_prompt(session.model, policy, prompt)
-
-        session.measure(session.fields("sweep_speed", policy, prompt_tokens=cfg.speed_prompt_tokens), run)
-    return load_results(cfg.run_path)
-
-
-def long_stream(cfg: Config) -> None:
-    """04: one long text far past the trained length: NLL per position (all policies), then memory and per-token
-    latency per position (token by token)."""
-    session = Session(cfg)
-    ids = session.stream(cfg.long_stream_corpus, cfg.long_stream_tokens)
-    policies = [Dense(), Window(cfg.window + cfg.n_sink), Recompute(cfg.recompute_window), cfg.streaming_policy()]
-    curves = []
-    for policy in policies:
-        stream_ids = ids[:, : cfg.max_dense_tokens] if isinstance(policy, Dense) else ids
-        if isinstance(policy, Recompute):
-            stream_ids = ids[:, : cfg.trace_tokens]  # O(window^2) per token: a shorter stretch is enough
-        name = f"nll_{_slug(policy)}"
-        _ppl_rows(session, policy, cfg.long_stream_corpus, int(stream_ids.shape[1]), curve_name=name)
-        curve = load_curve(cfg, name)
-        if curve is not None:
-            curves.append(curve)
-    trace_ids = ids[:, : cfg.trace_tokens]
-    for policy in policies:
-        name = f"trace_{_slug(policy)}"
-
-        def run(policy=policy, name=name):
-            rows = stream_trace(session.model, trace_ids, policy, every=cfg.trace_every, max_dense_tokens=cfg.max_dense_tokens)
-            df = pd.DataFrame(rows)
-            for k, v in _policy_row(policy).items():
-                df[k] = v
-            save_curve(cfg, name, df)
-            return [("trace_final_kv_bytes", rows[-1]["kv_bytes"], "bytes"),
-                    ("trace_final_step_s", rows[-1]["step_s"], "s"),
-                    ("trace_first_step_s", rows[0]["step_s"], "s")]
-
-        session.measure(session.fields("trace", policy, dataset=cfg.long_stream_corpus,
-                                       n_tokens=int(trace_ids.shape[1]), every=cfg.trace_every), run)
-    traces = [load_curve(cfg, f"trace_{_slug(p)}") for p in policies]
-    if any(t is not None for t in traces):
-        save_curve(cfg, "traces", pd.concat([t for t in traces if t is not None], ignore_index=True))
-    if curves:
-        save_curve(cfg, "nll_long_stream", pd.concat(curves, ignore_index=True))
-
-
-def _slug(policy) -> str:
-    return policy.label().replace(" ", "_").replace(",", "").replace("+", "p")
+def _in_notebook() -> bool:
+    return "ipykernel" in sys.modules
 
 
 def published_results() -> pd.DataFrame:
+    """The published numbers (paper tables, attention_sinks benchmarks, the lab report) shipped with the package."""
     return pd.read_csv(Path(__file__).parent / "reference" / "published_results.csv")
 
 
-def trained_length(cfg: Config) -> int:
-    """The sequence length the model was trained at: the micro model's card, else Pythia's 2048."""
-    if cfg.model in M.MICRO_NAMES:
-        return json.loads((M.MICRO_DIR / "card.json").read_text())["train_seq_len"]
-    return 2048
+# ------------------------------------------------------------------------------------ tables from the records --
 
 
-def _kv_bytes_per_token(model_config, dtype: torch.dtype) -> int:
-    return 2 * model_config.num_hidden_layers * model_config.hidden_size * torch.finfo(dtype).bits // 8
+def comparison(run: Run) -> pd.DataFrame:
+    """The lab report's table, baseline (Dense) vs the run's StreamingLLM: perplexity per dataset, TTFT, TPOT,
+    throughput, KV bytes and peak memory at the first batch size, FLOPs per token over the long stream. In the units
+    people read: ms, MiB or GiB, GFLOP."""
+    cfg, df = run.cfg, run.records()
+    streaming = {k: v for k, v in cfg.streaming_policy().params().items()}
+    tables = []
+    for corpus in cfg.datasets:
+        t = comparison_table(df[(df["group"] == "ppl") & (df["dataset"] == corpus)], {"policy": "dense"}, streaming,
+                             ["ppl"])
+        t["metric"] = f"ppl ({corpus})"
+        tables.append(t)
+    speed = df[(df["group"] == "speed") & (df["batch_size"] == cfg.speed_batch_sizes[0])]
+    memory = [m for m in ("gen_peak_allocated_mem", "gen_peak_rss_mem") if m in set(speed["metric"])]
+    tables.append(comparison_table(speed, {"policy": "dense"}, streaming,
+                                   ["ttft", "tpot_mean", "decode_throughput", "kv_bytes_after_prompt"] + memory))
+    tables.append(comparison_table(df[df["group"] == "flops"], {"policy": "dense"}, streaming,
+                                   ["flops_stream_per_token"]))
+    table = in_display_units(pd.concat(tables, ignore_index=True))
+    names = {"ttft": "TTFT", "tpot_mean": "TPOT (mean)", "decode_throughput": "decode throughput",
+             "kv_bytes_after_prompt": "KV cache after the prompt", "gen_peak_allocated_mem": "peak GPU memory",
+             "gen_peak_rss_mem": "peak RSS", "flops_stream_per_token": "FLOPs per token (long stream)"}
+    table["metric"] = [names.get(m, m) for m in table["metric"]]
+    return table.rename(columns={"streamingllm": cfg.streaming_policy().label()})
 
 
-def _sweep_frame(cfg: Config, df: pd.DataFrame, per_token_kv: int) -> pd.DataFrame:
-    ok = df[df["status"] == "ok"]
-    rows = []
-    for policy in sweep_policies(cfg):
-        p = policy.params()
-        sel = ok
-        for k in ("policy", "n_sink", "window", "pos_shift"):
-            if k in p:
-                sel = sel[sel[k] == p[k]]
-        ppl = sel[(sel["group"] == "ppl") & (sel["metric"] == "ppl") & (sel["n_tokens"] == cfg.sweep_tokens)]
-        tpot = sel[(sel["group"] == "sweep_speed") & (sel["metric"] == "tpot_mean")]
-        kv = sel[(sel["group"] == "sweep_speed") & (sel["metric"] == "kv_bytes_after_prompt")]
-        kv_bytes = kv["value"].iloc[-1] if not kv.empty else per_token_kv * policy.budget  # Recompute: transient KV
-        rows.append({**_policy_row(policy), "n_sink": p.get("n_sink", 0), "cache_size": policy.budget,
-                     "ppl": ppl["value"].iloc[-1] if not ppl.empty else float("nan"),
-                     "tpot_ms": tpot["value"].iloc[-1] * 1e3 if not tpot.empty else float("nan"),
-                     "kv_mib": kv_bytes / 2**20})
-    out = pd.DataFrame(rows)
-    names = {"dense": "Dense", "window": "Window", "recompute": "Recompute"}
-    out["kind_label"] = [names.get(r.policy, "StreamingLLM" + ("" if r.pos_shift else ", no shift"))
-                         for r in out.itertuples()]
-    return out
+def speed_table(run: Run) -> pd.DataFrame:
+    """TTFT, TPOT (ms), decode throughput (tok/s), peak memory and KV cache (MiB) per policy and batch size."""
+    wide = run.metrics("speed")
+    if wide.empty:
+        return wide
+    mem = "gen_peak_allocated_mem" if "gen_peak_allocated_mem" in wide else "gen_peak_rss_mem"
+    out = wide[["label", "policy", "pos_shift", "batch_size"]].copy()
+    out["pos_shift"] = out["pos_shift"].fillna(True).astype(bool)
+    out["ttft_ms"] = wide["ttft"] * 1e3
+    out["tpot_ms"] = wide["tpot_mean"] * 1e3
+    out["throughput"] = wide["decode_throughput"]
+    out["peak_mem_mib"] = wide[mem] / 2**20
+    out["kv_mib"] = wide["kv_bytes_after_prompt"] / 2**20
+    return out.sort_values(["batch_size", "label"]).reset_index(drop=True)
 
 
-def report(cfg: Config) -> dict:
-    """05: the figures and tables of the report, from the run's records and curves. Returns {name: [paths]}."""
-    from . import plots
+SWEEP_SINKS = 4  # the sink count of the cache-size sweep (the paper's choice)
 
-    plots.apply_style()
-    df = load_results(cfg.run_path)
-    fig_dirs = [cfg.run_path / "figures"] + ([repo_root() / "figures"] if cfg.export_figures else [])
-    written: dict[str, list] = {}
-    nll = load_curve(cfg, "nll_long_stream")
-    if nll is not None:
-        written["fig1_nll_vs_position"] = plots.save_figure(
-            plots.fig_nll_vs_position(nll, trained_length(cfg)), "fig1_nll_vs_position", *fig_dirs)
-    traces = load_curve(cfg, "traces")
-    if traces is not None:
-        written["fig2_memory_vs_position"] = plots.save_figure(
-            plots.fig_trace(traces, "kv_bytes", "KV cache (MiB)", "KV-cache memory along the stream", 1 / 2**20),
-            "fig2_memory_vs_position", *fig_dirs)
-        written["fig3_latency_vs_position"] = plots.save_figure(
-            plots.fig_trace(traces, "step_s", "time per token (ms)", "Per-token latency along the stream", 1e3),
-            "fig3_latency_vs_position", *fig_dirs)
-    ok = df[df["status"] == "ok"]
-    per_token_kv = _kv_bytes_per_token(M.load_config(cfg.model), cfg.torch_dtype())
-    sweep_df = _sweep_frame(cfg, df, per_token_kv)
-    if sweep_df["ppl"].notna().any():
-        cache_rows = sweep_df[sweep_df["cache_size"].isin(cfg.sweep_cache_sizes)
-                              & ~((sweep_df["policy"] == "streamingllm") & (sweep_df["n_sink"] != min(4, min(cfg.sweep_cache_sizes) - 1)))]
-        written["fig4_tradeoff"] = plots.save_figure(plots.fig_tradeoff(cache_rows), "fig4_tradeoff", *fig_dirs)
-        sinks = sweep_df[(sweep_df["cache_size"] == cfg.sweep_sink_cache) & (sweep_df["policy"] == "streamingllm")
-                         & sweep_df["pos_shift"] & sweep_df["n_sink"].isin(cfg.sweep_sinks)].sort_values("n_sink")
-        pub = published_results()
-        pub = pub[(pub["table"] == "table2")]
-        written["fig5_ppl_vs_sinks"] = plots.save_figure(plots.fig_sinks(sinks, pub), "fig5_ppl_vs_sinks", *fig_dirs)
-        save_curve(cfg, "sweep", sweep_df)
-    speed = ok[ok["group"] == "speed"].copy()
-    if not speed.empty:
-        speed[["n_sink", "window"]] = speed[["n_sink", "window"]].fillna(-1)  # Dense has neither
-        speed["pos_shift"] = speed["pos_shift"].fillna(True).astype(bool)
-        rows = []
-        for (kind, n_sink, window, shift, batch), g in speed.groupby(["policy", "n_sink", "window", "pos_shift", "batch_size"]):
-            policy = Dense() if kind == "dense" else StreamingLLM(int(n_sink), int(window), bool(shift))
-            metric = dict(zip(g["metric"], g["value"]))
-            rows.append({**_policy_row(policy), "batch_size": int(batch), "ttft_ms": metric.get("ttft", float("nan")) * 1e3,
-                         "tpot_ms": metric.get("tpot_mean", float("nan")) * 1e3,
-                         "throughput": metric.get("decode_throughput", float("nan"))})
-        speed_df = pd.DataFrame(rows)
-        written["fig6_speed"] = plots.save_figure(plots.fig_speed(speed_df), "fig6_speed", *fig_dirs)
-    attention = load_curve(cfg, "attention_first_tokens")
-    if attention is not None:
-        written["fig7_attention_sinks"] = plots.save_figure(
-            plots.fig_attention(attention, float(attention["uniform"].iloc[0])), "fig7_attention_sinks", *fig_dirs)
-    table = report_table(cfg)
-    lines = [f"# streamlib run `{cfg.run_path.name}` (profile {cfg.profile}, model {cfg.model})", "",
-             "## Baseline vs StreamingLLM", "", to_markdown(table), "", "## Figures", ""]
-    lines += [f"- {name}: `figures/{name}.pdf`, `.png`" for name in written]
-    pub = published_results()
-    lines += ["", "## Published numbers (for shape, not digits: protocols differ)", "",
-              to_markdown(pub[["source", "table", "model", "dataset", "n_sink", "window", "ppl", "note"]].fillna(""))]
-    (cfg.run_path / "report.md").write_text("\n".join(lines) + "\n")
-    return written
+
+def sweep_table(run: Run) -> pd.DataFrame:
+    """One row per swept policy: perplexity on the sweep stream, KV bytes after the prompt (MiB), TPOT (ms) and the
+    cache size in tokens; ``sweep`` says whether the row belongs to the cache-size sweep, the sink sweep or both."""
+    cfg = run.cfg
+    ppl, speed = run.metrics("ppl"), run.metrics("sweep_speed")
+    if ppl.empty or speed.empty:
+        return pd.DataFrame()
+    ppl = ppl[(ppl["n_tokens"] == cfg.sweep_tokens) & (ppl["dataset"] == cfg.datasets[0])]
+    cols = ["policy", "n_sink", "window", "pos_shift"]
+    speed = speed[cols + ["tpot_mean", "kv_bytes_after_prompt"]]
+    out = ppl[["label"] + cols + ["ppl"]].merge(speed, on=cols, how="inner")
+    out["pos_shift"] = out["pos_shift"].fillna(True).astype(bool)
+    out["n_sink"] = out["n_sink"].fillna(0).astype(int)
+    out["cache_size"] = out["n_sink"] + out["window"].astype(int)
+    out["kv_mib"] = out["kv_bytes_after_prompt"] / 2**20
+    out["tpot_ms"] = out["tpot_mean"] * 1e3
+    out.insert(1, "family", [kind_label(p, s) for p, s in zip(out["policy"], out["pos_shift"])])
+    in_cache = out["cache_size"].isin(cfg.sweep_cache_sizes) & ((out["policy"] != "streamingllm")
+                                                                 | (out["n_sink"] == SWEEP_SINKS))
+    in_sinks = (out["policy"] == "streamingllm") & out["pos_shift"] & (out["cache_size"] == cfg.sweep_sink_cache)
+    out["sweep"] = ["cache+sinks" if a and b else "cache" if a else "sinks" if b else "" for a, b in zip(in_cache, in_sinks)]
+    return out[out["sweep"] != ""].drop(columns=["tpot_mean", "kv_bytes_after_prompt"]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------------- report --
+
+CAPTIONS = {
+    "fig1_nll_vs_position": "NLL along one long stream: Dense past its trained length (dotted line) against the "
+                            "bounded caches.",
+    "fig2_memory_vs_position": "KV-cache memory along the stream: Dense grows with every token, the bounded caches "
+                               "stay flat.",
+    "fig3_latency_vs_position": "Time per token along the stream: Recompute pays a forward over its whole window "
+                                "for each token.",
+    "fig4_tradeoff": "Perplexity against KV-cache memory over the cache-size sweep (Pareto front in grey), and "
+                     "decode latency against cache size.",
+    "fig5_ppl_vs_sinks": "Perplexity against the number of attention sinks at a fixed cache size, beside the "
+                         "paper's Table 2.",
+    "fig6_speed": "TTFT, TPOT and decode throughput, Dense against StreamingLLM, per batch size.",
+    "fig7_attention_sinks": "Mean attention weight on each of the first four tokens, per layer, against uniform "
+                            "attention.",
+    "fig8_generation": "Memory and time per token while generating far past the trained length, Dense against "
+                       "StreamingLLM.",
+}
+
+
+def write_report(run: Run, tables: dict[str, pd.DataFrame]) -> Path:
+    """``report.md`` in the run directory: the tables given, then every report figure the run has, embedded as a PNG
+    with its one-line caption. A dry run says so at the top."""
+    cfg = run.cfg
+    lines = [f"# streamlib run `{run.path.name}`: profile {cfg.profile}, model {cfg.model}", ""]
+    if cfg.dry_run:
+        lines += ["> **DRY RUN.** Random weights, embedded text and scaled-down token counts: this checks that the "
+                  f"`{cfg.profile}` chain runs end to end. None of its numbers is a result.", ""]
+    for title, table in tables.items():
+        lines += [f"## {title}", "", to_markdown(table), ""]
+    lines += ["## Figures", ""]
+    for name, caption in CAPTIONS.items():
+        if (run.path / "figures" / f"{name}.png").exists():
+            lines += [f"![{caption}](figures/{name}.png)", "", f"*{name}: {caption}* ([PDF](figures/{name}.pdf))", ""]
+    path = run.path / "report.md"
+    path.write_text("\n".join(lines))
+    return path

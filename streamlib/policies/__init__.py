@@ -8,18 +8,45 @@ from .window import Window
 
 Policy = Dense | Window | StreamingLLM | Recompute
 
-__all__ = ["Dense", "Window", "StreamingLLM", "Recompute", "Policy", "PolicyBase", "from_params"]
+__all__ = ["Dense", "Window", "StreamingLLM", "Recompute", "Policy", "PolicyBase", "from_params", "parse_policy"]
+
+POLICY_FORMS = ("dense", "window:W", "streamingllm:S+W", "streamingllm:S+W:noshift", "recompute:W")
 
 
 def from_params(params: dict) -> Policy:
     """Rebuild a policy from ``policy.params()`` (as stored in result records and notebook parameters)."""
     kind = params.get("policy")
+    # records read back through pandas hold integers as floats (252.0): take integral floats as integers
+    params = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in params.items()}
     if kind == "dense":
         return Dense()
     if kind == "window":
         return Window(params["window"])
     if kind == "streamingllm":
-        return StreamingLLM(params["n_sink"], params["window"], params.get("pos_shift", True))
+        return StreamingLLM(params["n_sink"], params["window"], bool(params.get("pos_shift", True)))
     if kind == "recompute":
         return Recompute(params["window"])
     raise ValueError(f"policy must be one of 'dense', 'window', 'streamingllm', 'recompute'; got {kind!r}")
+
+
+def parse_policy(spec: str) -> Policy:
+    """A policy from a short string, as the command line takes it: ``dense``, ``window:256``,
+    ``streamingllm:4+252``, ``streamingllm:4+252:noshift`` or ``recompute:256``."""
+    forms = ", ".join(POLICY_FORMS)
+    if not isinstance(spec, str):
+        raise ValueError(f"policy must be a string of the form {forms}; got {spec!r}")
+    parts = spec.strip().lower().split(":")
+    kind, args = parts[0], parts[1:]
+    try:
+        if kind == "dense" and not args:
+            return Dense()
+        if kind in ("window", "recompute") and len(args) == 1:
+            return (Window if kind == "window" else Recompute)(int(args[0]))
+        if kind == "streamingllm" and len(args) in (1, 2) and args[0].count("+") == 1:
+            if len(args) == 2 and args[1] not in ("shift", "noshift"):
+                raise ValueError(f"the third part must be 'shift' or 'noshift', got {args[1]!r}")
+            n_sink, window = (int(x) for x in args[0].split("+"))
+            return StreamingLLM(n_sink, window, pos_shift=len(args) == 1 or args[1] == "shift")
+    except ValueError as err:
+        raise ValueError(f"policy {spec!r}: {err}. Accepted forms: {forms}") from None
+    raise ValueError(f"policy must be one of the forms {forms}; got {spec!r}")

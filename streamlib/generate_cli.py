@@ -1,0 +1,149 @@
+"""``python -m streamlib generate``: streaming generation from the terminal, and a conversation that never ends.
+
+    python -m streamlib generate --model micro --policy streamingllm:4+124 --prompt "And God said"
+    python -m streamlib generate --model micro --interactive < turns.txt
+
+Text goes to stdout as it is produced; statistics go to stderr. With ``--interactive`` each line read from stdin
+is a turn: it is appended to the same stream and cache (nothing is recomputed), then the model answers until a
+newline, an end-of-text token or ``--max-new-tokens``. Under a bounded policy memory stays flat over any number of
+turns; one stderr line per turn shows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from .policies import POLICY_FORMS, parse_policy
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="Hub id, local directory, 'micro' or 'random:pythia-XXX' (default: the model of the profile "
+                        "`make run` would pick)")
+    p.add_argument("--prompt", default=None, help="the prompt text")
+    p.add_argument("--prompt-file", default=None, help="read the prompt from this file")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (per turn with --interactive)")
+    p.add_argument("--policy", default="streamingllm:4+252", help="one of: " + ", ".join(POLICY_FORMS))
+    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling: keep the tokens holding this mass")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--interactive", action="store_true",
+                   help="read turns from stdin (a terminal or a pipe), all in one stream and one cache")
+
+
+class TextWriter:
+    """Writes tokens to a text stream as they come, holding back a token that ends inside a UTF-8 character."""
+
+    def __init__(self, tokenizer, out=None):
+        self.tokenizer, self.out = tokenizer, out or sys.stdout
+        self.line: list[int] = []
+        self.printed = 0
+
+    def write(self, token_id: int) -> str:
+        self.line.append(token_id)
+        text = self.tokenizer.decode(self.line)
+        if text.endswith("\ufffd"):
+            return ""
+        new = text[self.printed :]
+        self.out.write(new)
+        self.out.flush()
+        if "\n" in new:
+            self.line, self.printed = [], 0
+        else:
+            self.printed = len(text)
+        return new
+
+
+def _default_model() -> str:
+    from .runner import choose_profile
+    from .workbook import Config
+
+    return Config.load(choose_profile()[0]).model
+
+
+def _stats(stream, policy, tokens: int, seconds: float) -> str:
+    from .speed import kv_cache_bytes
+
+    rate = tokens / seconds if seconds > 0 else float("nan")
+    return (f"{tokens} tokens in {seconds:.2f} s ({rate:.1f} tok/s) | {policy.label()} | "
+            f"KV cache {kv_cache_bytes(stream.cache) / 2**20:.3f} MiB | stream position {stream.position} | "
+            f"model position {stream.cache.get_seq_length()}")
+
+
+def run_generate(args, parser: argparse.ArgumentParser) -> int:
+    from .generation import TokenStream
+    from .models import load_model, load_tokenizer
+
+    try:
+        policy = parse_policy(args.policy)
+    except ValueError as err:
+        parser.error(f"--policy: {err}")
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be an integer >= 1; got {args.max_new_tokens}")
+    if args.temperature < 0:
+        parser.error(f"--temperature must be >= 0 (0: greedy); got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        parser.error(f"--top-p must be in (0, 1]; got {args.top_p}")
+    if args.prompt is not None and args.prompt_file is not None:
+        parser.error("give --prompt or --prompt-file, not both")
+    prompt = args.prompt
+    if args.prompt_file is not None:
+        with open(args.prompt_file, encoding="utf-8") as fh:
+            prompt = fh.read()
+    if prompt is None and not args.interactive:
+        parser.error("give --prompt or --prompt-file (or --interactive)")
+    if policy.name == "recompute":
+        parser.error("--policy: recompute keeps no cache to generate from; use dense, window or streamingllm")
+
+    name = args.model or _default_model()
+    model = load_model(name, device=args.device)
+    tokenizer = load_tokenizer(name if not name.startswith("random:") else "micro")
+    stream = TokenStream(model, policy, do_sample=args.temperature > 0, temperature=args.temperature or 1.0,
+                         top_p=args.top_p, seed=args.seed)
+    writer = TextWriter(tokenizer)
+    eos = tokenizer.eos_token_id
+    generated, started = 0, time.perf_counter()
+
+    def answer(stop_at_newline: bool) -> None:
+        nonlocal generated
+        for token in stream.generate(args.max_new_tokens, eos_token_id=eos):
+            generated += 1
+            text = writer.write(int(token[0, 0]))
+            if stop_at_newline and "\n" in text:
+                return
+        if stop_at_newline:
+            sys.stdout.write("\n")
+
+    def encode(text: str) -> torch.Tensor:
+        return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+
+    if not args.interactive:
+        sys.stdout.write(prompt)
+        stream.feed(encode(prompt))
+        answer(stop_at_newline=False)
+        sys.stdout.write("\n")
+        print(_stats(stream, policy, generated, time.perf_counter() - started), file=sys.stderr)
+        return 0
+
+    if prompt:
+        stream.feed(encode(prompt))
+    tty = sys.stdin.isatty()
+    turn = 0
+    while True:
+        if tty:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        turn += 1
+        stream.feed(encode(line if line.endswith("\n") else line + "\n"))
+        answer(stop_at_newline=True)
+        print(f"[turn {turn}] " + _stats(stream, policy, generated, time.perf_counter() - started), file=sys.stderr,
+              flush=True)
+    print(_stats(stream, policy, generated, time.perf_counter() - started), file=sys.stderr)
+    return 0
