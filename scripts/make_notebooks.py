@@ -19,13 +19,14 @@ run_dir = "runs/notebooks"  # where records, curves, figures and tables go
 dry_run = False  # the profile's chain on random weights and embedded text, on CPU, in minutes (not a result)
 force = False  # re-measure configurations already recorded'''
 
-SETUP = '''import pandas as pd
+IMPORTS = '''import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
 from streamlib import plots, workbook as wb
-{imports}
-cfg = wb.Config.load(profile, run_dir=run_dir, dry_run=dry_run, force=force{extra})
+{imports}'''
+
+SETUP = '''cfg = wb.Config.load(profile, run_dir=run_dir, dry_run=dry_run, force=force{extra})
 run = wb.Run(cfg)
 plots.apply_style()
 print(f"profile {{cfg.profile}}{{' (DRY RUN)' if cfg.dry_run else ''}}: {{cfg.model}} on {{cfg.torch_device()}}, {{cfg.torch_dtype()}}; records in {{run.path}}")'''
@@ -387,8 +388,8 @@ def build(name: str, params: str, intro: str, imports: str, cells: list[str]) ->
     first.metadata["tags"] = ["parameters"]
     names = [line.split("=")[0].strip() for line in params.splitlines() if "=" in line]
     extra = "".join(f", {n}={n}" for n in names)
-    nb.cells = [first, nbf.v4.new_markdown_cell(intro),
-                nbf.v4.new_code_cell(SETUP.format(imports=imports, extra=extra))]
+    nb.cells = [first, nbf.v4.new_markdown_cell(intro), nbf.v4.new_code_cell(IMPORTS.format(imports=imports)),
+                nbf.v4.new_code_cell(SETUP.format(extra=extra))]
     for source in cells:
         make = nbf.v4.new_markdown_cell if source.startswith("## ") else nbf.v4.new_code_cell
         nb.cells.append(make(source))

@@ -1,4 +1,5 @@
-"""The notebook chain: papermill parameters, the smoke profile end to end, non-profile parameters, failures."""
+"""The notebook chain: papermill parameters, the smoke profile end to end, dry runs of the cpu and paper profiles,
+non-profile parameters, failures, and the Run that records measurements."""
 
 import json
 import subprocess
@@ -6,33 +7,48 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import papermill as pm
 import pytest
+import torch
 import yaml
 
-from streamlib.results import load_results
+from streamlib.policies import Dense, StreamingLLM, Window
+from streamlib.results import Measurement, in_display_units, load_results, metrics_wide
 from streamlib.runner import run_chain
-from streamlib.workbook import NOTEBOOKS, PROFILES_DIR, Config
+from streamlib.workbook import CAPTIONS, NOTEBOOKS, PROFILES_DIR, Config, Run, dry_run_values
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
-FIGURES = ["fig1_nll_vs_position", "fig2_memory_vs_position", "fig3_latency_vs_position", "fig4_tradeoff",
-           "fig5_ppl_vs_sinks", "fig6_speed", "fig7_attention_sinks"]
+FIGURES = list(CAPTIONS)
+EXPERIMENTS = ["01_baseline", "02_streaming", "03_sweep", "04_long_stream", "05_generation"]
+
+
+def test_committed_notebooks_have_no_outputs():
+    paths = sorted(NB_DIR.glob("*.ipynb"))
+    assert [p.stem for p in paths] == NOTEBOOKS
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert cell.get("outputs") == [] and cell.get("execution_count") is None, f"{path.name} has outputs"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_shape_and_parameters(name):
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
     assert "parameters" in nb.cells[0].metadata.get("tags", [])
-    assert all(c.get("outputs", []) == [] and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
     out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(NB_DIR / f"{name}.ipynb")],
                          capture_output=True, text=True, check=True).stdout
     declared = [line.split("=")[0].strip() for line in nb.cells[0].source.splitlines() if "=" in line]
-    assert {"profile", "run_dir", "force"} <= set(declared)
+    assert {"profile", "run_dir", "dry_run", "force"} <= set(declared)
     for param in declared:
         assert param in out, f"{param} missing from papermill --help-notebook"
-    fields = set(Config.__dataclass_fields__)
-    assert set(declared) - {"profile", "run_dir"} <= fields
+    assert set(declared) - {"profile", "run_dir"} <= set(Config.__dataclass_fields__)
+    assert nb.cells[1].cell_type == "markdown"
+    code = [c.source for c in nb.cells[1:] if c.cell_type == "code"]
+    assert all(len(src.splitlines()) <= 15 for src in code), "cells are short steps"
+    assert not any(line.startswith("def ") for src in code for line in src.splitlines()), "no functions in notebooks"
 
 
 def test_profiles_load_and_validate():
@@ -47,6 +63,26 @@ def test_profiles_load_and_validate():
         Config.load("smoke", windw=12)
     with pytest.raises(ValueError, match="sweep_sinks"):
         Config.load("smoke", sweep_sinks=[0, 64])
+    with pytest.raises(ValueError, match="generation_top_p"):
+        Config.load("smoke", generation_top_p=0)
+    with pytest.raises(ValueError, match="generation_temperature"):
+        Config.load("smoke", generation_temperature=-1.0)
+
+
+@pytest.mark.parametrize("profile", ["cpu", "paper"])
+def test_dry_run_keeps_every_parameter_and_scales_it_down(profile):
+    full, dry = Config.load(profile), Config.load(profile, dry_run=True)
+    assert dry.dry_run and dry.model.startswith("random:pythia") and dry.device == "cpu"
+    assert dry.tokenizer == "micro" and not dry.export_figures
+    assert len(dry.datasets) == len(full.datasets) and len(dry.sweep_cache_sizes) == len(full.sweep_cache_sizes)
+    assert dry.sweep_sinks == full.sweep_sinks and dry.pos_shift == full.pos_shift
+    assert dry.n_sink + dry.window == (full.n_sink + full.window) // 4
+    assert dry.sweep_recompute == full.sweep_recompute
+    # every token count is smaller, and every cache still fills and evicts in the streams it is given
+    for name in ("ppl_tokens", "sweep_tokens", "long_stream_tokens", "generation_new_tokens"):
+        assert getattr(dry, name) <= getattr(full, name)
+    assert max(dry.sweep_cache_sizes) < dry.sweep_tokens and dry.n_sink + dry.window < dry.ppl_tokens
+    assert dry_run_values({"window": 252, "n_sink": 4})["window"] == 60
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +92,28 @@ def smoke_run(tmp_path_factory):
     return run_dir
 
 
+def _inline_images(nb) -> int:
+    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
 def test_smoke_chain_writes_everything(smoke_run):
-    for name in NOTEBOOKS:
+    for name in EXPERIMENTS:
         executed = nbformat.read(smoke_run / f"{name}.ipynb", as_version=4)
-        assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
+        code = [c for c in executed.cells[1:] if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+        assert len(code) >= 5, f"{name}: {len(code)} code cells besides the parameters"
+        assert _inline_images(executed) >= 1, f"{name} shows no figure inline"
+    report_nb = nbformat.read(smoke_run / "06_report.ipynb", as_version=4)
+    assert _inline_images(report_nb) == len(FIGURES)
     for fig in FIGURES:
         for ext in ("pdf", "png"):
             path = smoke_run / "figures" / f"{fig}.{ext}"
             assert path.is_file() and path.stat().st_size > 1000, path
-    assert (smoke_run / "report.md").read_text().startswith("# streamlib run")
+    report = (smoke_run / "report.md").read_text()
+    assert report.startswith("# streamlib run") and "DRY RUN" not in report
+    for fig in FIGURES:
+        assert f"![{CAPTIONS[fig]}](figures/{fig}.png)" in report
+    html = (smoke_run / "06_report.html").read_text()
+    assert html.count("data:image/png;base64") >= len(FIGURES)
     assert "| ppl (kjv-heldout) |" in (smoke_run / "tables" / "comparison.md").read_text()
     df = load_results(smoke_run)
     ok = df[df.status == "ok"]
@@ -75,12 +124,38 @@ def test_smoke_chain_writes_everything(smoke_run):
     speed = ok[(ok.group == "speed") & (ok.metric == "ttft")]
     assert sorted(set(speed.batch_size)) == cfg.speed_batch_sizes
     assert set(ok[ok.group == "trace"].policy) == {"dense", "window", "recompute", "streamingllm"}
+    generated = ok[(ok.group == "generation") & (ok.metric == "tokens_generated")]
+    assert set(generated.policy) == {"dense", "streamingllm"} and set(generated.value) == {cfg.generation_new_tokens}
+    final_kv = ok[(ok.group == "generation") & (ok.metric == "final_kv_bytes")].set_index("policy").value
+    assert final_kv["dense"] > 10 * final_kv["streamingllm"]  # Dense grew with the stream, StreamingLLM did not
 
 
 def test_rerun_skips_what_is_recorded(smoke_run):
     before = len(load_results(smoke_run))
-    run_chain("smoke", str(smoke_run), only=["02"], extra={"export_figures": False})
+    run_chain("smoke", str(smoke_run), only=["02", "05"], extra={"export_figures": False})
     assert len(load_results(smoke_run)) == before
+    executed = nbformat.read(smoke_run / "05_generation.ipynb", as_version=4)
+    assert _inline_images(executed) >= 1  # figures are drawn from what was read back
+
+
+@pytest.mark.parametrize("profile", ["cpu", "paper"])
+def test_dry_run_of_a_profile_runs_offline(profile, tmp_path):
+    run_dir = tmp_path / profile
+    proc = subprocess.run([sys.executable, "-m", "streamlib", "run", "--profile", profile, "--dry-run",
+                           "--run-dir", str(run_dir)], capture_output=True, text=True, cwd=ROOT,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "WARNING" not in proc.stdout + proc.stderr and "Warning" not in proc.stderr  # quiet runs
+    assert "(dry run)" in proc.stdout
+    report = (run_dir / "report.md").read_text()
+    assert "DRY RUN" in report.splitlines()[2]
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["dry_run"] and cfg["profile"] == profile and not cfg["export_figures"]
+    df = load_results(run_dir)
+    assert (df.status == "failed").sum() == 0
+    assert set(df.model) == {cfg["model"]}
+    executed = nbformat.read(run_dir / "03_sweep.ipynb", as_version=4)
+    assert "DRY RUN" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
 
 
 def test_notebook_with_parameters_outside_any_profile(tmp_path):
@@ -110,3 +185,76 @@ def test_failing_notebook_is_named_with_its_cell(tmp_path):
     assert "FAILED: notebook 00_download, cell" in proc.stderr
     assert "corpus must be one of" in proc.stderr
     assert not (run_dir / "01_baseline.ipynb").exists()  # stopped at the first failure
+
+
+# -------------------------------------------------------------------------------------------- Run.measure --
+
+
+def _curve_measurement(calls: list):
+    calls.append(1)
+    return Measurement(rows=[("ppl", 12.5, ""), ("tpot_mean", 0.004, "s")],
+                       curve=pd.DataFrame({"position": [1, 2, 3], "nll": [3.0, 2.5, 2.0]}))
+
+
+def test_run_measures_once_and_reads_back(tmp_path):
+    run = Run(Config.load("smoke", run_dir=str(tmp_path)))
+    calls = []
+    policy = StreamingLLM(4, 60)
+    first = run.measure("ppl", policy, lambda: _curve_measurement(calls), dataset="x", n_tokens=4)
+    again = run.measure("ppl", policy, lambda: _curve_measurement(calls), dataset="x", n_tokens=4)
+    assert len(calls) == 1 and (first.status, again.status) == ("ok", "skipped")
+    assert again["ppl"] == 12.5 and again["tpot_mean"] == 0.004
+    pd.testing.assert_frame_equal(first.curve, again.curve, check_dtype=False)
+    assert list(again.curve.label.unique()) == ["StreamingLLM 4+60"] and set(again.curve.dataset) == {"x"}
+    run.measure("ppl", Window(64), lambda: _curve_measurement(calls), dataset="x", n_tokens=4)
+    assert len(calls) == 2 and len(run.curves("ppl")) == 6
+    wide = run.metrics("ppl")
+    assert sorted(wide.label) == ["StreamingLLM 4+60", "Window 64"] and list(wide.ppl) == [12.5, 12.5]
+    forced = Run(Config.load("smoke", run_dir=str(tmp_path), force=True))
+    forced.measure("ppl", policy, lambda: _curve_measurement(calls), dataset="x", n_tokens=4)
+    assert len(calls) == 3
+
+
+def test_failed_measurement_is_recorded_and_keeps_earlier_results(tmp_path):
+    run = Run(Config.load("smoke", run_dir=str(tmp_path)))
+    run.measure("ppl", Dense(), lambda: _curve_measurement([]), dataset="x", n_tokens=4)
+
+    def boom():
+        raise ValueError("window must be an integer >= 1; got 0")
+
+    failed = run.measure("ppl", StreamingLLM(4, 60), boom, dataset="x", n_tokens=4)
+    assert failed.status == "failed" and "window must be" in failed.error
+    df = run.records()
+    assert set(df.status) == {"ok", "failed"} and len(run.metrics("ppl")) == 1
+    retried = run.measure("ppl", StreamingLLM(4, 60), lambda: _curve_measurement([]), dataset="x", n_tokens=4)
+    assert retried.status == "ok"  # a failure is not "recorded": the next run measures it
+
+
+def test_display_units_and_wide_metrics():
+    table = pd.DataFrame({"metric": ["ttft", "kv", "big", "ppl"], "unit": ["s", "bytes", "bytes", ""],
+                          "baseline": [0.0305, 2**20 * 4, 2**31, 9.79], "streamingllm": [0.0651, 2**20, 2**30, 10.1]})
+    shown = in_display_units(table)
+    assert list(shown.unit) == ["ms", "MiB", "GiB", ""]
+    assert shown.baseline.tolist() == pytest.approx([30.5, 4.0, 2.0, 9.79])
+    rows = pd.DataFrame([
+        {"key": "a", "status": "ok", "group": "speed", "metric": "ttft", "value": 0.1, "policy": "dense",
+         "batch_size": 1.0, "timestamp": "1"},
+        {"key": "a", "status": "ok", "group": "speed", "metric": "tpot_mean", "value": 0.01, "policy": "dense",
+         "batch_size": 1.0, "timestamp": "1"},
+        {"key": "b", "status": "ok", "group": "speed", "metric": "ttft", "value": 0.2, "policy": "streamingllm",
+         "n_sink": 4.0, "window": 60.0, "pos_shift": True, "batch_size": 1.0, "timestamp": "1"},
+        {"key": "c", "status": "failed", "group": "speed", "metric": "speed", "value": None, "policy": "window",
+         "window": 8.0, "timestamp": "1"},
+    ])
+    wide = metrics_wide(rows, "speed").set_index("label")
+    assert sorted(wide.index) == ["Dense", "StreamingLLM 4+60"]
+    assert wide.loc["Dense", "tpot_mean"] == 0.01 and pd.isna(wide.loc["StreamingLLM 4+60", "tpot_mean"])
+    assert str(wide["window"].dtype) == "Int64" and wide.loc["StreamingLLM 4+60", "window"] == 60
+
+
+def test_run_context_is_in_every_record(tmp_path):
+    run = Run(Config.load("smoke", run_dir=str(tmp_path)))
+    run.measure("x", Dense(), lambda: Measurement(rows=[("m", 1.0, "")]))
+    row = run.records().iloc[0]
+    assert (row["model"], row["device"], row["dtype"]) == ("micro", "cpu", "float32")
+    assert row.torch == torch.__version__
