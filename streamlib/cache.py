@@ -202,7 +202,36 @@ class SinkWindowLayer(CacheLayerMixin):
         raise NotImplementedError("a StreamingLLM cache cannot be cropped: evicted tokens are gone")
 
 
-class SinkWindowCache(Cache):
+class StreamingCache(Cache):
+    """What the streaming loops need from a bounded cache: its budget, how far the stream has gone, re-basing of the
+    position frame and the bytes it holds. ``chunkable`` says whether :meth:`plan_chunk` can feed several tokens
+    past a full cache in one call; when it cannot, the loops feed one token at a time once the cache is full."""
+
+    chunkable = True
+
+    @property
+    def budget(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def seen_tokens(self) -> int:
+        return self.layers[0].seen
+
+    @property
+    def is_full(self) -> bool:
+        return self.seen_tokens >= self.budget + 1
+
+    def resident_tokens(self) -> int:
+        return self.layers[0].resident
+
+    def maybe_rebase(self) -> bool:
+        raise NotImplementedError
+
+    def kv_bytes(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+
+class SinkWindowCache(StreamingCache):
     """StreamingLLM cache for GPT-NeoX: ``n_sink`` attention sinks plus the last ``window`` tokens, per layer.
 
     Made by :meth:`streamlib.policies.StreamingLLM.make_cache`; use it in ``model(input_ids=..., cache=c)`` loops or
@@ -253,17 +282,6 @@ class SinkWindowCache(Cache):
         return ws[0][:, :, :length], ws[1][:, :, :length]
 
     # -- state --------------------------------------------------------------------------------------------------
-    @property
-    def seen_tokens(self) -> int:
-        return self.layers[0].seen
-
-    @property
-    def is_full(self) -> bool:
-        return self.seen_tokens >= self.budget + 1
-
-    def resident_tokens(self) -> int:
-        return self.layers[0].resident
-
     def kv_bytes(self) -> tuple[int, int]:
         """(bytes allocated for keys and values, bytes holding resident tokens) over all layers."""
         allocated = resident = 0

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from transformers import Cache
 
-from .cache import SinkWindowCache
+from .cache import SinkWindowCache, StreamingCache
 
 
 def check_input_ids(input_ids, *, batch_one: bool = False, min_len: int = 1) -> None:
@@ -46,7 +46,7 @@ def forward_chunks(model, input_ids: torch.Tensor, cache: Cache, chunk_size: int
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
     total = input_ids.shape[1]
-    streaming = isinstance(cache, SinkWindowCache)
+    streaming = isinstance(cache, StreamingCache)
     start = 0
     while start < total:
         keep = 0 if all_logits else 1
@@ -56,7 +56,7 @@ def forward_chunks(model, input_ids: torch.Tensor, cache: Cache, chunk_size: int
             if room > 0:  # filling: a plain causal call is exact
                 n = min(room, chunk_size, total - start)
                 out = model(input_ids=input_ids[:, start : start + n], cache=cache, use_cache=True, logits_to_keep=keep)
-            elif chunk_size == 1 or total - start == 1:
+            elif chunk_size == 1 or total - start == 1 or not cache.chunkable:
                 n = 1
                 out = model(input_ids=input_ids[:, start : start + 1], cache=cache, use_cache=True, logits_to_keep=keep)
             else:
@@ -149,7 +149,7 @@ class TokenStream:
     def step(self) -> torch.Tensor:
         """Choose the next token (batch, 1) and make it the pending one."""
         if self.pending is not None:
-            if isinstance(self.cache, SinkWindowCache):
+            if isinstance(self.cache, StreamingCache):
                 self.cache.maybe_rebase()
             out = self.model(input_ids=self.pending, cache=self.cache, use_cache=True)
             self.logits = out.logits[:, -1]
@@ -171,7 +171,7 @@ class TokenStream:
     @property
     def seen_tokens(self) -> int:
         """Tokens the model has processed (the stream position the cache has reached)."""
-        return self.cache.seen_tokens if isinstance(self.cache, SinkWindowCache) else self.cache.get_seq_length()
+        return self.cache.seen_tokens if isinstance(self.cache, StreamingCache) else self.cache.get_seq_length()
 
 
 def stream_generate(model, input_ids: torch.Tensor, policy_or_cache, max_new_tokens: int, *,

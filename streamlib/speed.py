@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from .cache import SinkWindowCache
+from .cache import StreamingCache
 from .generation import TokenStream, check_input_ids, check_sampling, prefill
 from .policies import Recompute
 from .results import Measurement
@@ -159,7 +159,7 @@ def _one_generation(model, policy, prompt_ids, new_tokens, clock, chunk_size) ->
     steps = []
     for _ in range(new_tokens - 1):
         a = clock.mark()
-        if isinstance(cache, SinkWindowCache):
+        if isinstance(cache, StreamingCache):
             cache.maybe_rebase()
         token = model(input_ids=token, cache=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
         b = clock.mark()
@@ -172,7 +172,7 @@ def _one_generation(model, policy, prompt_ids, new_tokens, clock, chunk_size) ->
 
 def kv_cache_bytes(cache) -> int:
     """Bytes of the key and value tensors a cache holds (allocated buffers for the streaming cache)."""
-    if isinstance(cache, SinkWindowCache):
+    if isinstance(cache, StreamingCache):
         return cache.kv_bytes()[0]
     total = 0
     for layer in getattr(cache, "layers", []):
@@ -255,7 +255,7 @@ def stream_trace(model, input_ids: torch.Tensor, policy, *, every: int = 64, max
     try:
         for t in range(limit):
             a = clock.mark()
-            if isinstance(cache, SinkWindowCache):
+            if isinstance(cache, StreamingCache):
                 cache.maybe_rebase()
             model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True)
             b = clock.mark()

@@ -27,7 +27,7 @@ NOTEBOOKS = ["00_download", "01_baseline", "02_streaming", "03_sweep", "04_long_
              "06_report"]
 TOKEN_COUNTS = ("ppl_tokens", "speed_prompt_tokens", "speed_new_tokens", "flops_tokens", "sweep_tokens",
                 "long_stream_tokens", "trace_tokens", "trace_every", "max_dense_tokens", "recompute_window",
-                "sweep_sink_cache", "generation_prompt_tokens", "generation_new_tokens")
+                "sweep_sink_cache", "generation_prompt_tokens", "generation_new_tokens", "recompute_tokens")
 
 # A dry run: the profile's chain, every notebook and code path, offline on CPU in a few minutes.
 DRY_RUN_MODEL = "random:pythia-14m"  # random weights of the smallest Pythia shape
@@ -35,7 +35,7 @@ DRY_RUN_TOKENIZER = "micro"  # the embedded tokenizer (4096 ids, all valid for P
 DRY_RUN_CORPORA = ["kjv-heldout", "kjv-train"]  # embedded text in place of the profile's datasets
 DRY_RUN_CACHE_DIVISOR = 4  # cache sizes and windows shrink by this
 DRY_RUN_CAPS = {"ppl_tokens": 512, "sweep_tokens": 1024, "long_stream_tokens": 2048, "trace_tokens": 512,
-                "trace_every": 32, "max_dense_tokens": 2048, "speed_prompt_tokens": 256, "speed_new_tokens": 16,
+                "trace_every": 32, "max_dense_tokens": 2048, "recompute_tokens": 256, "speed_prompt_tokens": 256, "speed_new_tokens": 16,
                 "speed_repeats": 1, "flops_tokens": 128, "generation_prompt_tokens": 32,
                 "generation_new_tokens": 384}
 
@@ -71,6 +71,7 @@ class Config:
     trace_every: int = 64
     max_dense_tokens: int = 8192
     recompute_window: int = 256
+    recompute_tokens: int = 1024  # Recompute pays a forward over its window per token: it streams this many in 04
     generation_prompt: str | None = None  # None: the first generation_prompt_tokens of long_stream_corpus
     generation_prompt_tokens: int = 64
     generation_new_tokens: int = 2048

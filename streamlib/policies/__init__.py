@@ -2,15 +2,18 @@
 
 from .base import PolicyBase
 from .dense import Dense
+from .h2o import H2O
 from .recompute import Recompute
 from .streaming_llm import StreamingLLM
+from .tova import TOVA
 from .window import Window
 
-Policy = Dense | Window | StreamingLLM | Recompute
+Policy = Dense | Window | StreamingLLM | Recompute | TOVA | H2O
 
-__all__ = ["Dense", "Window", "StreamingLLM", "Recompute", "Policy", "PolicyBase", "from_params", "parse_policy"]
+__all__ = ["Dense", "Window", "StreamingLLM", "Recompute", "TOVA", "H2O", "Policy", "PolicyBase", "from_params", "parse_policy"]
 
-POLICY_FORMS = ("dense", "window:W", "streamingllm:S+W", "streamingllm:S+W:noshift", "recompute:W")
+POLICY_FORMS = ("dense", "window:W", "streamingllm:S+W", "streamingllm:S+W:noshift", "recompute:W", "tova:B",
+                "h2o:H+R")
 
 
 def from_params(params: dict) -> Policy:
@@ -26,7 +29,11 @@ def from_params(params: dict) -> Policy:
         return StreamingLLM(params["n_sink"], params["window"], bool(params.get("pos_shift", True)))
     if kind == "recompute":
         return Recompute(params["window"])
-    raise ValueError(f"policy must be one of 'dense', 'window', 'streamingllm', 'recompute'; got {kind!r}")
+    if kind == "tova":
+        return TOVA(params["budget"])
+    if kind == "h2o":
+        return H2O(params["n_heavy"], params["n_recent"])
+    raise ValueError(f"policy must be one of 'dense', 'window', 'streamingllm', 'recompute', 'tova', 'h2o'; got {kind!r}")
 
 
 def parse_policy(spec: str) -> Policy:
@@ -40,8 +47,10 @@ def parse_policy(spec: str) -> Policy:
     try:
         if kind == "dense" and not args:
             return Dense()
-        if kind in ("window", "recompute") and len(args) == 1:
-            return (Window if kind == "window" else Recompute)(int(args[0]))
+        if kind in ("window", "recompute", "tova") and len(args) == 1:
+            return {"window": Window, "recompute": Recompute, "tova": TOVA}[kind](int(args[0]))
+        if kind == "h2o" and len(args) == 1 and args[0].count("+") == 1:
+            return H2O(*(int(x) for x in args[0].split("+")))
         if kind == "streamingllm" and len(args) in (1, 2) and args[0].count("+") == 1:
             if len(args) == 2 and args[1] not in ("shift", "noshift"):
                 raise ValueError(f"the third part must be 'shift' or 'noshift', got {args[1]!r}")
