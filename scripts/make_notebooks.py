@@ -176,10 +176,12 @@ NOTEBOOKS = {
         "**What to expect.** On a pretrained Pythia, Window collapses once the first tokens leave its cache, "
         "StreamingLLM stays close to Recompute (the slow, accurate baseline) at every size, and 1 sink already "
         "recovers most of the gap, 4 all of it (the paper's Table 2). KV memory grows linearly with the cache "
-        "size. The micro model has no sink, so its sink curve is flat.",
+        "size. The micro model has no sink, so its sink curve is flat. TOVA and H2O (score-based eviction, decided "
+        "token by token) answer the lab report's last question: does choosing what to keep by attention beat "
+        "sinks plus a window at the same memory, and at what decode cost?",
         "from streamlib.data import load_stream\n"
         "from streamlib.models import describe, load_model, load_tokenizer\n"
-        "from streamlib.policies import Recompute, StreamingLLM, Window\n"
+        "from streamlib.policies import H2O, TOVA, Recompute, StreamingLLM, Window\n"
         "from streamlib.quality import measure_perplexity\n"
         "from streamlib.speed import measure_decode",
         [
@@ -196,6 +198,8 @@ NOTEBOOKS = {
             "    cache_policies += [Window(size), StreamingLLM(4, size - 4), StreamingLLM(4, size - 4, pos_shift=False)]\n"
             "    if cfg.sweep_recompute:\n"
             "        cache_policies.append(Recompute(size))\n"
+            "for size in cfg.sweep_scored_cache_sizes:  # score-based eviction: TOVA, H2O with two heavy:recent splits\n"
+            "    cache_policies += [TOVA(size), H2O(size // 2, size - size // 2), H2O(size // 4, size - size // 4)]\n"
             "sink_policies = [StreamingLLM(s, cfg.sweep_sink_cache - s) for s in cfg.sweep_sinks]\n"
             "grid = list(dict.fromkeys(cache_policies + sink_policies))\n"
             "pd.DataFrame([{'label': p.label(), 'keeps (tokens)': p.budget} for p in grid])",
@@ -209,6 +213,10 @@ NOTEBOOKS = {
             "                prompt_tokens=prompt.shape[1])\n"
             "sweep = wb.sweep_table(run)\n"
             "sweep.query(\"sweep != 'sinks'\").pivot_table(index='cache_size', columns='family', values='ppl').round(2)",
+            "## At equal memory, which policy predicts best?\nThe lowest perplexity at each cache size, and what a decode "
+            "step costs there.",
+            "best = sweep.query(\"sweep != 'sinks'\").sort_values('ppl').groupby('cache_size').head(1)\n"
+            "best[['cache_size', 'label', 'ppl', 'kv_mib', 'tpot_ms']].sort_values('cache_size').round(3)",
             "## The trade-off\nLeft: lower and further left is better; the grey band is the Pareto front. Right: "
             "what each token costs to decode.",
             "run.figure(plots.fig_tradeoff(sweep[sweep.sweep.str.contains('cache')]), 'fig4_tradeoff')",
@@ -239,11 +247,11 @@ NOTEBOOKS = {
             "ids = load_stream(cfg.long_stream_corpus, tokenizer, max_tokens=cfg.long_stream_tokens)\n"
             "print(f'{ids.shape[1]} tokens of {cfg.long_stream_corpus}: {ids.shape[1] / cfg.trained_length():.1f}x '\n"
             "      f'the trained length of {cfg.trained_length()}')",
-            "## The policies\nDense stops at `max_dense_tokens`; Recompute, at one forward per token, reads the "
-            "first `trace_tokens` only.",
+            "## The policies\nDense stops at `max_dense_tokens`; Recompute, at one forward over its window per token, "
+            "reads the first `recompute_tokens` only.",
             "policies = [Dense(), Window(cfg.n_sink + cfg.window), Recompute(cfg.recompute_window), cfg.streaming_policy()]\n"
             "stretch = {p: ids[:, : cfg.max_dense_tokens] if isinstance(p, Dense)\n"
-            "           else ids[:, : cfg.trace_tokens] if isinstance(p, Recompute) else ids for p in policies}\n"
+            "           else ids[:, : cfg.recompute_tokens] if isinstance(p, Recompute) else ids for p in policies}\n"
             "pd.DataFrame([{'label': p.label(), 'keeps': p.budget, 'tokens streamed': stretch[p].shape[1]} for p in policies])",
             "## NLL along the stream",
             "for policy in policies:\n"
@@ -259,10 +267,11 @@ NOTEBOOKS = {
             "nll.groupby(['label', segment], observed=True).nll.mean().unstack().round(3)",
             "## Memory and latency along the stream, token by token",
             "for policy in policies:\n"
-            "    run.measure('trace', policy, lambda: measure_trace(model, ids[:, : cfg.trace_tokens], policy,\n"
+            "    n = min(cfg.trace_tokens, stretch[policy].shape[1])\n"
+            "    run.measure('trace', policy, lambda: measure_trace(model, ids[:, :n], policy,\n"
             "                every=cfg.trace_every, max_dense_tokens=cfg.max_dense_tokens),\n"
-            "                dataset=cfg.long_stream_corpus, n_tokens=cfg.trace_tokens, every=cfg.trace_every)\n"
-            "traces = run.curves('trace').query('n_tokens == @cfg.trace_tokens and label in @labels')\n"
+            "                dataset=cfg.long_stream_corpus, n_tokens=n, every=cfg.trace_every)\n"
+            "traces = run.curves('trace').query('dataset == @cfg.long_stream_corpus and label in @labels')\n"
             "traces.groupby('label').tail(1)[['label', 'position', 'kv_bytes', 'step_s']]",
             "run.figure(plots.fig_trace(traces, 'kv_bytes', 'KV cache (MiB)', 'KV-cache memory along the stream',\n"
             "           1 / 2**20), 'fig2_memory_vs_position')",
@@ -342,7 +351,7 @@ NOTEBOOKS = {
             "    nll = nll.query('dataset == @cfg.long_stream_corpus')\n"
             "    run.figure(plots.fig_nll_vs_position(nll, cfg.trained_length()), 'fig1_nll_vs_position')",
             "traces = run.curves('trace')\n"
-            "traces = traces.query('n_tokens == @cfg.trace_tokens') if not traces.empty else traces\n"
+            "traces = traces.query('dataset == @cfg.long_stream_corpus') if not traces.empty else traces\n"
             "if not traces.empty:\n"
             "    run.figure(plots.fig_trace(traces, 'kv_bytes', 'KV cache (MiB)', 'KV-cache memory along the stream', 1 / 2**20),\n"
             "               'fig2_memory_vs_position')",

@@ -19,7 +19,10 @@ POLICY_STYLE = {
     "recompute": ("#009E73", "^", ":"),
     "streamingllm": ("#0072B2", "D", "-"),
     "streamingllm-noshift": ("#CC79A7", "v", "-."),
-    "published": ("#D55E00", "x", ":"),
+    "tova": ("#56B4E9", "P", "--"),
+    "h2o": ("#D55E00", "X", "-"),
+    "h2o-recent": ("#D55E00", "x", ":"),
+    "published": ("#777777", "x", ":"),
 }
 
 
@@ -34,13 +37,32 @@ def apply_style() -> None:
 
 
 def kind_label(policy: str, pos_shift=True) -> str:
-    """The name of a policy family in legends: Dense, Window, StreamingLLM (no shift), Recompute."""
-    names = {"dense": "Dense", "window": "Window", "recompute": "Recompute", "streamingllm": "StreamingLLM"}
-    return names.get(policy, policy) + (", no shift" if policy == "streamingllm" and pos_shift is False else "")
+    """The name of a policy kind in legends: Dense, Window, StreamingLLM (no shift), Recompute, TOVA, H2O."""
+    names = {"dense": "Dense", "window": "Window", "recompute": "Recompute", "streamingllm": "StreamingLLM",
+             "tova": "TOVA", "h2o": "H2O"}
+    return names.get(policy, policy) + (", no shift" if policy == "streamingllm" and _no_shift(pos_shift) else "")
+
+
+def _no_shift(pos_shift) -> bool:
+    """True only for an explicit False (numpy's too); a missing value (Dense, Window rows) means shifted."""
+    if pos_shift is None or pos_shift is pd.NA or (isinstance(pos_shift, float) and pos_shift != pos_shift):
+        return False
+    return not bool(pos_shift)
+
+
+def family_label(policy) -> str:
+    """A policy's family on a sweep curve: its kind, and for H2O the heavy:recent split."""
+    p = policy.params()
+    if p["policy"] == "h2o":
+        return "H2O, heavy = recent" if p["n_heavy"] == p["n_recent"] else "H2O, recent-heavy"
+    return kind_label(p["policy"], p.get("pos_shift", True))
+
+
+FAMILY_STYLE = {"H2O, recent-heavy": "h2o-recent"}
 
 
 def style_for(policy: str, pos_shift=True) -> dict:
-    key = "streamingllm-noshift" if policy == "streamingllm" and pos_shift is False else policy
+    key = "streamingllm-noshift" if policy == "streamingllm" and _no_shift(pos_shift) else policy
     colour, marker, ls = POLICY_STYLE.get(key, ("#56B4E9", "*", "-"))
     return {"color": colour, "marker": marker, "linestyle": ls}
 
@@ -135,11 +157,12 @@ def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 
 def fig_tradeoff(sweep: pd.DataFrame):
     """Figure 4: perplexity against KV-cache memory for the sweep, Pareto front marked; TPOT in a second panel.
-    ``sweep``: label, policy, pos_shift, kv_mib, ppl, tpot_ms, cache_size."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2))
-    for policy_key, df in sweep.groupby(["policy", "pos_shift"], sort=False):
-        st = style_for(*policy_key)
-        name = kind_label(*policy_key)
+    ``sweep``: family, policy, pos_shift, kv_mib, ppl, tpot_ms, cache_size (``workbook.sweep_table``)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.5, 3.4))
+    for name, df in sweep.groupby("family", sort=False):
+        df = df.sort_values("cache_size")
+        first = df.iloc[0]
+        st = style_for(FAMILY_STYLE.get(name, first["policy"]), first["pos_shift"])
         a.plot(df["kv_mib"], df["ppl"], label=name, **st)
         b.plot(df["cache_size"], df["tpot_ms"], label=name, **st)
     front = pareto_front(sweep.dropna(subset=["ppl"]), "kv_mib", "ppl")
@@ -152,7 +175,8 @@ def fig_tradeoff(sweep: pd.DataFrame):
     b.set_xlabel("cache size (tokens)")
     b.set_ylabel("TPOT (ms)")
     b.set_title("Latency vs cache size")
-    a.legend()
+    handles, labels = a.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=4, frameon=False)
     return fig
 
 

@@ -227,15 +227,20 @@ def metrics_wide(df: pd.DataFrame, group: str | None = None) -> pd.DataFrame:
     return wide
 
 
-def policy_label(row: dict) -> str:
-    """The display label of the policy a record row describes."""
+def policy_from_row(row: dict):
+    """The policy a record row (or a row of ``metrics_wide``) describes."""
     from .policies import from_params
 
-    params = {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+    params = {k: (None if v is pd.NA or (isinstance(v, float) and v != v) else v) for k, v in row.items()}
     if params.get("pos_shift") is None:
         params["pos_shift"] = True
+    return from_params(params)
+
+
+def policy_label(row: dict) -> str:
+    """The display label of the policy a record row describes."""
     try:
-        return from_params(params).label()
+        return policy_from_row(row).label()
     except (ValueError, KeyError, TypeError):
         return str(row.get("policy"))
 

@@ -17,10 +17,10 @@ import yaml
 
 from . import models as M
 from .data import repo_root
-from .plots import kind_label
+from .plots import family_label
 from .policies import StreamingLLM
 from .results import (Measurement, ResultsStore, comparison_table, config_key, in_display_units, load_results,
-                      metrics_wide, read_rows, to_latex, to_markdown)
+                      metrics_wide, policy_from_row, read_rows, to_latex, to_markdown)
 
 PROFILES_DIR = repo_root() / "profiles"
 NOTEBOOKS = ["00_download", "01_baseline", "02_streaming", "03_sweep", "04_long_stream", "05_generation",
@@ -64,6 +64,7 @@ class Config:
     sweep_sinks: list = field(default_factory=lambda: [0, 1, 2, 4, 8])
     sweep_sink_cache: int = 128
     sweep_recompute: bool = True
+    sweep_scored_cache_sizes: list = field(default_factory=list)  # TOVA and H2O (two splits) at these cache sizes
     sweep_tokens: int = 2048
     long_stream_corpus: str = "kjv-heldout"
     long_stream_tokens: int = 8192
@@ -112,6 +113,9 @@ class Config:
         for c in self.sweep_cache_sizes:
             if isinstance(c, bool) or not isinstance(c, int) or c < 9:
                 raise ValueError(f"sweep_cache_sizes must hold integers >= 9; got {c!r}")
+        for c in self.sweep_scored_cache_sizes:
+            if isinstance(c, bool) or not isinstance(c, int) or c < 4:
+                raise ValueError(f"sweep_scored_cache_sizes must hold integers >= 4; got {c!r}")
         for s in self.sweep_sinks:
             if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < self.sweep_sink_cache:
                 raise ValueError(f"sweep_sinks must hold integers in [0, sweep_sink_cache); got {s!r}")
@@ -173,6 +177,7 @@ def dry_run_values(values: dict) -> dict:
     n_sink, window = v.get("n_sink", 4), v.get("window", 252)
     v["window"] = max(8, (n_sink + window) // div - n_sink)
     v["sweep_cache_sizes"] = sorted({max(16, c // div) for c in v.get("sweep_cache_sizes", [64])})
+    v["sweep_scored_cache_sizes"] = sorted({max(16, c // div) for c in v.get("sweep_scored_cache_sizes", [])})
     v["sweep_sink_cache"] = max(16, v.get("sweep_sink_cache", 64) // div)
     v["sweep_sinks"] = [s for s in v.get("sweep_sinks", []) if s < v["sweep_sink_cache"]]
     v["recompute_window"] = max(16, v.get("recompute_window", 256) // div)
@@ -317,7 +322,7 @@ def comparison(run: Run) -> pd.DataFrame:
                              ["ppl"])
         t["metric"] = f"ppl ({corpus})"
         tables.append(t)
-    speed = df[(df["group"] == "speed") & (df["batch_size"] == cfg.speed_batch_sizes[0])]
+    speed = df[(df["group"] == "speed") & (df["batch_size"] == cfg.speed_batch_sizes[0])] if "batch_size" in df else df[:0]
     memory = [m for m in ("gen_peak_allocated_mem", "gen_peak_rss_mem") if m in set(speed["metric"])]
     tables.append(comparison_table(speed, {"policy": "dense"}, streaming,
                                    ["ttft", "tpot_mean", "decode_throughput", "kv_bytes_after_prompt"] + memory))
@@ -359,14 +364,15 @@ def sweep_table(run: Run) -> pd.DataFrame:
         return pd.DataFrame()
     ppl = ppl[(ppl["n_tokens"] == cfg.sweep_tokens) & (ppl["dataset"] == cfg.datasets[0])]
     cols = ["policy", "n_sink", "window", "pos_shift"]
-    speed = speed[cols + ["tpot_mean", "kv_bytes_after_prompt"]]
-    out = ppl[["label"] + cols + ["ppl"]].merge(speed, on=cols, how="inner")
+    speed = speed[["label", "tpot_mean", "kv_bytes_after_prompt"]]
+    out = ppl[["label"] + cols + ["ppl"]].merge(speed, on="label", how="inner")
+    policies = [policy_from_row(r) for r in ppl.set_index("label").loc[out["label"]].reset_index().to_dict("records")]
     out["pos_shift"] = out["pos_shift"].fillna(True).astype(bool)
     out["n_sink"] = out["n_sink"].fillna(0).astype(int)
-    out["cache_size"] = out["n_sink"] + out["window"].astype(int)
+    out["cache_size"] = [p.budget for p in policies]
     out["kv_mib"] = out["kv_bytes_after_prompt"] / 2**20
     out["tpot_ms"] = out["tpot_mean"] * 1e3
-    out.insert(1, "family", [kind_label(p, s) for p, s in zip(out["policy"], out["pos_shift"])])
+    out.insert(1, "family", [family_label(p) for p in policies])
     in_cache = out["cache_size"].isin(cfg.sweep_cache_sizes) & ((out["policy"] != "streamingllm")
                                                                  | (out["n_sink"] == SWEEP_SINKS))
     in_sinks = (out["policy"] == "streamingllm") & out["pos_shift"] & (out["cache_size"] == cfg.sweep_sink_cache)

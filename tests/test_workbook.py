@@ -124,6 +124,9 @@ def test_smoke_chain_writes_everything(smoke_run):
     speed = ok[(ok.group == "speed") & (ok.metric == "ttft")]
     assert sorted(set(speed.batch_size)) == cfg.speed_batch_sizes
     assert set(ok[ok.group == "trace"].policy) == {"dense", "window", "recompute", "streamingllm"}
+    swept = ok[(ok.group == "ppl") & (ok.n_tokens == cfg.sweep_tokens)]
+    assert {"window", "streamingllm", "recompute", "tova", "h2o"} <= set(swept.policy)
+    assert set(swept[swept.policy == "tova"].budget) == set(cfg.sweep_scored_cache_sizes)
     generated = ok[(ok.group == "generation") & (ok.metric == "tokens_generated")]
     assert set(generated.policy) == {"dense", "streamingllm"} and set(generated.value) == {cfg.generation_new_tokens}
     final_kv = ok[(ok.group == "generation") & (ok.metric == "final_kv_bytes")].set_index("policy").value
