@@ -5,10 +5,10 @@ PROFILE ?= auto
 .PHONY: run test env bench clean-runs
 
 env:
-	bash scripts/setup_env.sh
+	@bash scripts/setup_env.sh
 
 run: env
-	$(PY) -m streamlib run --profile $(PROFILE)
+	@$(PY) -m streamlib run --profile $(PROFILE)
 
 test: env
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
@@ -16,6 +16,7 @@ test: env
 bench: env
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_policies.py
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_quality.py
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_scored.py
 
 clean-runs:
 	rm -rf runs

@@ -9,15 +9,20 @@ stamp=.venv/.installed
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && .venv/bin/python -c "import streamlib, torch, transformers, papermill" 2>/dev/null; then
   exit 0
 fi
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+echo "setting up .venv (once; pip's log in .venv-install.log)"
+log=.venv-install.log
+# pip's own notices (deprecations, build-backend warnings) go to the log; on failure the log is shown
+quiet() { "$@" >>"$log" 2>&1 || { cat "$log"; echo "setup failed: $*" >&2; exit 1; }; }
+: >"$log"
+[ -x .venv/bin/python ] || quiet "$PY" -m venv .venv
+quiet .venv/bin/python -m pip install -q --upgrade pip
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    .venv/bin/python -m pip install -q "torch>=2.6"
+    quiet .venv/bin/python -m pip install -q "torch>=2.6"
   else
-    .venv/bin/python -m pip install -q "torch==2.13.0"
+    quiet .venv/bin/python -m pip install -q "torch==2.13.0"
   fi
 fi
-.venv/bin/python -m pip install -q -e ".[test]"
-.venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+quiet .venv/bin/python -m pip install -q -e ".[test]"
+quiet .venv/bin/python -m ipykernel install --sys-prefix --name python3
 touch "$stamp"
