@@ -213,7 +213,8 @@ def test_long_plain_call_is_refused_with_directions(peaky_model):
         (lambda: Window(0), "window"),
         (lambda: Window(-3), "window"),
         (lambda: Recompute(0), "window"),
-        (lambda: from_params({"policy": "h2o"}), "policy"),
+        (lambda: from_params({"policy": "nope"}), "policy"),
+        (lambda: from_params({"policy": "h2o", "n_heavy": 4}), "n_recent"),
     ],
 )
 def test_bad_parameters_name_the_parameter_and_range(make, param):

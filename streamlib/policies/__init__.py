@@ -21,6 +21,13 @@ def from_params(params: dict) -> Policy:
     kind = params.get("policy")
     # records read back through pandas hold integers as floats (252.0): take integral floats as integers
     params = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in params.items()}
+    try:
+        return _from_params(kind, params)
+    except KeyError as err:
+        raise ValueError(f"policy {kind!r} needs the parameter {err.args[0]!r}; got {sorted(params)}") from None
+
+
+def _from_params(kind, params: dict) -> Policy:
     if kind == "dense":
         return Dense()
     if kind == "window":
