@@ -24,7 +24,10 @@ def from_params(params: dict) -> Policy:
     try:
         return _from_params(kind, params)
     except KeyError as err:
-        raise ValueError(f"policy {kind!r} needs the parameter {err.args[0]!r}; got {sorted(params)}") from None
+        name = err.args[0]
+        minimum = {"window": 1, "budget": 1}.get(name, 0)
+        raise ValueError(f"policy {kind!r} needs the parameter {name} (an integer >= {minimum}); "
+                         f"got only {sorted(params)}") from None
 
 
 def _from_params(kind, params: dict) -> Policy:
