@@ -76,6 +76,10 @@ class SinkWindowLayer(CacheLayerMixin):
         """Tokens the cache holds between steps: at most ``n_sink + window``."""
         return min(self.seen, self.owner.n_sink + self.owner.window)
 
+    def extra_kv_bytes(self) -> int:
+        """The stored sink keys, besides the slots."""
+        return self.sink_keys.numel() * self.sink_keys.element_size()
+
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads, _, k_dim = key_states.shape
         v_dim = value_states.shape[-1]
@@ -225,10 +229,28 @@ class StreamingCache(Cache):
         return self.layers[0].resident
 
     def maybe_rebase(self) -> bool:
-        raise NotImplementedError
+        """Shift the position frame back to ``budget`` once it has grown ``rebase_interval`` past it: every layer
+        turns its keys back by the same amount, which RoPE's relative scores do not see."""
+        first = self.layers[0]
+        frame = first.seen - first.offset
+        if not self.is_full or frame - self.budget < self.rebase_interval:
+            return False
+        shift = frame - self.budget
+        for layer in self.layers:
+            layer.shift_frame(shift)
+        self._tables.clear()
+        return True
 
     def kv_bytes(self) -> tuple[int, int]:
-        raise NotImplementedError
+        """(bytes allocated for keys and values, bytes holding resident tokens) over all layers."""
+        allocated = resident = 0
+        for layer in self.layers:
+            if layer.is_initialized:
+                per_slot = (layer.keys[:, :, :1].numel() * layer.keys.element_size()
+                            + layer.values[:, :, :1].numel() * layer.values.element_size())
+                allocated += per_slot * layer.capacity + layer.extra_kv_bytes()
+                resident += per_slot * layer.resident
+        return allocated, resident
 
 
 class SinkWindowCache(StreamingCache):
@@ -282,29 +304,6 @@ class SinkWindowCache(StreamingCache):
         return ws[0][:, :, :length], ws[1][:, :, :length]
 
     # -- state --------------------------------------------------------------------------------------------------
-    def kv_bytes(self) -> tuple[int, int]:
-        """(bytes allocated for keys and values, bytes holding resident tokens) over all layers."""
-        allocated = resident = 0
-        for layer in self.layers:
-            if layer.is_initialized:
-                per_slot = (layer.keys[:, :, :1].numel() * layer.keys.element_size()
-                            + layer.values[:, :, :1].numel() * layer.values.element_size())
-                allocated += per_slot * layer.capacity + layer.sink_keys.numel() * layer.sink_keys.element_size()
-                resident += per_slot * layer.resident
-        return allocated, resident
-
-    def maybe_rebase(self) -> bool:
-        """Shift the position frame back to ``n_sink + window`` once it has grown ``rebase_interval`` past it."""
-        first = self.layers[0]
-        frame = first.seen - first.offset
-        if not self.is_full or frame - self.budget < self.rebase_interval:
-            return False
-        shift = frame - self.budget
-        for layer in self.layers:
-            layer.shift_frame(shift)
-        self._tables.clear()
-        return True
-
     def plan_chunk(self, n: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
         """``position_ids`` and 4D additive attention mask for the next ``n`` tokens of a full cache.
 

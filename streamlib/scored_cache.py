@@ -111,6 +111,9 @@ class ScoredLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return -1
 
+    def extra_kv_bytes(self) -> int:
+        return 0  # positions and scores are bookkeeping (a few bytes per slot), not keys or values
+
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return min(self.seen + query_length, self.capacity), 0
 
@@ -231,25 +234,6 @@ class ScoredCache(StreamingCache):
     def evict(self, layer: ScoredLayer, probs: torch.Tensor, length: int) -> None:
         raise NotImplementedError
 
-    def maybe_rebase(self) -> bool:
-        first = self.layers[0]
-        frame = first.seen - first.offset
-        if not self.is_full or frame - self.budget < self.rebase_interval:
-            return False
-        shift = frame - self.budget
-        for layer in self.layers:
-            layer.shift_frame(shift)
-        return True
-
-    def kv_bytes(self) -> tuple[int, int]:
-        allocated = resident = 0
-        for layer in self.layers:
-            if layer.is_initialized:
-                per_slot = (layer.keys[:, :, :1].numel() * layer.keys.element_size()
-                            + layer.values[:, :, :1].numel() * layer.values.element_size())
-                allocated += per_slot * layer.capacity
-                resident += per_slot * layer.resident
-        return allocated, resident
 
 
 class TOVACache(ScoredCache):
