@@ -49,6 +49,17 @@ class ChunkPlan:
     sin: torch.Tensor | None
     ring_index: torch.Tensor  # ring slots that receive the chunk's last tokens
     ring_src_start: int  # first chunk token that is written to the ring
+    _copies: dict | None = None  # the sink tables on each other device (layers spread over GPUs)
+
+    def tables_on(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cos.device == torch.device(device):
+            return self.cos, self.sin
+        if self._copies is None:
+            self._copies = {}
+        key = torch.device(device)
+        if key not in self._copies:
+            self._copies[key] = (self.cos.to(key), self.sin.to(key))
+        return self._copies[key]
 
 
 class SinkWindowLayer(CacheLayerMixin):
@@ -165,18 +176,19 @@ class SinkWindowLayer(CacheLayerMixin):
             if owner.pos_shift:
                 # each query gets its own copy of the sinks, turned to sit n_sink + window - j before it
                 out = ws_k[:, :, :s].view(batch, heads, n, owner.n_sink, k_dim)
-                rotate(self.sink_keys.unsqueeze(2), plan.cos, plan.sin, out=out)
+                rotate(self.sink_keys.unsqueeze(2), *plan.tables_on(self.device), out=out)
                 sink_values = self.values[:, :, : owner.n_sink].unsqueeze(2)
                 ws_v[:, :, :s].view(batch, heads, n, owner.n_sink, -1).copy_(sink_values.expand(-1, -1, n, -1, -1))
             else:
-                rotate(self.sink_keys, plan.cos, plan.sin, out=ws_k[:, :, :s])
+                rotate(self.sink_keys, *plan.tables_on(self.device), out=ws_k[:, :, :s])
                 ws_v[:, :, :s] = self.values[:, :, : owner.n_sink]
         ws_k[:, :, s : s + ring] = self.keys[:, :, owner.n_sink :]
         ws_v[:, :, s : s + ring] = self.values[:, :, owner.n_sink :]
         ws_k[:, :, s + ring :] = key_states
         ws_v[:, :, s + ring :] = value_states
-        self.keys.index_copy_(2, plan.ring_index, key_states[:, :, plan.ring_src_start :])
-        self.values.index_copy_(2, plan.ring_index, value_states[:, :, plan.ring_src_start :])
+        ring_index = plan.ring_index.to(self.device)
+        self.keys.index_copy_(2, ring_index, key_states[:, :, plan.ring_src_start :])
+        self.values.index_copy_(2, ring_index, value_states[:, :, plan.ring_src_start :])
         self.seen += n
         return ws_k, ws_v
 
@@ -266,7 +278,7 @@ class SinkWindowCache(StreamingCache):
         self.rotary = rotary
         self.rebase_interval = rebase_interval
         self._plan: ChunkPlan | None = None
-        self._workspace: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._workspaces: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # one per device
         self._tables: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         super().__init__(layers=[SinkWindowLayer(self) for _ in range(num_layers)])
 
@@ -293,14 +305,15 @@ class SinkWindowCache(StreamingCache):
         return self._tables[key]
 
     def workspace(self, batch, heads, k_dim, v_dim, length, like: torch.Tensor):
-        ws = self._workspace
+        """Scratch keys and values for a chunk, shared by the layers that sit on ``like``'s device."""
+        ws = self._workspaces.get(like.device)
         if ws is None or ws[0].shape[:2] != (batch, heads) or ws[0].shape[2] < length or ws[0].dtype != like.dtype \
-                or ws[0].device != like.device or ws[0].shape[3] != k_dim:
+                or ws[0].shape[3] != k_dim:
             ws = (
                 torch.empty(batch, heads, length, k_dim, dtype=like.dtype, device=like.device),
                 torch.empty(batch, heads, length, v_dim, dtype=like.dtype, device=like.device),
             )
-            self._workspace = ws
+            self._workspaces[like.device] = ws
         return ws[0][:, :, :length], ws[1][:, :, :length]
 
     # -- state --------------------------------------------------------------------------------------------------

@@ -88,8 +88,11 @@ def _resolve(name: str) -> tuple[str, str]:
 
 
 def load_model(name: str, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-               attn_implementation: str = "sdpa", seed: int = 0):
-    """Load a causal LM; see the module docstring for what ``name`` may be. Returns the model in eval mode."""
+               attn_implementation: str = "sdpa", seed: int = 0, device_map: str | dict | None = None):
+    """Load a causal LM; see the module docstring for what ``name`` may be. Returns the model in eval mode.
+
+    ``device_map="auto"`` (or an explicit map) spreads the layers over the visible GPUs through accelerate, for
+    Pythia-6.9b and 12b; the caches keep each layer's keys on that layer's device. ``device`` is then ignored."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"model name must be a non-empty string (Hub id, directory, 'micro' or 'random:ARCH'); got {name!r}")
     if attn_implementation not in ("sdpa", "eager"):
@@ -101,10 +104,10 @@ def load_model(name: str, *, dtype: torch.dtype | None = None, device: str | tor
     if kind == "random":
         config = pythia_config(where, attn_implementation)
         torch.manual_seed(seed)
-        with torch.device(device):
+        with torch.device(device if device_map is None else "cpu"):
             model = GPTNeoXForCausalLM(config).to(dtype)
         model.name_or_path = name
-        return model.eval()
+        return (model if device_map is None else dispatch(model, device_map)).eval()
     if kind == "hub":
         # Without a network the Hub client retries for ~20 s before failing; go straight to the local cache.
         kwargs = dict(cache_dir=str(models_dir()), local_files_only=not hub_reachable())
@@ -119,11 +122,24 @@ def load_model(name: str, *, dtype: torch.dtype | None = None, device: str | tor
         kwargs = {}
         config = AutoConfig.from_pretrained(where)
     _check_gpt_neox(config, name)
-    model = AutoModelForCausalLM.from_pretrained(
-        where, dtype=dtype, attn_implementation=attn_implementation, **kwargs
-    ).to(device)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation=attn_implementation, **kwargs)
+    if device_map is None:
+        model = model.to(device)
     model.name_or_path = name
     return model.eval()
+
+
+def dispatch(model, device_map: str | dict, force_hooks: bool = False):
+    """Spread a loaded model's layers over devices with accelerate (``"auto"``: as much as fits on each GPU, in order,
+    a GPT-NeoX layer never split). ``force_hooks`` puts accelerate's device hooks in place even when every layer
+    lands on one device, which is how the tests check the caches under dispatch on a CPU."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if device_map == "auto":
+        device_map = infer_auto_device_map(model, no_split_module_classes=["GPTNeoXLayer"])
+    return dispatch_model(model, device_map=device_map, force_hooks=force_hooks)
 
 
 def load_config(name: str):
