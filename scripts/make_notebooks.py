@@ -35,6 +35,15 @@ LOAD = '''model = load_model(cfg.model, device=cfg.torch_device(), dtype=cfg.tor
 tokenizer = load_tokenizer(cfg.tokenizer_name())
 pd.DataFrame([describe(model)])'''
 
+# The same visible step in 01 (Dense) and 02 (StreamingLLM): greedy generation timed at each batch size.
+SPEED_LOOP = '''for batch in cfg.speed_batch_sizes:
+    prompt = torch.randint(0, model.config.vocab_size, (batch, cfg.speed_prompt_tokens),
+                           generator=torch.Generator().manual_seed(0))
+    run.measure('speed', policy, lambda: measure_generation(model, policy, prompt, cfg.speed_new_tokens,
+                repeats=cfg.speed_repeats), batch_size=batch, prompt_tokens=cfg.speed_prompt_tokens,
+                new_tokens=cfg.speed_new_tokens)
+'''
+
 # (extra parameters, markdown introduction, imports, [cells]); a cell starting with "## " is markdown.
 NOTEBOOKS = {
     "00_download": (
@@ -107,12 +116,7 @@ NOTEBOOKS = {
             "del eager\n"
             "in_display_units(flops.table())",
             "## Speed and memory\nGreedy generation after a random prompt, timed per step, at each batch size.",
-            "for batch in cfg.speed_batch_sizes:\n"
-            "    prompt = torch.randint(0, model.config.vocab_size, (batch, cfg.speed_prompt_tokens),\n"
-            "                           generator=torch.Generator().manual_seed(0))\n"
-            "    run.measure('speed', policy, lambda: measure_generation(model, policy, prompt, cfg.speed_new_tokens,\n"
-            "                repeats=cfg.speed_repeats), batch_size=batch, prompt_tokens=cfg.speed_prompt_tokens,\n"
-            "                new_tokens=cfg.speed_new_tokens)\n"
+            SPEED_LOOP +
             "wb.speed_table(run).query(\"policy == 'dense'\").round(2)",
         ],
     ),
@@ -150,13 +154,8 @@ NOTEBOOKS = {
             "run.figure(plots.fig_nll_vs_position(curves, cfg.trained_length()), 'nll_streaming')",
             "## FLOPs, speed and memory",
             "run.measure('flops', policy, lambda: measure_flops(model.config, policy, prompt_tokens=cfg.speed_prompt_tokens,\n"
-            "            stream_tokens=cfg.long_stream_tokens), tokens=cfg.long_stream_tokens)\n"
-            "for batch in cfg.speed_batch_sizes:\n"
-            "    prompt = torch.randint(0, model.config.vocab_size, (batch, cfg.speed_prompt_tokens),\n"
-            "                           generator=torch.Generator().manual_seed(0))\n"
-            "    run.measure('speed', policy, lambda: measure_generation(model, policy, prompt, cfg.speed_new_tokens,\n"
-            "                repeats=cfg.speed_repeats), batch_size=batch, prompt_tokens=cfg.speed_prompt_tokens,\n"
-            "                new_tokens=cfg.speed_new_tokens)\n"
+            "            stream_tokens=cfg.long_stream_tokens), tokens=cfg.long_stream_tokens)\n" +
+            SPEED_LOOP +
             "speed = wb.speed_table(run)\n"
             "speed.round(2)",
             "run.figure(plots.fig_speed(speed[speed.label.isin(['Dense', policy.label()])]), 'fig6_speed')",
