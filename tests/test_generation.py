@@ -11,7 +11,7 @@ import torch
 
 from streamlib.generation import TokenStream, next_token, prefill, stream_generate
 from streamlib.policies import Dense, Recompute, StreamingLLM, Window, parse_policy
-from streamlib.speed import kv_cache_bytes, measure_generation_trace
+from streamlib.speed import measure_generation_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 
