@@ -315,7 +315,7 @@ def comparison(run: Run) -> pd.DataFrame:
     throughput, KV bytes and peak memory at the first batch size, FLOPs per token over the long stream. In the units
     people read: ms, MiB or GiB, GFLOP."""
     cfg, df = run.cfg, run.records()
-    streaming = {k: v for k, v in cfg.streaming_policy().params().items()}
+    streaming = cfg.streaming_policy().params()
     tables = []
     for corpus in cfg.datasets:
         t = comparison_table(df[(df["group"] == "ppl") & (df["dataset"] == corpus)], {"policy": "dense"}, streaming,
