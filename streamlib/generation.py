@@ -168,11 +168,6 @@ class TokenStream:
             if eos_token_id is not None and bool((token == eos_token_id).all()):
                 return
 
-    @property
-    def seen_tokens(self) -> int:
-        """Tokens the model has processed (the stream position the cache has reached)."""
-        return self.cache.seen_tokens if isinstance(self.cache, StreamingCache) else self.cache.get_seq_length()
-
 
 def stream_generate(model, input_ids: torch.Tensor, policy_or_cache, max_new_tokens: int, *,
                     do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
