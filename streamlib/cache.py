@@ -117,6 +117,8 @@ class SinkWindowLayer(CacheLayerMixin):
 
     # -- update -----------------------------------------------------------------------------------------------
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if self.owner._static is not None:
+            return self._update_static(key_states, value_states, self.owner._static)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         if key_states.shape[0] != self.keys.shape[0]:
@@ -157,6 +159,16 @@ class SinkWindowLayer(CacheLayerMixin):
             cos, sin = self.owner.turn_tables(delta, self.device)
             rotate(self.sink_keys, cos, sin, out=sink_slots)
         self._sink_delta = delta
+
+    def _update_static(self, key_states: torch.Tensor, value_states: torch.Tensor, state: "StaticState"):
+        """One token into a full cache with tensor-only bookkeeping, for a compiled step: the ring slot and the
+        sink turn come from device tensors, so the step reads no Python number that changes from step to step."""
+        slot, cos, sin = state.slot_and_sink_tables()
+        self.keys.index_copy_(2, slot, key_states)
+        self.values.index_copy_(2, slot, value_states)
+        if self.owner.n_sink:
+            self.keys[:, :, : self.owner.n_sink] = rotate(self.sink_keys, cos, sin)
+        return self.keys, self.values
 
     def _update_chunk(self, key_states: torch.Tensor, value_states: torch.Tensor):
         owner, n, t0 = self.owner, key_states.shape[-2], self.seen
@@ -278,6 +290,8 @@ class SinkWindowCache(StreamingCache):
         self.rotary = rotary
         self.rebase_interval = rebase_interval
         self._plan: ChunkPlan | None = None
+        self._static_state: StaticState | None = None  # made by the first compiled decode step
+        self._static: StaticState | None = None  # set only while a compiled decode step runs
         self._workspaces: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # one per device
         self._tables: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         super().__init__(layers=[SinkWindowLayer(self) for _ in range(num_layers)])
@@ -356,3 +370,49 @@ class SinkWindowCache(StreamingCache):
 
     def end_chunk(self) -> None:
         self._plan = None
+
+
+class StaticState:
+    """The stream position and frame offset of a full :class:`SinkWindowCache` as device tensors, for a compiled
+    decode step (:mod:`streamlib.compiled`). The step derives the ring slot, the query position and the sink turn
+    from them and advances ``t`` in place; the host mirrors the count in the layers' ``seen`` without reading the
+    device, so no step waits for the host."""
+
+    def __init__(self, cache: SinkWindowCache, device):
+        self.cache = cache
+        self.t = torch.zeros((), dtype=torch.long, device=device)  # absolute position of the next token
+        self.offset = torch.zeros((), dtype=torch.long, device=device)
+        self.inv_freq = cache.rotary.inv_freq.to(device)  # float64, as the eager turn tables
+        self._on_device = (0, 0)  # (t, offset) as the device holds them, known without reading the device
+        self.sync()
+
+    def sync(self) -> None:
+        """Bring the device tensors in line with the layers after eager work (a prompt fed, a re-base)."""
+        first = self.cache.layers[0]
+        if self._on_device != (first.seen, first.offset):
+            self.t.fill_(first.seen)
+            self.offset.fill_(first.offset)
+            self._on_device = (first.seen, first.offset)
+
+    def position(self) -> torch.Tensor:
+        """Frame position of the next token, shape (1, 1)."""
+        return (self.t - self.offset).view(1, 1)
+
+    def slot_and_sink_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c = self.cache
+        slot = (c.n_sink + (self.t - c.n_sink) % (c.window + 1)).view(1)
+        shift = (self.t - c.budget).clamp(min=0) if c.pos_shift else torch.zeros_like(self.t)
+        angles = (shift - self.offset).to(torch.float64) * self.inv_freq
+        angles = torch.cat([angles, angles])
+        return slot, angles.cos().float(), angles.sin().float()
+
+    def advance(self) -> None:
+        """Inside the graph: the step is done, the next token is one further on."""
+        self.t.add_(1)
+
+    def mirror_step(self) -> None:
+        """On the host, after the graph: count the step in the layers as an eager step would."""
+        for layer in self.cache.layers:
+            layer.seen += 1
+            layer._sink_delta = None  # the sink slots now hold the graph's turn
+        self._on_device = (self._on_device[0] + 1, self._on_device[1])

@@ -25,6 +25,17 @@ def check_input_ids(input_ids, *, batch_one: bool = False, min_len: int = 1) -> 
         raise ValueError(f"input_ids must hold at least {min_len} tokens; got {input_ids.shape[1]}")
 
 
+def decoder_for(model, cache: Cache):
+    """The compiled decoder of ``model`` for ``cache``, or a ValueError naming ``compile`` when the cache's shapes
+    are not fixed (Dense grows, TOVA and H2O choose what to evict from the data each step)."""
+    from .compiled import CompiledDecoder, compiled_decoder
+
+    if not CompiledDecoder.supports(cache):
+        raise ValueError(f"compile=True covers StreamingLLM and Window, whose cache keeps one shape once full; "
+                         f"{type(cache).__name__} does not (Dense grows, TOVA and H2O evict by score): use compile=False")
+    return compiled_decoder(model)
+
+
 def default_chunk_size(cache: Cache) -> int:
     """Tokens per forward in chunked mode: about the window, so the masked-out share of each chunk stays small."""
     if isinstance(cache, SinkWindowCache):
@@ -121,10 +132,11 @@ class TokenStream:
     """
 
     def __init__(self, model, policy_or_cache, *, do_sample: bool = False, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None, chunk_size: int | None = None):
+                 top_p: float = 1.0, seed: int | None = None, chunk_size: int | None = None, compile: bool = False):
         check_sampling(1, do_sample, temperature, top_p)
         self.model = model
         self.cache = policy_or_cache if isinstance(policy_or_cache, Cache) else policy_or_cache.make_cache(model)
+        self.decoder = decoder_for(model, self.cache) if compile else None
         self.device = next(model.parameters()).device
         self.sampling = {"do_sample": do_sample, "temperature": temperature, "top_p": top_p}
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -149,10 +161,12 @@ class TokenStream:
     def step(self) -> torch.Tensor:
         """Choose the next token (batch, 1) and make it the pending one."""
         if self.pending is not None:
-            if isinstance(self.cache, StreamingCache):
-                self.cache.maybe_rebase()
-            out = self.model(input_ids=self.pending, cache=self.cache, use_cache=True)
-            self.logits = out.logits[:, -1]
+            if self.decoder is not None and self.cache.is_full:
+                self.logits = self.decoder.step(self.pending, self.cache)
+            else:
+                if isinstance(self.cache, StreamingCache):
+                    self.cache.maybe_rebase()
+                self.logits = self.model(input_ids=self.pending, cache=self.cache, use_cache=True).logits[:, -1]
         if self.logits is None:
             raise ValueError("input_ids: feed a prompt of at least one token before generating")
         self.pending = next_token(self.logits, generator=self.generator, **self.sampling)
@@ -172,16 +186,18 @@ class TokenStream:
 def stream_generate(model, input_ids: torch.Tensor, policy_or_cache, max_new_tokens: int, *,
                     do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                     eos_token_id: int | None = None, seed: int | None = None,
-                    chunk_size: int | None = None) -> torch.Tensor:
+                    chunk_size: int | None = None, compile: bool = False) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` after ``input_ids`` under a policy (or an existing cache).
 
     Unlike ``model.generate`` this loop lets the cache own the positions, so a stream can go on for as long as
-    wanted without rotary angles growing. Returns the new tokens, shape (batch, n_new).
+    wanted without rotary angles growing. With ``compile=True`` (StreamingLLM and Window) the decode steps of a full
+    cache run as one compiled graph each (:mod:`streamlib.compiled`); the first one compiles. Returns the new
+    tokens, shape (batch, n_new).
     """
     check_input_ids(input_ids)
     check_sampling(max_new_tokens, do_sample, temperature, top_p)
     stream = TokenStream(model, policy_or_cache, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                         seed=seed, chunk_size=chunk_size)
+                         seed=seed, chunk_size=chunk_size, compile=compile)
     stream.feed(input_ids)
     return torch.cat(list(stream.generate(max_new_tokens, eos_token_id)), dim=1)
 

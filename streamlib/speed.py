@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from .cache import StreamingCache
-from .generation import TokenStream, check_input_ids, check_sampling, prefill
+from .generation import TokenStream, check_input_ids, check_sampling, decoder_for, prefill
 from .policies import Recompute
 from .results import Measurement
 
@@ -116,24 +116,30 @@ def _check_counts(**values):
 
 @torch.inference_mode()
 def time_generation(model, policy, prompt_ids: torch.Tensor, new_tokens: int, *, warmup: int = 1,
-                    repeats: int = 3, chunk_size: int | None = None) -> SpeedResult:
-    """Greedy generation of ``new_tokens`` after ``prompt_ids`` (batch, T) under ``policy``, timed per step."""
+                    repeats: int = 3, chunk_size: int | None = None, compile: bool = False) -> SpeedResult:
+    """Greedy generation of ``new_tokens`` after ``prompt_ids`` (batch, T) under ``policy``, timed per step.
+
+    With ``compile=True`` (StreamingLLM, Window) the decode steps of the full cache run compiled
+    (:mod:`streamlib.compiled`); the warm-up run (at least one) pays the compilation.
+    """
     check_input_ids(prompt_ids)
-    _check_counts(new_tokens=(new_tokens, 2), warmup=(warmup, 0), repeats=(repeats, 1))
+    _check_counts(new_tokens=(new_tokens, 2), warmup=(warmup, 1 if compile else 0), repeats=(repeats, 1))
     device = next(model.parameters()).device
     clock = _Clock(device)
     prompt_ids = prompt_ids.to(device)
     result = SpeedResult()
     for run in range(warmup + repeats):
-        timing = _one_generation(model, policy, prompt_ids, new_tokens, clock, chunk_size)
+        timing = _one_generation(model, policy, prompt_ids, new_tokens, clock, chunk_size, compile)
         if run >= warmup:
             result.runs.append(timing)
     return result
 
 
-def _one_generation(model, policy, prompt_ids, new_tokens, clock, chunk_size) -> GenerationTiming:
+def _one_generation(model, policy, prompt_ids, new_tokens, clock, chunk_size, compile=False) -> GenerationTiming:
     batch = prompt_ids.shape[0]
     if isinstance(policy, Recompute):
+        if compile:
+            raise ValueError("compile=True covers StreamingLLM and Window; Recompute runs a fresh forward per token")
         # every token is a fresh forward over the last `window` tokens
         w = policy.window
         ids = prompt_ids[:, -w:]
@@ -151,6 +157,7 @@ def _one_generation(model, policy, prompt_ids, new_tokens, clock, chunk_size) ->
             steps.append(clock.elapsed(a, b))
         return GenerationTiming(ttft, steps, batch)
     cache = policy.make_cache(model)
+    decoder = decoder_for(model, cache) if compile else None
     clock.sync()
     start = clock.mark()
     token = prefill(model, prompt_ids, cache, chunk_size).argmax(-1, keepdim=True)
@@ -159,9 +166,12 @@ def _one_generation(model, policy, prompt_ids, new_tokens, clock, chunk_size) ->
     steps = []
     for _ in range(new_tokens - 1):
         a = clock.mark()
-        if isinstance(cache, StreamingCache):
-            cache.maybe_rebase()
-        token = model(input_ids=token, cache=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+        if decoder is not None and cache.is_full:
+            token = decoder.step(token, cache).argmax(-1, keepdim=True)
+        else:
+            if isinstance(cache, StreamingCache):
+                cache.maybe_rebase()
+            token = model(input_ids=token, cache=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
         b = clock.mark()
         steps.append(clock.elapsed(a, b))
     return GenerationTiming(ttft, steps, batch)
@@ -347,13 +357,15 @@ def kv_bytes_after_prompt(model, policy, prompt_ids: torch.Tensor) -> int:
 
 
 def measure_generation(model, policy, prompt_ids: torch.Tensor, new_tokens: int, *, repeats: int = 3,
-                       warmup: int = 1) -> Measurement:
+                       warmup: int = 1, compile: bool = False) -> Measurement:
     """:func:`time_generation` and :func:`peak_memory` as a record: TTFT, TPOT (mean, p50, p90), decode throughput,
-    end-to-end time (means over repeats, and their standard deviations), peak memory, KV bytes after the prompt."""
+    end-to-end time (means over repeats, and their standard deviations), peak memory, KV bytes after the prompt.
+    ``compile=True`` times compiled decode steps (StreamingLLM, Window); record it with ``compile`` in the params."""
     device = next(model.parameters()).device
     holder = {}
     mem = peak_memory(lambda: holder.setdefault(
-        "r", time_generation(model, policy, prompt_ids, new_tokens, repeats=repeats, warmup=warmup)), device)
+        "r", time_generation(model, policy, prompt_ids, new_tokens, repeats=repeats, warmup=warmup,
+                             compile=compile)), device)
     summary = holder["r"].summary()
     rows = [(m, mean, unit) for m, (mean, _, unit) in summary.items()]
     rows += [(m + "_std", std, unit) for m, (_, std, unit) in summary.items() if std]
@@ -362,9 +374,10 @@ def measure_generation(model, policy, prompt_ids: torch.Tensor, new_tokens: int,
     return Measurement(rows=rows)
 
 
-def measure_decode(model, policy, prompt_ids: torch.Tensor, new_tokens: int = 32) -> Measurement:
+def measure_decode(model, policy, prompt_ids: torch.Tensor, new_tokens: int = 32, *,
+                   compile: bool = False) -> Measurement:
     """A quick decode-latency point for sweeps: one timed generation (after a warm-up); TPOT and KV bytes."""
-    r = time_generation(model, policy, prompt_ids, new_tokens, repeats=1)
+    r = time_generation(model, policy, prompt_ids, new_tokens, repeats=1, compile=compile)
     device = next(model.parameters()).device
     return Measurement(rows=[("tpot_mean", r.summary()["tpot_mean"][0], "s"),
                              ("kv_bytes_after_prompt", kv_bytes_after_prompt(model, policy, prompt_ids.to(device)), "bytes")])

@@ -1,0 +1,126 @@
+"""A compiled, shape-static decode step for the bounded caches (StreamingLLM and Window).
+
+Why. Once a :class:`~streamlib.cache.SinkWindowCache` is full its buffers never change shape, but an eager decode
+step still pays Python and one kernel launch per operation: on a small model, or on a GPU with a 3B model, that
+overhead is most of the time per token. Here the step (embedding, the layers, the final norm, the LM head, the cache
+write and the sink turn) is traced once with ``torch.compile``: inductor on CPU, CUDA graphs on CUDA
+(``mode="reduce-overhead"``), so a step is one graph launch.
+
+What makes it static. The ring slot, the query position and the sink turn are computed inside the graph from two
+device tensors (:class:`~streamlib.cache.StaticState`: the stream position ``t`` and the frame offset), and ``t``
+advances in place. The host only counts steps; it never reads the device, and no Python number that changes per step
+reaches the graph, so a stream of any length compiles once. Re-basing the position frame (once every
+``rebase_interval`` steps) runs eagerly between two steps and updates the offset tensor in place.
+
+Dense has no fixed shape (its cache grows), so it is not compiled here; a preallocated cache to a maximum length
+would make it static at the cost of attending to the whole length from the first step. Score-based caches (TOVA,
+H2O) choose their eviction per step from data and stay eager.
+
+The step runs the model's own modules (``embed_in``, each ``GPTNeoXLayer``, ``final_layer_norm``, ``lm_head``);
+only the loop over them is ours, so that the mask and position bookkeeping of ``GPTNeoXModel.forward``, which read
+Python numbers, stay out of the graph. With the cache full every slot is visible, so no mask is needed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .cache import SinkWindowCache, StaticState
+
+
+def _check_model(model) -> None:
+    if getattr(model.config, "model_type", None) != "gpt_neox":
+        raise ValueError(f"model: compile=True needs a GPT-NeoX model; got model_type {model.config.model_type!r}")
+    devices = {p.device for p in model.parameters()}
+    if len(devices) > 1:
+        raise ValueError(f"model: compile=True needs the model on one device; its parameters are on {sorted(map(str, devices))}")
+
+
+def _decode_step(model, cache: SinkWindowCache, input_ids: torch.Tensor) -> torch.Tensor:
+    """Next-token logits (batch, vocab) for ``input_ids`` (batch, 1) fed into a full ``cache``."""
+    backbone = model.get_decoder()
+    state = cache._static
+    hidden = backbone.embed_in(input_ids)
+    position_ids = state.position().expand(input_ids.shape[0], 1)
+    position_embeddings = backbone.rotary_emb(hidden, position_ids)
+    for layer in backbone.layers:
+        hidden = layer(hidden, attention_mask=None, layer_past=cache, position_embeddings=position_embeddings,
+                       use_cache=True)
+    logits = model.lm_head(backbone.final_layer_norm(hidden[:, -1]))
+    state.advance()
+    return logits
+
+
+class CompiledDecoder:
+    """Decode steps for one model under ``torch.compile``, shared by every cache of the same geometry.
+
+    ``step(input_ids, cache)`` feeds one token per row into a full :class:`SinkWindowCache` and returns the next-token
+    logits. Get one with :func:`compiled_decoder` (kept on the model, so a new cache does not compile again).
+
+    Backends, as measured on 2 CPU cores (``bench/bench_decode.py``): on CPU, freezing (weights become constants,
+    pre-packed for oneDNN) and a C++ wrapper around the kernels; on CUDA, CUDA graphs. Both skip dynamo's guards on
+    the model's modules, which cost about a tenth of a compiled micro-model step: the step owns the model, whose
+    structure does not change, while the guards on the cache's geometry and tensors stay. Freezing bakes the
+    weights in: a model whose weights change afterwards needs a new decoder (``compiled_decoder(model, fresh=True)``).
+    """
+
+    def __init__(self, model):
+        _check_model(model)
+        self.model = model
+        self.device = next(model.parameters()).device
+        options = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
+        if self.device.type == "cuda":
+            options["triton.cudagraphs"] = True  # what mode="reduce-overhead" sets
+        else:
+            options.update({"freezing": True, "cpp_wrapper": True})
+        self.uses_cuda_graphs = self.device.type == "cuda"
+        self._compiled = torch.compile(_decode_step, options=options, fullgraph=True, dynamic=False)
+
+    @staticmethod
+    def supports(cache) -> bool:
+        """Whether ``cache`` has a fixed shape once full (StreamingLLM, Window)."""
+        return isinstance(cache, SinkWindowCache)
+
+    def step(self, input_ids: torch.Tensor, cache: SinkWindowCache) -> torch.Tensor:
+        """Feed ``input_ids`` (batch, 1) into a full ``cache``; returns the next-token logits (batch, vocab)."""
+        if not (self.supports(cache) and cache.is_full):
+            raise ValueError("cache: a compiled step needs a full StreamingLLM or Window cache "
+                             f"({getattr(cache, 'budget', '?')} + 1 tokens seen)")
+        state = cache._static_state
+        if state is None:
+            state = cache._static_state = StaticState(cache, self.device)
+            self._mark_static(state)
+        cache.maybe_rebase()
+        state.sync()
+        cache._static = state
+        try:
+            logits = self._compiled(self.model, cache, input_ids)
+        finally:
+            cache._static = None
+        state.mirror_step()
+        if self.uses_cuda_graphs:
+            logits = logits.clone()  # a CUDA graph writes its output buffer again at the next replay
+        return logits
+
+    @staticmethod
+    def _mark_static(state: StaticState) -> None:
+        # CUDA graphs replay fixed addresses: tell dynamo these buffers never move, so it captures them in place
+        tensors = [state.t, state.offset, state.inv_freq]
+        for layer in state.cache.layers:
+            tensors += [layer.keys, layer.values, layer.sink_keys]
+        for t in tensors:
+            torch._dynamo.mark_static_address(t)
+
+
+def compiled_decoder(model, fresh: bool = False) -> CompiledDecoder:
+    """The :class:`CompiledDecoder` of ``model``: made on first use and kept on the model."""
+    decoder = getattr(model, "_streamlib_decoder", None)
+    if decoder is None or fresh:
+        decoder = CompiledDecoder(model)
+        model._streamlib_decoder = decoder
+    return decoder
+
+
+def compile_count() -> int:
+    """Graphs dynamo has compiled in this process (a re-compilation adds one)."""
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
