@@ -23,6 +23,8 @@ Python numbers, stay out of the graph. With the cache full every slot is visible
 
 from __future__ import annotations
 
+import types
+
 import torch
 
 from .cache import SinkWindowCache, StaticState
@@ -57,24 +59,35 @@ class CompiledDecoder:
     ``step(input_ids, cache)`` feeds one token per row into a full :class:`SinkWindowCache` and returns the next-token
     logits. Get one with :func:`compiled_decoder` (kept on the model, so a new cache does not compile again).
 
-    Backends, as measured on 2 CPU cores (``bench/bench_decode.py``): on CPU, freezing (weights become constants,
-    pre-packed for oneDNN) and a C++ wrapper around the kernels; on CUDA, CUDA graphs. Both skip dynamo's guards on
-    the model's modules, which cost about a tenth of a compiled micro-model step: the step owns the model, whose
-    structure does not change, while the guards on the cache's geometry and tensors stay. Freezing bakes the
-    weights in: a model whose weights change afterwards needs a new decoder (``compiled_decoder(model, fresh=True)``).
+    Backends: on CPU inductor with a C++ wrapper around the kernels (it saved about 0.1 ms of a 0.9 ms micro-model
+    step on 2 cores; freezing and autotuned GEMMs saved nothing measurable); on CUDA, CUDA graphs. Both skip dynamo's
+    guards on the model's modules, another tenth of a micro step: each decoder belongs to one model, whose structure
+    does not change, and the guards on the cache's geometry and tensors stay. The weights stay inputs of the graph,
+    so training the model further does not leave a stale graph behind.
     """
 
     def __init__(self, model):
         _check_model(model)
         self.model = model
         self.device = next(model.parameters()).device
-        options = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
-        if self.device.type == "cuda":
-            options["triton.cudagraphs"] = True  # what mode="reduce-overhead" sets
-        else:
-            options.update({"freezing": True, "cpp_wrapper": True})
         self.uses_cuda_graphs = self.device.type == "cuda"
-        self._compiled = torch.compile(_decode_step, options=options, fullgraph=True, dynamic=False)
+        self._steps: dict[tuple, object] = {}  # one compiled step per cache geometry
+
+    def _compiled_step(self, cache: SinkWindowCache):
+        layer = cache.layers[0]
+        geometry = (cache.n_sink, cache.window, cache.pos_shift, tuple(layer.keys.shape), layer.keys.dtype)
+        if geometry not in self._steps:
+            options = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
+            if self.uses_cuda_graphs:
+                options["triton.cudagraphs"] = True  # what mode="reduce-overhead" sets
+            else:
+                options["cpp_wrapper"] = True
+            # dynamo keeps compiled graphs per code object, and with the module guards filtered out it would run
+            # one model's graph for another of the same shapes but other structure: a copy of the step's code for
+            # each model and geometry keeps their graphs apart
+            step = types.FunctionType(_decode_step.__code__.replace(), _decode_step.__globals__, "_decode_step")
+            self._steps[geometry] = torch.compile(step, options=options, fullgraph=True, dynamic=False)
+        return self._steps[geometry]
 
     @staticmethod
     def supports(cache) -> bool:
@@ -94,7 +107,7 @@ class CompiledDecoder:
         state.sync()
         cache._static = state
         try:
-            logits = self._compiled(self.model, cache, input_ids)
+            logits = self._compiled_step(cache)(self.model, cache, input_ids)
         finally:
             cache._static = None
         state.mirror_step()

@@ -81,3 +81,17 @@ def test_compile_refuses_caches_without_a_fixed_shape(peaky_model_sdpa, policy):
 def test_compiled_timing_needs_a_warmup(peaky_model_sdpa):
     with pytest.raises(ValueError, match="warmup must be an integer >= 1"):
         time_generation(peaky_model_sdpa, Window(16), _prompt(8, 97), 4, warmup=0, compile=True)
+
+
+def test_models_of_the_same_shape_keep_their_own_graphs():
+    """Two models with the same tensor shapes but another structure (parallel residual or not) each get their own
+    graph: the compiled step skips dynamo's module guards, so sharing one graph would go unnoticed but for this."""
+    from conftest import make_peaky_model
+
+    prompt = _prompt(40, 97, seed=9)
+    eager = []
+    for parallel in (True, False):
+        model = make_peaky_model("sdpa", seed=1, use_parallel_residual=parallel)
+        eager.append(stream_generate(model, prompt, Window(16), 60))
+        assert torch.equal(stream_generate(model, prompt, Window(16), 60, compile=True), eager[-1])
+    assert not torch.equal(eager[0], eager[1])  # the two models do write different tokens
