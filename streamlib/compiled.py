@@ -77,7 +77,10 @@ class CompiledDecoder:
         layer = cache.layers[0]
         geometry = (cache.n_sink, cache.window, cache.pos_shift, tuple(layer.keys.shape), layer.keys.dtype)
         if geometry not in self._steps:
-            options = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
+            options = {}
+            skip_module_guards = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
+            if skip_module_guards is not None:  # torch >= 2.8; older ones keep every guard and run a bit slower
+                options["guard_filter_fn"] = skip_module_guards
             if self.uses_cuda_graphs:
                 options["triton.cudagraphs"] = True  # what mode="reduce-overhead" sets
             else:
