@@ -161,13 +161,19 @@ class SinkWindowLayer(CacheLayerMixin):
         self._sink_delta = delta
 
     def _update_static(self, key_states: torch.Tensor, value_states: torch.Tensor, state: "StaticState"):
-        """One token into a full cache with tensor-only bookkeeping, for a compiled step: the ring slot and the
-        sink turn come from device tensors, so the step reads no Python number that changes from step to step."""
+        """One token with tensor-only bookkeeping, for a compiled step: the slot and the sink turn come from device
+        tensors, so the step reads no Python number that changes from step to step. Returns every slot; the step's
+        mask hides the empty ones while the cache fills (token ``t >= n_sink`` then sits in slot ``t``, which the
+        ring formula gives too)."""
         slot, cos, sin = state.slot_and_sink_tables()
-        self.keys.index_copy_(2, slot, key_states)
-        self.values.index_copy_(2, slot, value_states)
         if self.owner.n_sink:
-            self.keys[:, :, : self.owner.n_sink] = rotate(self.sink_keys, cos, sin)
+            # one scatter for the turned sinks and the new key: a slice assignment here would make the compiler
+            # rewrite the whole buffer every step
+            slots = torch.cat([state.sink_slots, slot])
+            self.keys.index_copy_(2, slots, torch.cat([rotate(self.sink_keys, cos, sin), key_states], dim=2))
+        else:
+            self.keys.index_copy_(2, slot, key_states)
+        self.values.index_copy_(2, slot, value_states)
         return self.keys, self.values
 
     def _update_chunk(self, key_states: torch.Tensor, value_states: torch.Tensor):
@@ -373,8 +379,8 @@ class SinkWindowCache(StreamingCache):
 
 
 class StaticState:
-    """The stream position and frame offset of a full :class:`SinkWindowCache` as device tensors, for a compiled
-    decode step (:mod:`streamlib.compiled`). The step derives the ring slot, the query position and the sink turn
+    """The stream position and frame offset of a :class:`SinkWindowCache` as device tensors, for a compiled decode
+    step (:mod:`streamlib.compiled`) once the cache holds its sinks. The step derives the ring slot, the query position and the sink turn
     from them and advances ``t`` in place; the host mirrors the count in the layers' ``seen`` without reading the
     device, so no step waits for the host."""
 
@@ -383,6 +389,8 @@ class StaticState:
         self.t = torch.zeros((), dtype=torch.long, device=device)  # absolute position of the next token
         self.offset = torch.zeros((), dtype=torch.long, device=device)
         self.inv_freq = cache.rotary.inv_freq.to(device)  # float64, as the eager turn tables
+        self.sink_slots = torch.arange(cache.n_sink, device=device)
+        self.slots = torch.arange(cache.n_sink + cache.window + 1, device=device)
         self._on_device = (0, 0)  # (t, offset) as the device holds them, known without reading the device
         self.sync()
 
@@ -397,6 +405,12 @@ class StaticState:
     def position(self) -> torch.Tensor:
         """Frame position of the next token, shape (1, 1)."""
         return (self.t - self.offset).view(1, 1)
+
+    def attention_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask over the slots, shape (1, 1, 1, slots): while the cache fills, token ``t`` sits in slot
+        ``t`` and the slots after it are empty; once full every slot is visible."""
+        hidden = (self.slots > self.t).view(1, 1, 1, -1)
+        return torch.zeros(hidden.shape, dtype=dtype, device=hidden.device).masked_fill(hidden, torch.finfo(dtype).min)
 
     def slot_and_sink_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c = self.cache

@@ -6,8 +6,9 @@ overhead is most of the time per token. Here the step (embedding, the layers, th
 write and the sink turn) is traced once with ``torch.compile``: inductor on CPU, CUDA graphs on CUDA
 (``mode="reduce-overhead"``), so a step is one graph launch.
 
-What makes it static. The ring slot, the query position and the sink turn are computed inside the graph from two
-device tensors (:class:`~streamlib.cache.StaticState`: the stream position ``t`` and the frame offset), and ``t``
+What makes it static. The step attends over every slot of the buffers, with a mask that hides the empty ones while
+the cache fills, so it compiles once the prompt has filled the sink slots. The ring slot, the query position, the
+mask and the sink turn are computed inside the graph from two device tensors (:class:`~streamlib.cache.StaticState`: the stream position ``t`` and the frame offset), and ``t``
 advances in place. The host only counts steps; it never reads the device, and no Python number that changes per step
 reaches the graph, so a stream of any length compiles once. Re-basing the position frame (once every
 ``rebase_interval`` steps) runs eagerly between two steps and updates the offset tensor in place.
@@ -18,7 +19,7 @@ H2O) choose their eviction per step from data and stay eager.
 
 The step runs the model's own modules (``embed_in``, each ``GPTNeoXLayer``, ``final_layer_norm``, ``lm_head``);
 only the loop over them is ours, so that the mask and position bookkeeping of ``GPTNeoXModel.forward``, which read
-Python numbers, stay out of the graph. With the cache full every slot is visible, so no mask is needed.
+Python numbers, stay out of the graph.
 """
 
 from __future__ import annotations
@@ -39,14 +40,15 @@ def _check_model(model) -> None:
 
 
 def _decode_step(model, cache: SinkWindowCache, input_ids: torch.Tensor) -> torch.Tensor:
-    """Next-token logits (batch, vocab) for ``input_ids`` (batch, 1) fed into a full ``cache``."""
+    """Next-token logits (batch, vocab) for ``input_ids`` (batch, 1) fed into ``cache``."""
     backbone = model.get_decoder()
     state = cache._static
     hidden = backbone.embed_in(input_ids)
     position_ids = state.position().expand(input_ids.shape[0], 1)
     position_embeddings = backbone.rotary_emb(hidden, position_ids)
+    mask = state.attention_mask(hidden.dtype)
     for layer in backbone.layers:
-        hidden = layer(hidden, attention_mask=None, layer_past=cache, position_embeddings=position_embeddings,
+        hidden = layer(hidden, attention_mask=mask, layer_past=cache, position_embeddings=position_embeddings,
                        use_cache=True)
     logits = model.lm_head(backbone.final_layer_norm(hidden[:, -1]))
     state.advance()
@@ -94,14 +96,20 @@ class CompiledDecoder:
 
     @staticmethod
     def supports(cache) -> bool:
-        """Whether ``cache`` has a fixed shape once full (StreamingLLM, Window)."""
+        """Whether ``cache`` has a fixed shape (StreamingLLM, Window)."""
         return isinstance(cache, SinkWindowCache)
 
+    @staticmethod
+    def can_step(cache) -> bool:
+        """Whether the next step can be a compiled one: the buffers exist (a prompt was fed) and hold the sinks."""
+        return (isinstance(cache, SinkWindowCache) and cache.layers[0].is_initialized
+                and cache.seen_tokens >= cache.n_sink)
+
     def step(self, input_ids: torch.Tensor, cache: SinkWindowCache) -> torch.Tensor:
-        """Feed ``input_ids`` (batch, 1) into a full ``cache``; returns the next-token logits (batch, vocab)."""
-        if not (self.supports(cache) and cache.is_full):
-            raise ValueError("cache: a compiled step needs a full StreamingLLM or Window cache "
-                             f"({getattr(cache, 'budget', '?')} + 1 tokens seen)")
+        """Feed ``input_ids`` (batch, 1) into ``cache``; returns the next-token logits (batch, vocab)."""
+        if not self.can_step(cache):
+            raise ValueError("cache: a compiled step needs a StreamingLLM or Window cache that holds at least its "
+                             f"{getattr(cache, 'n_sink', '?')} sink tokens and one token; feed the prompt first")
         state = cache._static_state
         if state is None:
             state = cache._static_state = StaticState(cache, self.device)
@@ -121,7 +129,7 @@ class CompiledDecoder:
     @staticmethod
     def _mark_static(state: StaticState) -> None:
         # CUDA graphs replay fixed addresses: tell dynamo these buffers never move, so it captures them in place
-        tensors = [state.t, state.offset, state.inv_freq]
+        tensors = [state.t, state.offset, state.inv_freq, state.sink_slots, state.slots]
         for layer in state.cache.layers:
             tensors += [layer.keys, layer.values, layer.sink_keys]
         for t in tensors:

@@ -161,7 +161,7 @@ class TokenStream:
     def step(self) -> torch.Tensor:
         """Choose the next token (batch, 1) and make it the pending one."""
         if self.pending is not None:
-            if self.decoder is not None and self.cache.is_full:
+            if self.decoder is not None and self.decoder.can_step(self.cache):
                 self.logits = self.decoder.step(self.pending, self.cache)
             else:
                 if isinstance(self.cache, StreamingCache):

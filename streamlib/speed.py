@@ -166,7 +166,7 @@ def _one_generation(model, policy, prompt_ids, new_tokens, clock, chunk_size, co
     steps = []
     for _ in range(new_tokens - 1):
         a = clock.mark()
-        if decoder is not None and cache.is_full:
+        if decoder is not None and decoder.can_step(cache):
             token = decoder.step(token, cache).argmax(-1, keepdim=True)
         else:
             if isinstance(cache, StreamingCache):

@@ -22,8 +22,8 @@ def _prompt(n: int, vocab: int, seed: int = 3) -> torch.Tensor:
 
 
 def test_compiled_equals_eager_past_eviction(micro):
-    """Greedy decoding, 700 steps after a 64-token prompt: over 600 of them evict. Every step's logits match eager
-    within 1e-4 (fp32) and the tokens are the same."""
+    """Greedy decoding, 700 steps after a 64-token prompt: the first 65 fill the cache (compiled too, with the empty
+    slots masked), over 600 evict. Every step's logits match eager within 1e-4 (fp32) and the tokens are the same."""
     policy = StreamingLLM(4, 124)
     prompt = _prompt(64, micro.config.vocab_size)
     eager, compiled = TokenStream(micro, policy), TokenStream(micro, policy, compile=True)
@@ -59,8 +59,11 @@ def test_one_compilation_for_a_long_stream(micro):
     assert rebases >= 7
     assert stream.cache.get_seq_length() <= policy.budget + stream.cache.rebase_interval
     tokens = stream_generate(micro, prompt, policy, 300, compile=True)
+    # a prompt shorter than the sinks: eager steps until the sink slots are filled, compiled ones from then on
+    short = stream_generate(micro, prompt[:, :2], policy, 200, compile=True)
     assert compile_count() == before
     assert torch.equal(tokens, stream_generate(micro, prompt, policy, 300))
+    assert torch.equal(short, stream_generate(micro, prompt[:, :2], policy, 200))
 
 
 def test_window_compiled_equals_eager(peaky_model_sdpa):
