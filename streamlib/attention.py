@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from .generation import check_input_ids
+from .handover import base_of
 from .results import Measurement
 
 
@@ -22,7 +23,7 @@ def first_token_attention(model, input_ids: torch.Tensor, n_first: int = 4, skip
     :func:`uniform_share` gives that average over the same queries.
     """
     check_input_ids(input_ids, batch_one=True, min_len=skip + 2)
-    if model.config._attn_implementation != "eager":
+    if base_of(model.config._attn_implementation) != "eager":
         raise ValueError("model: attention weights need attn_implementation='eager' (load_model(..., attn_implementation='eager'))")
     device = next(model.parameters()).device
     out = model(input_ids=input_ids.to(device), output_attentions=True, use_cache=False)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .handover import hand_over
 from .rotary import RotaryInfo, rotate, rotation_tables
 
 
@@ -45,10 +46,11 @@ class ChunkPlan:
     n: int  # chunk length
     n_sink_keys: int  # keys in the sink block of the workspace
     kv_length: int  # keys returned for the chunk
-    cos: torch.Tensor | None  # sink turn tables, (n, 1, rotary_ndims) with pos_shift, else (rotary_ndims,)
+    cos: torch.Tensor | None  # turn tables: see SinkWindowCache.plan_chunk
     sin: torch.Tensor | None
     ring_index: torch.Tensor  # ring slots that receive the chunk's last tokens
     ring_src_start: int  # first chunk token that is written to the ring
+    turn_queries: bool = False  # pos_shift through the hand-over: turn each query to the sinks, one sink copy
     _copies: dict | None = None  # the sink tables on each other device (layers spread over GPUs)
 
     def tables_on(self, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,9 +71,10 @@ class SinkWindowLayer(CacheLayerMixin):
     is_sliding = False  # masks treat it as full attention; the cache decides what is visible
     is_croppable = False
 
-    def __init__(self, owner: "SinkWindowCache"):
+    def __init__(self, owner: "SinkWindowCache", layer_idx: int):
         super().__init__()
         self.owner = owner
+        self.layer_idx = layer_idx
         self.seen = 0  # tokens processed so far: the absolute stream position of the next token
         self.offset = 0  # how far the position frame was shifted: frame position = absolute - offset
         self.sink_keys: torch.Tensor | None = None  # the sinks as first rotated (frame offset 0)
@@ -191,7 +194,12 @@ class SinkWindowLayer(CacheLayerMixin):
         ws_k, ws_v = owner.workspace(batch, heads, k_dim, value_states.shape[-1], plan.kv_length, key_states)
         s, ring = plan.n_sink_keys, owner.window + 1
         if owner.n_sink:
-            if owner.pos_shift:
+            if plan.turn_queries:
+                # one copy of the sinks as first rotated; attend() turns the queries instead
+                ws_k[:, :, :s] = self.sink_keys
+                ws_v[:, :, :s] = self.values[:, :, :s]
+                hand_over(self)
+            elif owner.pos_shift:
                 # each query gets its own copy of the sinks, turned to sit n_sink + window - j before it
                 out = ws_k[:, :, :s].view(batch, heads, n, owner.n_sink, k_dim)
                 rotate(self.sink_keys.unsqueeze(2), *plan.tables_on(self.device), out=out)
@@ -209,6 +217,33 @@ class SinkWindowLayer(CacheLayerMixin):
         self.values.index_copy_(2, ring_index, value_states[:, :, plan.ring_src_start :])
         self.seen += n
         return ws_k, ws_v
+
+    def attend(self, base, module, query, key, value, attention_mask, **kwargs):
+        """Attention for a chunk laid out ``[sinks | ring | chunk]`` with one copy of the sinks (position shift).
+
+        Query ``i`` must see the sinks as if it sat at slot ``n_sink + window`` of the cache. Its rotated query is
+        turned to that position once (RoPE scores depend only on the distance) and scores the sinks; the unturned
+        query scores the ring and the chunk. One softmax over both, as sdpa does it: the two queries are laid side by
+        side in a head of twice the width, and each key fills only its half.
+        """
+        s, d = self.owner.n_sink, query.shape[-1]
+        scaling = kwargs.get("scaling", module.scaling)
+        cos, sin = self.owner._plan.tables_on(query.device)
+        turned = rotate(query, cos, sin)
+        if getattr(base, "__name__", "") == "eager_attention_forward":
+            scores = torch.cat([turned @ key[:, :, :s].transpose(-1, -2), query @ key[:, :, s:].transpose(-1, -2)],
+                               dim=-1) * scaling + attention_mask
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+            return (probs @ value).transpose(1, 2).contiguous(), probs
+        wide_query = torch.cat([query, turned], dim=-1)
+        wide_key = key.new_zeros(*key.shape[:-1], 2 * d)
+        wide_key[:, :, s:, :d] = key[:, :, s:]
+        wide_key[:, :, :s, d:] = key[:, :, :s]
+        # values as wide as the keys (zeros after them): the fused sdpa kernels want one head width
+        wide_value = torch.cat([value, torch.zeros_like(value)], dim=-1)
+        out = torch.nn.functional.scaled_dot_product_attention(wide_query, wide_key, wide_value,
+                                                               attn_mask=attention_mask, scale=scaling)
+        return out[..., :d].transpose(1, 2).contiguous(), None
 
     # -- maintenance ------------------------------------------------------------------------------------------
     def shift_frame(self, shift: int) -> None:
@@ -300,7 +335,7 @@ class SinkWindowCache(StreamingCache):
         self._static: StaticState | None = None  # set only while a compiled decode step runs
         self._workspaces: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # one per device
         self._tables: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
-        super().__init__(layers=[SinkWindowLayer(self) for _ in range(num_layers)])
+        super().__init__(layers=[SinkWindowLayer(self, i) for i in range(num_layers)])
 
     # -- geometry shared by the layers ------------------------------------------------------------------------
     @property
@@ -337,12 +372,19 @@ class SinkWindowCache(StreamingCache):
         return ws[0][:, :, :length], ws[1][:, :, :length]
 
     # -- state --------------------------------------------------------------------------------------------------
-    def plan_chunk(self, n: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def plan_chunk(self, n: int, dtype: torch.dtype, device, turn_queries: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """``position_ids`` and 4D additive attention mask for the next ``n`` tokens of a full cache.
 
         Keys of the chunk are laid out ``[sink block | ring of window+1 slots | chunk]``. Query ``i`` (absolute
         ``t = t0 + i``) sees its sinks, the ring tokens ``a`` with ``t - a <= window`` and the chunk tokens at most
         ``window`` before it, which is exactly what it would see fed token by token.
+
+        With position shift the sinks sit at a distance from each query that is the same for all of them, but at a
+        different position. ``turn_queries`` (the model's attention goes through :mod:`streamlib.handover`): one
+        copy of the sinks, and each layer's :meth:`SinkWindowLayer.attend` turns the queries to the sinks' distance
+        (tables ``(n, rotary_ndims)``). Otherwise each query gets its own turned copy of the sinks (tables
+        ``(n, 1, rotary_ndims)``, ``n * n_sink`` sink keys).
         """
         if not self.is_full:
             raise ValueError(f"plan_chunk needs a full cache ({self.budget + 1} tokens seen); it has {self.seen_tokens}")
@@ -355,7 +397,11 @@ class SinkWindowCache(StreamingCache):
         ring_visible = (t[:, None] - token_in_slot[None, :]) <= self.window
         lag = t[:, None] - t[None, :]
         chunk_visible = (lag >= 0) & (lag <= self.window)
-        if self.n_sink and self.pos_shift:
+        turn_queries = turn_queries and self.n_sink > 0 and self.pos_shift
+        if turn_queries:
+            sink_visible = torch.ones(n, self.n_sink, dtype=torch.bool)
+            cos, sin = rotation_tables(self.budget - (t - offset), self.rotary, device)  # query -> slot n_sink+window
+        elif self.n_sink and self.pos_shift:
             sink_visible = torch.eye(n, dtype=torch.bool).repeat_interleave(self.n_sink, dim=1)
             deltas = (t - self.budget) - offset
             cos, sin = rotation_tables(deltas, self.rotary, device)
@@ -370,6 +416,7 @@ class SinkWindowCache(StreamingCache):
         self._plan = ChunkPlan(
             t0=t0, n=n, n_sink_keys=sink_visible.shape[1], kv_length=visible.shape[1], cos=cos, sin=sin,
             ring_index=(self.n_sink + (new_tokens - self.n_sink) % ring).to(device), ring_src_start=n - m,
+            turn_queries=turn_queries,
         )
         position_ids = (t - offset)[None].to(device)
         return position_ids, mask[None, None].to(device)

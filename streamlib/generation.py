@@ -9,6 +9,7 @@ import torch
 from transformers import Cache
 
 from .cache import SinkWindowCache, StreamingCache
+from .handover import installed
 
 
 def check_input_ids(input_ids, *, batch_one: bool = False, min_len: int = 1) -> None:
@@ -36,9 +37,12 @@ def decoder_for(model, cache: Cache):
     return compiled_decoder(model)
 
 
-def default_chunk_size(cache: Cache) -> int:
-    """Tokens per forward in chunked mode: about the window, so the masked-out share of each chunk stays small."""
-    if isinstance(cache, SinkWindowCache):
+def default_chunk_size(cache: Cache, turn_queries: bool = True) -> int:
+    """Tokens per forward in chunked mode: 512, where the projections run near their best and the masked-out part of
+    each chunk's attention costs little beside them (a 2048-token prompt into StreamingLLM 4+252 then costs what a
+    Dense prefill costs, ``bench/bench_decode.py``). With position shift but no hand-over (a model whose attention
+    does not go through :mod:`streamlib.handover`) every query brings its own copy of the sinks: about the window."""
+    if isinstance(cache, SinkWindowCache) and cache.pos_shift and cache.n_sink and not turn_queries:
         return max(16, min(cache.window, 512))
     return 512
 
@@ -52,8 +56,9 @@ def forward_chunks(model, input_ids: torch.Tensor, cache: Cache, chunk_size: int
     own positions and mask from :meth:`SinkWindowCache.plan_chunk`; other caches take plain causal chunks. With
     ``all_logits=False`` only the last position's logits are computed.
     """
+    turn_queries = installed(model)
     if chunk_size is None:
-        chunk_size = default_chunk_size(cache)
+        chunk_size = default_chunk_size(cache, turn_queries)
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
     total = input_ids.shape[1]
@@ -72,7 +77,7 @@ def forward_chunks(model, input_ids: torch.Tensor, cache: Cache, chunk_size: int
                 out = model(input_ids=input_ids[:, start : start + 1], cache=cache, use_cache=True, logits_to_keep=keep)
             else:
                 n = min(chunk_size, total - start)
-                position_ids, mask = cache.plan_chunk(n, model.dtype, device)
+                position_ids, mask = cache.plan_chunk(n, model.dtype, device, turn_queries=turn_queries)
                 try:
                     out = model(input_ids=input_ids[:, start : start + n], cache=cache, use_cache=True,
                                 position_ids=position_ids, attention_mask=mask, logits_to_keep=keep)

@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTNeo
 from transformers.utils import logging as hf_logging
 
 from .data import data_dir, hub_reachable
+from .handover import base_of
 
 MICRO_DIR = Path(__file__).resolve().parent / "assets" / "pythia-micro"
 MICRO_NAMES = ("micro", "pythia-micro")
@@ -194,5 +195,5 @@ def describe(model) -> dict:
         "dtype": str(p.dtype).replace("torch.", ""),
         "device": p.device.type,
         "gpu": gpu,
-        "attn_implementation": model.config._attn_implementation,
+        "attn_implementation": base_of(model.config._attn_implementation),
     }

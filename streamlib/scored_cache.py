@@ -1,11 +1,11 @@
 """A transformers ``Cache`` that evicts by attention score while it streams: TOVA and H2O.
 
 Both policies decide from the attention weights of the query being processed, so the cache must see them. GPT-NeoX
-calls ``cache.update(k, v, layer_idx)`` and then its attention function; :func:`install` puts a thin attention
-function in transformers' attention registry in front of the model's own (sdpa or eager): it runs that attention
-unchanged and, when a scored layer is waiting for this step's weights, hands it the softmax probabilities of the
-step's queries over the keys the layer returned, computed in float32 from the same query and keys. Models and
-caches without a waiting layer pass straight through, so a model keeps working with every other policy.
+calls ``cache.update(k, v, layer_idx)`` and then its attention function; :func:`install` routes that through the
+attention hand-over (:mod:`streamlib.handover`): the model's own attention (sdpa or eager) runs unchanged and the
+waiting layer gets the softmax probabilities of the step's queries over the keys it returned, computed in float32
+from the same query and keys. Models and caches without a waiting layer pass straight through, so a model keeps
+working with every other policy.
 
 Buffers are preallocated with ``budget + 1`` slots per layer: the incoming token takes the free slot, attends to
 the ``budget`` held tokens and itself, and then one token leaves (its slot is the next free one). Nothing is
@@ -29,45 +29,19 @@ time, and a plain multi-token call is refused with a message saying so.
 from __future__ import annotations
 
 import torch
-from transformers import AttentionInterface
 from transformers.cache_utils import CacheLayerMixin
-from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
 from .cache import StreamingCache
+from .handover import WRAPPED, hand_over
+from .handover import install as _install_handover
 from .rotary import RotaryInfo, rotate, rotation_tables
 
-WRAPPED = {"sdpa": "streamlib_scored_sdpa", "eager": "streamlib_scored_eager"}
-_waiting: list = []  # the scored layer whose update has run and whose attention is next (at most one)
-
-
-def _attention(base: str):
-    def attention(module, query, key, value, attention_mask, **kwargs):
-        if base == "eager":
-            from transformers.models.gpt_neox.modeling_gpt_neox import eager_attention_forward as fn
-        else:
-            fn = AttentionInterface._global_mapping["sdpa"]
-        out, weights = fn(module, query, key, value, attention_mask, **kwargs)
-        if _waiting and _waiting[-1].layer_idx == getattr(module, "layer_idx", None):
-            layer = _waiting.pop()
-            layer.observe(query, key, kwargs.get("scaling", module.scaling))
-        return out, weights
-
-    return attention
-
-
-for _base, _name in WRAPPED.items():
-    AttentionInterface.register(_name, _attention(_base))
-    AttentionMaskInterface.register(_name, sdpa_mask if _base == "sdpa" else eager_mask)
+__all__ = ["WRAPPED", "H2OCache", "ScoredCache", "ScoredLayer", "TOVACache", "install"]
 
 
 def install(model) -> None:
-    """Route the model's attention through the score hand-over (idempotent; sdpa and eager models)."""
-    current = model.config._attn_implementation
-    if current in WRAPPED.values():
-        return
-    if current not in WRAPPED:
-        raise ValueError(f"model: score-based policies need attn_implementation 'sdpa' or 'eager'; got {current!r}")
-    model.set_attn_implementation(WRAPPED[current])
+    """Route the model's attention through the hand-over (:mod:`streamlib.handover`), which these caches need."""
+    _install_handover(model, "a score-based policy")
 
 
 class ScoredLayer(CacheLayerMixin):
@@ -150,10 +124,15 @@ class ScoredLayer(CacheLayerMixin):
                 f"cache is full); with model.generate pass prefill_chunk_size=1; or feed at most "
                 f"{max(self.capacity - t0, 1)} tokens at once")
         self._pending = (t0, n)
-        _waiting.append(self)
-        del _waiting[:-1]
+        hand_over(self)
         self.seen += n
         return keys, values
+
+    def attend(self, base, module, query, key, value, attention_mask, **kwargs):
+        """The model's own attention, unchanged; its probabilities go to :meth:`observe`."""
+        out = base(module, query, key, value, attention_mask, **kwargs)
+        self.observe(query, key, kwargs.get("scaling", module.scaling))
+        return out
 
     def observe(self, query: torch.Tensor, keys: torch.Tensor, scaling: float) -> None:
         """This step's attention probabilities over ``keys`` (the slots returned by :meth:`update`): score, and

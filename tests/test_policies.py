@@ -307,3 +307,25 @@ def test_half_precision_adds_no_error_beyond_the_models_own(dtype):
         torch.testing.assert_close(chunked, token_nll(half, ids, policy, mode="token"), atol=tol, rtol=0)
         deviation = (chunked - token_nll(full, ids, policy)).abs().max().item()
         assert deviation <= max(2 * dense_dev, tol)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_both_sink_layouts_match_the_reference(stream, attn):
+    """Position shift, a chunk into a full cache. Through the attention hand-over (what StreamingLLM.make_cache sets
+    up) each query is turned to the sinks and one copy of them serves all; without it (a model whose attention is not
+    routed through streamlib.handover) every query gets its own turned copy. Both equal the naive reference."""
+    from conftest import make_peaky_model
+    from streamlib.handover import installed
+    from streamlib.rotary import gpt_neox_rotary
+
+    model = make_peaky_model(attn)
+    expected = naive_streaming_nll(model, stream, 4, 16, True)
+    cache = SinkWindowCache(num_layers=2, n_sink=4, window=16, pos_shift=True, rotary=gpt_neox_rotary(model))
+    with torch.inference_mode():
+        logits = torch.cat([lg for _, lg in forward_chunks(model, stream[:, :-1], cache, chunk_size=40)], dim=1)
+    copies = torch.nn.functional.cross_entropy(logits[0].float(), stream[0, 1:], reduction="none")
+    assert not installed(model)
+    turned = token_nll(model, stream, StreamingLLM(4, 16), chunk_size=40)
+    assert installed(model)
+    torch.testing.assert_close(copies, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(turned, expected, atol=1e-4, rtol=0)

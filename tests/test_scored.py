@@ -11,7 +11,7 @@ from reference import naive_scored_nll
 from streamlib.generation import forward_chunks, stream_generate
 from streamlib.policies import H2O, TOVA, Dense, StreamingLLM, from_params, parse_policy
 from streamlib.quality import token_nll
-from streamlib.scored_cache import WRAPPED
+from streamlib.handover import WRAPPED
 
 
 @pytest.fixture(scope="module")

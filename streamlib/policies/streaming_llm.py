@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..cache import SinkWindowCache
+from ..handover import WRAPPED, base_of, install
 from ..rotary import gpt_neox_rotary
 from .base import PolicyBase, check_bool, check_int, check_model
 
@@ -35,6 +36,9 @@ class StreamingLLM(PolicyBase):
 
     def make_cache(self, model) -> SinkWindowCache:
         check_model(model, type(self).__name__)
+        if self.pos_shift and self.n_sink and base_of(model.config._attn_implementation) in WRAPPED:
+            # long prompts: the cache turns each query to the sinks instead of copying the sinks per query
+            install(model)
         return SinkWindowCache(
             num_layers=model.config.num_hidden_layers,
             n_sink=self.n_sink,
