@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PROFILE ?= auto
 
-.PHONY: run test env bench clean-runs
+.PHONY: run test env bench gpu-check clean-runs
 
 env:
 	@bash scripts/setup_env.sh
@@ -17,6 +17,10 @@ bench: env
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_policies.py
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_quality.py
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_scored.py
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_decode.py
+
+gpu-check: env
+	bash bench/gpu_check.sh
 
 clean-runs:
 	rm -rf runs

@@ -31,7 +31,7 @@ run = wb.Run(cfg)
 plots.apply_style()
 print(f"profile {{cfg.profile}}{{' (DRY RUN)' if cfg.dry_run else ''}}: {{cfg.model}} on {{cfg.torch_device()}}, {{cfg.torch_dtype()}}; records in {{run.path}}")'''
 
-LOAD = '''model = load_model(cfg.model, device=cfg.torch_device(), dtype=cfg.torch_dtype())
+LOAD = '''model = load_model(cfg.model, device=cfg.torch_device(), dtype=cfg.torch_dtype(), device_map=cfg.device_map)
 tokenizer = load_tokenizer(cfg.tokenizer_name())
 pd.DataFrame([describe(model)])'''
 
@@ -102,7 +102,8 @@ NOTEBOOKS = {
             "run.figure(plots.fig_nll_vs_position(curves, cfg.trained_length()), 'nll_baseline')",
             "## Where attention goes\nAttention weights need eager attention, so a second copy of the model is loaded "
             "with it. Look at token 0 against the grey line (uniform attention).",
-            "eager = load_model(cfg.model, device=cfg.torch_device(), dtype=cfg.torch_dtype(), attn_implementation='eager')\n"
+            "eager = load_model(cfg.model, device=cfg.torch_device(), dtype=cfg.torch_dtype(), device_map=cfg.device_map,\n"
+            "                   attn_implementation='eager')\n"
             "first = streams[cfg.datasets[0]][:, : min(512, cfg.ppl_tokens)]\n"
             "attention = run.measure('attention', policy, lambda: measure_first_tokens(eager, first),\n"
             "                        dataset=cfg.datasets[0], n_tokens=first.shape[1])\n"
@@ -159,6 +160,18 @@ NOTEBOOKS = {
             "speed = wb.speed_table(run)\n"
             "speed.round(2)",
             "run.figure(plots.fig_speed(speed[speed.label.isin(['Dense', policy.label()])]), 'fig6_speed')",
+            "## Compiled decoding\nThe same greedy generation at batch 1, eager and with `compile=True`: every decode "
+            "step becomes one compiled graph (inductor on a CPU, CUDA graphs on a GPU); its warm-up run pays the "
+            "compilation. Look at TPOT. On a GPU an eager step is mostly kernel launches, so expect it to drop "
+            "several-fold; on a CPU reading the weights bounds it (about 2x on the micro model, little on Pythia-160m).",
+            "prompt = torch.randint(0, model.config.vocab_size, (1, cfg.speed_prompt_tokens),\n"
+            "                       generator=torch.Generator().manual_seed(0))\n"
+            "for compiled in ((False, True) if cfg.device_map is None else (False,)):  # one device per compiled graph\n"
+            "    run.measure('decode_modes', policy, lambda: measure_generation(model, policy, prompt, cfg.speed_new_tokens,\n"
+            "                repeats=cfg.speed_repeats, compile=compiled), compiled=compiled,\n"
+            "                prompt_tokens=cfg.speed_prompt_tokens, new_tokens=cfg.speed_new_tokens)\n"
+            "modes = run.metrics('decode_modes')\n"
+            "modes.assign(ttft_ms=modes.ttft * 1e3, tpot_ms=modes.tpot_mean * 1e3)[['label', 'compiled', 'ttft_ms', 'tpot_ms']]",
             "## The lab report's table\nBaseline against StreamingLLM, also saved as Markdown and LaTeX in "
             "`tables/`.",
             "table = run.table(wb.comparison(run), 'comparison')\n"

@@ -49,6 +49,7 @@ class Config:
     model: str = "micro"
     tokenizer: str | None = None  # None: the model's own
     device: str = "auto"  # auto | cpu | cuda
+    device_map: str | None = None  # "auto": the layers spread over the visible GPUs (accelerate), for 6.9b and 12b
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     datasets: list = field(default_factory=lambda: ["kjv-heldout"])
     ppl_tokens: int = 2048
@@ -122,6 +123,8 @@ class Config:
         for b in self.speed_batch_sizes:
             if isinstance(b, bool) or not isinstance(b, int) or b < 1:
                 raise ValueError(f"speed_batch_sizes must hold integers >= 1; got {b!r}")
+        if self.device_map not in (None, "auto"):
+            raise ValueError(f"device_map must be None or 'auto'; got {self.device_map!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be one of 'auto', 'cpu', 'cuda'; got {self.device!r}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
@@ -168,7 +171,7 @@ def dry_run_values(values: dict) -> dict:
     are not exported to ``figures/``: a dry run measures nothing worth keeping."""
     v = dict(values)
     div = DRY_RUN_CACHE_DIVISOR
-    v.update(model=DRY_RUN_MODEL, tokenizer=DRY_RUN_TOKENIZER, device="cpu", export_figures=False)
+    v.update(model=DRY_RUN_MODEL, tokenizer=DRY_RUN_TOKENIZER, device="cpu", device_map=None, export_figures=False)
     if v.get("dtype") not in (None, "auto", "float32"):
         v["dtype"] = "bfloat16"  # the profile's half precision, in the half type CPUs compute well
     v["datasets"] = [DRY_RUN_CORPORA[i % len(DRY_RUN_CORPORA)] for i in range(len(v.get("datasets", [1])))]

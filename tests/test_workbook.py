@@ -67,12 +67,15 @@ def test_profiles_load_and_validate():
         Config.load("smoke", generation_top_p=0)
     with pytest.raises(ValueError, match="generation_temperature"):
         Config.load("smoke", generation_temperature=-1.0)
+    with pytest.raises(ValueError, match="device_map must be None or 'auto'"):
+        Config.load("smoke", device_map="balanced")
+    assert Config.load("paper-12b").device_map == "auto"
 
 
-@pytest.mark.parametrize("profile", ["cpu", "paper"])
+@pytest.mark.parametrize("profile", ["cpu", "paper", "paper-12b"])
 def test_dry_run_keeps_every_parameter_and_scales_it_down(profile):
     full, dry = Config.load(profile), Config.load(profile, dry_run=True)
-    assert dry.dry_run and dry.model.startswith("random:pythia") and dry.device == "cpu"
+    assert dry.dry_run and dry.model.startswith("random:pythia") and dry.device == "cpu" and dry.device_map is None
     assert dry.tokenizer == "micro" and not dry.export_figures
     assert len(dry.datasets) == len(full.datasets) and len(dry.sweep_cache_sizes) == len(full.sweep_cache_sizes)
     assert dry.sweep_sinks == full.sweep_sinks and dry.pos_shift == full.pos_shift
@@ -172,7 +175,11 @@ def test_notebook_with_parameters_outside_any_profile(tmp_path):
     assert set(zip(streaming.n_sink, streaming.window, streaming.pos_shift)) == {(2, 50, False)}
     cfg = Config.load("smoke")
     assert set(streaming[streaming.metric == "ppl"].n_tokens) == {cfg.ppl_tokens}
-    assert set(streaming[streaming.metric == "tpot_mean"].batch_size) == set(cfg.speed_batch_sizes)
+    speed = streaming[streaming.group == "speed"]
+    assert set(speed[speed.metric == "tpot_mean"].batch_size) == set(cfg.speed_batch_sizes)
+    # eager and compiled decoding side by side, both timed
+    modes = streaming[(streaming.group == "decode_modes") & (streaming.metric == "tpot_mean")]
+    assert sorted(modes.compiled) == [False, True] and (modes.value > 0).all()
     assert json.loads((tmp_path / "config.json").read_text())["window"] == 50
 
 
