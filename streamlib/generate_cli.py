@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling: keep the tokens holding this mass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--compile", action="store_true",
+                   help="compiled decode steps (window and streamingllm only; the first step compiles, seconds)")
     p.add_argument("--interactive", action="store_true",
                    help="read turns from stdin (a terminal or a pipe), all in one stream and one cache")
 
@@ -99,12 +101,15 @@ def run_generate(args, parser: argparse.ArgumentParser) -> int:
         parser.error("give --prompt or --prompt-file (or --interactive)")
     if policy.name == "recompute":
         parser.error("--policy: recompute keeps no cache to generate from; use dense, window or streamingllm")
+    if args.compile and policy.name not in ("window", "streamingllm"):
+        parser.error(f"--compile: compiled decoding covers window and streamingllm, whose cache keeps one shape; "
+                     f"got --policy {args.policy}")
 
     name = args.model or _default_model()
     model = load_model(name, device=args.device)
     tokenizer = load_tokenizer(name if not name.startswith("random:") else "micro")
     stream = TokenStream(model, policy, do_sample=args.temperature > 0, temperature=args.temperature or 1.0,
-                         top_p=args.top_p, seed=args.seed)
+                         top_p=args.top_p, seed=args.seed, compile=args.compile)
     writer = TextWriter(tokenizer)
     eos = tokenizer.eos_token_id
     generated, started = 0, time.perf_counter()

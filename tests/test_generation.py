@@ -115,6 +115,15 @@ def test_generate_command_streams_text_offline():
     assert f"KV cache {kv / 2**20:.3f} MiB" in last and f"stream position {n_prompt + 300} " in last
 
 
+def test_generate_command_compiled_writes_the_same_text():
+    args = ("--policy", "streamingllm:4+60", "--max-new-tokens", "150", "--temperature", "0", "--prompt", "And God said")
+    eager, compiled = _cli(*args), _cli(*args, "--compile")
+    assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr
+    assert compiled.stdout == eager.stdout and len(eager.stdout) > 300
+    refused = _cli("--policy", "dense", "--compile", "--prompt", "x")
+    assert refused.returncode == 2 and "--compile: compiled decoding covers window and streamingllm" in refused.stderr
+
+
 def test_generate_command_rejects_a_bad_policy():
     proc = _cli("--policy", "streamingllm:4", "--prompt", "x")
     assert proc.returncode == 2
