@@ -10,7 +10,8 @@ On random-weight Pythia-2.8b in fp16, batch 1, a 2048-token prompt and 256 new t
 * agreement: chunked vs token-by-token evaluation in fp16 (StreamingLLM 4+252 on the trained micro model and on the
   2.8b shapes), fp16 on the GPU vs fp32 on the CPU (micro), compiled vs eager greedy decoding in fp16 (micro).
 
-It writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out``. ``--smoke`` runs the same code on the CPU with tiny
+It writes ``gpu_check.json`` (after every stage, ``complete`` false until the end) and ``gpu_check.md`` to
+``--out``. ``--smoke`` runs the same code on the CPU with tiny
 shapes and a few tokens, so that CI keeps the script working.
 """
 
@@ -53,11 +54,11 @@ def copy_bandwidth(device: torch.device, mib: int, repeats: int = 10) -> float:
     return 2 * src.numel() * repeats / (time.perf_counter() - t0)
 
 
-def speed_rows(model, cfg: dict, bandwidth: float, log) -> list[dict]:
+def speed_rows(model, cfg: dict, bandwidth: float, log, rows: list, save) -> None:
+    """Appends one row per (policy, eager or compiled) to ``rows`` and saves after each."""
     ids = torch.randint(0, model.config.vocab_size, (1, cfg["prompt"]), generator=torch.Generator().manual_seed(0))
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     floor_s = weight_bytes / bandwidth
-    rows = []
     for policy in cfg["policies"]:
         for compiled in (False, True):
             if compiled and isinstance(policy, Dense):
@@ -75,7 +76,7 @@ def speed_rows(model, cfg: dict, bandwidth: float, log) -> list[dict]:
                 f"TPOT {row['tpot_ms']:.2f} ms ({row['tpot_over_floor']:.1f}x floor), peak {row['peak_mem_gib']:.2f} GiB"
                 f" [{row['wall_s']:.0f} s]")
             rows.append(row)
-    return rows
+            save()
 
 
 def chunked_vs_token(model, ids: torch.Tensor, policy) -> dict:
@@ -172,17 +173,24 @@ def main() -> None:
     results = {"env": env, "config": {k: v for k, v in cfg.items() if k != "policies"}, "model": describe(model),
                "bandwidth_gb_s": bandwidth / 1e9, "weight_bytes": weight_bytes,
                "tpot_floor_ms": weight_bytes / bandwidth * 1e3}
-    results["speed"] = speed_rows(model, cfg, bandwidth, log)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every stage: a run stopped at its time limit keeps what it measured
+        results["total_s"] = time.perf_counter() - start
+        (out / "gpu_check.json").write_text(json.dumps(results, indent=1) + "\n")
+
+    results["speed"], results["complete"] = [], False
+    speed_rows(model, cfg, bandwidth, log, results["speed"], save)
     log("chunked vs token evaluation on the model")
     ids = torch.randint(0, model.config.vocab_size, (1, cfg["exact_tokens"]), generator=torch.Generator().manual_seed(1))
     results["chunked_vs_token"] = chunked_vs_token(model, ids, cfg["policies"][1])
+    save()
     del model
     log("agreement on the micro model")
     results["micro"] = micro_agreement(device, cfg)
-    results["total_s"] = time.perf_counter() - start
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(results, indent=1) + "\n")
+    results["complete"] = True
+    save()
     (out / "gpu_check.md").write_text(markdown(results))
     print(markdown(results))
     log(f"wrote {out / 'gpu_check.json'} and {out / 'gpu_check.md'}")

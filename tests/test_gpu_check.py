@@ -17,6 +17,7 @@ def test_gpu_check_smoke(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert results["complete"]
     rows = {(r["policy"], r["compiled"]): r for r in results["speed"]}
     assert set(rows) == {("Dense", False), ("StreamingLLM 4+12", False), ("StreamingLLM 4+12", True),
                          ("StreamingLLM 4+28", False), ("StreamingLLM 4+28", True)}
