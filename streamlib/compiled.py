@@ -1,4 +1,4 @@
-"""A compiled, shape-static decode step for the bounded caches (StreamingLLM and Window).
+"""A compiled, shape-static decode step for the bounded caches (StreamingLLM and Window, and Dense preallocated).
 
 Why. Once a :class:`~streamlib.cache.SinkWindowCache` is full its buffers never change shape, but an eager decode
 step still pays Python and one kernel launch per operation: on a small model, or on a GPU with a 3B model, that
@@ -13,9 +13,11 @@ advances in place. The host only counts steps; it never reads the device, and no
 reaches the graph, so a stream of any length compiles once. Re-basing the position frame (once every
 ``rebase_interval`` steps) runs eagerly between two steps and updates the offset tensor in place.
 
-Dense has no fixed shape (its cache grows), so it is not compiled here; a preallocated cache to a maximum length
-would make it static at the cost of attending to the whole length from the first step. Score-based caches (TOVA,
-H2O) choose their eviction per step from data and stay eager.
+Dense grows, so its own cache has no fixed shape. When the stream's length is known (``stream_generate``, the speed
+functions) it runs on a preallocated cache of that length instead: a Window that never evicts, which is Dense token
+for token, at the cost of attending over every slot (the empty ones masked) from the first step
+(:func:`streamlib.generation.cache_for`). Score-based caches (TOVA, H2O) choose their eviction per step from data
+and stay eager.
 
 The step runs the model's own modules (``embed_in``, each ``GPTNeoXLayer``, ``final_layer_norm``, ``lm_head``);
 only the loop over them is ours, so that the mask and position bookkeeping of ``GPTNeoXModel.forward``, which read

@@ -32,9 +32,26 @@ def decoder_for(model, cache: Cache):
     from .compiled import CompiledDecoder, compiled_decoder
 
     if not CompiledDecoder.supports(cache):
-        raise ValueError(f"compile=True covers StreamingLLM and Window, whose cache keeps one shape once full; "
-                         f"{type(cache).__name__} does not (Dense grows, TOVA and H2O evict by score): use compile=False")
+        raise ValueError(f"compile=True covers StreamingLLM, Window, and Dense when the stream's length is known "
+                         f"(stream_generate, the speed functions): their caches keep one shape. {type(cache).__name__} "
+                         "does not (TOVA and H2O evict by score): use compile=False")
     return compiled_decoder(model)
+
+
+def cache_for(model, policy_or_cache, compile: bool = False, max_length: int | None = None) -> Cache:
+    """The cache a loop runs on. With ``compile=True`` and Dense, a preallocated one of ``max_length`` slots: a
+    Window that never evicts (exactly Dense: every token at its own position), whose shape is fixed from the start,
+    at the cost of attending over all its slots (the empty ones masked) from the first step."""
+    from .policies import Dense, Window
+
+    if isinstance(policy_or_cache, Cache):
+        return policy_or_cache
+    if compile and isinstance(policy_or_cache, Dense):
+        if max_length is None:
+            raise ValueError("compile=True with Dense needs the stream's maximum length (max_length) for a "
+                             "preallocated cache; stream_generate and the speed functions know it")
+        return Window(max_length).make_cache(model)
+    return policy_or_cache.make_cache(model)
 
 
 def default_chunk_size(cache: Cache, turn_queries: bool = True) -> int:
@@ -137,10 +154,11 @@ class TokenStream:
     """
 
     def __init__(self, model, policy_or_cache, *, do_sample: bool = False, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None, chunk_size: int | None = None, compile: bool = False):
+                 top_p: float = 1.0, seed: int | None = None, chunk_size: int | None = None, compile: bool = False,
+                 max_length: int | None = None):
         check_sampling(1, do_sample, temperature, top_p)
         self.model = model
-        self.cache = policy_or_cache if isinstance(policy_or_cache, Cache) else policy_or_cache.make_cache(model)
+        self.cache = cache_for(model, policy_or_cache, compile, max_length)
         self.decoder = decoder_for(model, self.cache) if compile else None
         self.device = next(model.parameters()).device
         self.sampling = {"do_sample": do_sample, "temperature": temperature, "top_p": top_p}
@@ -195,14 +213,16 @@ def stream_generate(model, input_ids: torch.Tensor, policy_or_cache, max_new_tok
     """Generate up to ``max_new_tokens`` after ``input_ids`` under a policy (or an existing cache).
 
     Unlike ``model.generate`` this loop lets the cache own the positions, so a stream can go on for as long as
-    wanted without rotary angles growing. With ``compile=True`` (StreamingLLM and Window) the decode steps of a full
-    cache run as one compiled graph each (:mod:`streamlib.compiled`); the first one compiles. Returns the new
-    tokens, shape (batch, n_new).
+    wanted without rotary angles growing. With ``compile=True`` each decode step runs as one compiled graph
+    (:mod:`streamlib.compiled`; the first one compiles): StreamingLLM and Window as they are, Dense on a cache
+    preallocated to ``input_ids`` plus ``max_new_tokens`` (:func:`cache_for`). Returns the new tokens, shape
+    (batch, n_new).
     """
     check_input_ids(input_ids)
     check_sampling(max_new_tokens, do_sample, temperature, top_p)
     stream = TokenStream(model, policy_or_cache, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                         seed=seed, chunk_size=chunk_size, compile=compile)
+                         seed=seed, chunk_size=chunk_size, compile=compile,
+                         max_length=input_ids.shape[1] + max_new_tokens)
     stream.feed(input_ids)
     return torch.cat(list(stream.generate(max_new_tokens, eos_token_id)), dim=1)
 

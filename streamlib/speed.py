@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from .cache import StreamingCache
-from .generation import TokenStream, check_input_ids, check_sampling, decoder_for, prefill
+from .generation import TokenStream, cache_for, check_input_ids, check_sampling, decoder_for, prefill
 from .policies import Recompute
 from .results import Measurement
 
@@ -119,8 +119,9 @@ def time_generation(model, policy, prompt_ids: torch.Tensor, new_tokens: int, *,
                     repeats: int = 3, chunk_size: int | None = None, compile: bool = False) -> SpeedResult:
     """Greedy generation of ``new_tokens`` after ``prompt_ids`` (batch, T) under ``policy``, timed per step.
 
-    With ``compile=True`` (StreamingLLM, Window) the decode steps of the full cache run compiled
-    (:mod:`streamlib.compiled`); the warm-up run (at least one) pays the compilation.
+    With ``compile=True`` the decode steps run compiled (:mod:`streamlib.compiled`; StreamingLLM and Window as they
+    are, Dense on a cache preallocated to prompt plus ``new_tokens``); the warm-up run (at least one) pays the
+    compilation.
     """
     check_input_ids(prompt_ids)
     _check_counts(new_tokens=(new_tokens, 2), warmup=(warmup, 1 if compile else 0), repeats=(repeats, 1))
@@ -156,7 +157,7 @@ def _one_generation(model, policy, prompt_ids, new_tokens, clock, chunk_size, co
             b = clock.mark()
             steps.append(clock.elapsed(a, b))
         return GenerationTiming(ttft, steps, batch)
-    cache = policy.make_cache(model)
+    cache = cache_for(model, policy, compile, max_length=prompt_ids.shape[1] + new_tokens)
     decoder = decoder_for(model, cache) if compile else None
     clock.sync()
     start = clock.mark()
@@ -360,7 +361,8 @@ def measure_generation(model, policy, prompt_ids: torch.Tensor, new_tokens: int,
                        warmup: int = 1, compile: bool = False) -> Measurement:
     """:func:`time_generation` and :func:`peak_memory` as a record: TTFT, TPOT (mean, p50, p90), decode throughput,
     end-to-end time (means over repeats, and their standard deviations), peak memory, KV bytes after the prompt.
-    ``compile=True`` times compiled decode steps (StreamingLLM, Window); record it with ``compile`` in the params."""
+    ``compile=True`` times compiled decode steps; record it with ``compile`` in the params. KV bytes are the
+    policy's own (a compiled Dense preallocates its whole length; peak memory shows it)."""
     device = next(model.parameters()).device
     holder = {}
     mem = peak_memory(lambda: holder.setdefault(

@@ -73,12 +73,20 @@ def test_window_compiled_equals_eager(peaky_model_sdpa):
     assert torch.equal(stream_generate(peaky_model_sdpa, prompt, Window(16), 120, compile=True), eager)
 
 
-@pytest.mark.parametrize("policy", [Dense(), TOVA(16)])
-def test_compile_refuses_caches_without_a_fixed_shape(peaky_model_sdpa, policy):
-    with pytest.raises(ValueError, match="compile=True covers StreamingLLM and Window"):
-        TokenStream(peaky_model_sdpa, policy, compile=True)
+def test_dense_compiled_on_a_preallocated_cache_equals_eager(peaky_model_sdpa):
+    """Dense with compile=True: a cache preallocated to the stream's length (a Window that never evicts)."""
+    prompt = _prompt(30, 97, seed=4)
+    eager = stream_generate(peaky_model_sdpa, prompt, Dense(), 90)
+    assert torch.equal(stream_generate(peaky_model_sdpa, prompt, Dense(), 90, compile=True), eager)
+    with pytest.raises(ValueError, match="compile=True with Dense needs the stream's maximum length"):
+        TokenStream(peaky_model_sdpa, Dense(), compile=True)
+
+
+def test_compile_refuses_caches_without_a_fixed_shape(peaky_model_sdpa):
+    with pytest.raises(ValueError, match="compile=True covers StreamingLLM, Window, and Dense when"):
+        TokenStream(peaky_model_sdpa, TOVA(16), compile=True)
     with pytest.raises(ValueError, match="compile"):
-        time_generation(peaky_model_sdpa, policy, _prompt(8, 97), 4, compile=True)
+        time_generation(peaky_model_sdpa, TOVA(16), _prompt(8, 97), 4, compile=True)
 
 
 def test_compiled_timing_needs_a_warmup(peaky_model_sdpa):

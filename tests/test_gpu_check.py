@@ -19,7 +19,7 @@ def test_gpu_check_smoke(tmp_path):
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     assert results["complete"]
     rows = {(r["policy"], r["compiled"]): r for r in results["speed"]}
-    assert set(rows) == {("Dense", False), ("StreamingLLM 4+12", False), ("StreamingLLM 4+12", True),
+    assert set(rows) == {("Dense", False), ("Dense", True), ("StreamingLLM 4+12", False), ("StreamingLLM 4+12", True),
                          ("StreamingLLM 4+28", False), ("StreamingLLM 4+28", True)}
     for row in rows.values():
         assert row["ttft_ms"] > 0 and row["tpot_ms"] > 0 and row["tpot_over_floor"] > 0 and row["peak_mem_gib"] > 0
