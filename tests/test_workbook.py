@@ -144,7 +144,7 @@ def test_rerun_skips_what_is_recorded(smoke_run):
     assert _inline_images(executed) >= 1  # figures are drawn from what was read back
 
 
-@pytest.mark.parametrize("profile", ["cpu", "paper"])
+@pytest.mark.parametrize("profile", ["cpu", "paper", "paper-12b"])
 def test_dry_run_of_a_profile_runs_offline(profile, tmp_path):
     run_dir = tmp_path / profile
     proc = subprocess.run([sys.executable, "-m", "streamlib", "run", "--profile", profile, "--dry-run",
