@@ -170,8 +170,7 @@ NOTEBOOKS = {
             "    run.measure('decode_modes', policy, lambda: measure_generation(model, policy, prompt, cfg.speed_new_tokens,\n"
             "                repeats=cfg.speed_repeats, compile=compiled), compiled=compiled,\n"
             "                prompt_tokens=cfg.speed_prompt_tokens, new_tokens=cfg.speed_new_tokens)\n"
-            "modes = run.metrics('decode_modes')\n"
-            "modes.assign(ttft_ms=modes.ttft * 1e3, tpot_ms=modes.tpot_mean * 1e3)[['label', 'compiled', 'ttft_ms', 'tpot_ms']]",
+            "wb.decode_modes_table(run).round(3)",
             "## The lab report's table\nBaseline against StreamingLLM, also saved as Markdown and LaTeX in "
             "`tables/`.",
             "table = run.table(wb.comparison(run), 'comparison')\n"
@@ -395,6 +394,9 @@ NOTEBOOKS = {
             "tables = {'Baseline against StreamingLLM': comparison}\n"
             "if not sweep.empty:\n"
             "    tables['Sweep'] = sweep[['label', 'cache_size', 'ppl', 'kv_mib', 'tpot_ms']].round(3)\n"
+            "modes = wb.decode_modes_table(run)\n"
+            "if not modes.empty:\n"
+            "    tables['Eager and compiled decoding'] = modes.round(3)\n"
             "report = wb.write_report(run, tables)\n"
             "print('wrote', report)",
         ],

@@ -355,6 +355,18 @@ def speed_table(run: Run) -> pd.DataFrame:
     return out.sort_values(["batch_size", "label"]).reset_index(drop=True)
 
 
+def decode_modes_table(run: Run) -> pd.DataFrame:
+    """Eager against compiled decoding (notebook 02): TTFT and TPOT (ms) per policy, batch 1."""
+    wide = run.metrics("decode_modes")
+    if wide.empty:
+        return wide
+    out = wide[["label", "compiled"]].copy()
+    out["compiled"] = out["compiled"].astype(bool)
+    out["ttft_ms"] = wide["ttft"] * 1e3
+    out["tpot_ms"] = wide["tpot_mean"] * 1e3
+    return out.sort_values(["label", "compiled"]).reset_index(drop=True)
+
+
 SWEEP_SINKS = 4  # the sink count of the cache-size sweep (the paper's choice)
 
 

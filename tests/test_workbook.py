@@ -113,6 +113,7 @@ def test_smoke_chain_writes_everything(smoke_run):
             assert path.is_file() and path.stat().st_size > 1000, path
     report = (smoke_run / "report.md").read_text()
     assert report.startswith("# streamlib run") and "DRY RUN" not in report
+    assert "## Eager and compiled decoding" in report
     for fig in FIGURES:
         assert f"![{CAPTIONS[fig]}](figures/{fig}.png)" in report
     html = (smoke_run / "06_report.html").read_text()
