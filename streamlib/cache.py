@@ -22,9 +22,11 @@ streams do not lose precision to large rotary angles. ``model.generate`` compute
 
 A call with several tokens is exact when no token of it needs an eviction (the prompt fits the cache). A longer
 call needs a per-token mask: :meth:`SinkWindowCache.plan_chunk` returns the ``position_ids`` and 4D attention mask for
-the next chunk, and the chunk's keys are laid out as ``[sink copies | ring | chunk]`` in a workspace shared by the
-layers. With ``pos_shift`` each query needs its own copy of the sinks (their distance to the query is constant, their
-position is not), so the sink block holds ``n_sink`` keys per query. ``streamlib.generation.prefill`` and
+the next chunk, and the chunk's keys are laid out as ``[sinks | ring | chunk]`` in a workspace shared by the layers.
+With ``pos_shift`` the sinks' distance to every query is the same, their position is not: when the model's attention
+goes through :mod:`streamlib.handover` (``StreamingLLM.make_cache`` sees to it) each query is turned once to the
+sinks' distance and one copy of the sinks serves all (:meth:`SinkWindowLayer.attend`); otherwise each query gets its
+own turned copy, ``n_sink`` keys per query. ``streamlib.generation.prefill`` and
 ``streamlib.quality.token_nll`` do this chunking; ``model.generate(..., prefill_chunk_size=1)`` feeds a long prompt
 one token at a time instead; a plain call that would need chunking raises an error saying so.
 """
@@ -427,9 +429,9 @@ class SinkWindowCache(StreamingCache):
 
 class StaticState:
     """The stream position and frame offset of a :class:`SinkWindowCache` as device tensors, for a compiled decode
-    step (:mod:`streamlib.compiled`) once the cache holds its sinks. The step derives the ring slot, the query position and the sink turn
-    from them and advances ``t`` in place; the host mirrors the count in the layers' ``seen`` without reading the
-    device, so no step waits for the host."""
+    step (:mod:`streamlib.compiled`) once the cache holds its sinks. The step derives the ring slot, the query
+    position, the mask and the sink turn from them and advances ``t`` in place; the host mirrors the count in the
+    layers' ``seen`` without reading the device, so no step waits for the host."""
 
     def __init__(self, cache: SinkWindowCache, device):
         self.cache = cache

@@ -8,9 +8,10 @@ write and the sink turn) is traced once with ``torch.compile``: inductor on CPU,
 
 What makes it static. The step attends over every slot of the buffers, with a mask that hides the empty ones while
 the cache fills, so it compiles once the prompt has filled the sink slots. The ring slot, the query position, the
-mask and the sink turn are computed inside the graph from two device tensors (:class:`~streamlib.cache.StaticState`: the stream position ``t`` and the frame offset), and ``t``
-advances in place. The host only counts steps; it never reads the device, and no Python number that changes per step
-reaches the graph, so a stream of any length compiles once. Re-basing the position frame (once every
+mask and the sink turn are computed inside the graph from two device tensors (:class:`~streamlib.cache.StaticState`:
+the stream position ``t`` and the frame offset), and ``t`` advances in place. The host only counts steps; it never
+reads the device, and no Python number that changes per step reaches the graph, so a stream of any length compiles
+once. Re-basing the position frame (once every
 ``rebase_interval`` steps) runs eagerly between two steps and updates the offset tensor in place.
 
 Dense grows, so its own cache has no fixed shape. When the stream's length is known (``stream_generate``, the speed
@@ -38,7 +39,8 @@ def _check_model(model) -> None:
         raise ValueError(f"model: compile=True needs a GPT-NeoX model; got model_type {model.config.model_type!r}")
     devices = {p.device for p in model.parameters()}
     if len(devices) > 1:
-        raise ValueError(f"model: compile=True needs the model on one device; its parameters are on {sorted(map(str, devices))}")
+        raise ValueError("model: compile=True needs the model on one device; its parameters are on "
+                         f"{sorted(map(str, devices))}")
 
 
 def _decode_step(model, cache: SinkWindowCache, input_ids: torch.Tensor) -> torch.Tensor:
@@ -60,8 +62,8 @@ def _decode_step(model, cache: SinkWindowCache, input_ids: torch.Tensor) -> torc
 class CompiledDecoder:
     """Decode steps for one model under ``torch.compile``, shared by every cache of the same geometry.
 
-    ``step(input_ids, cache)`` feeds one token per row into a full :class:`SinkWindowCache` and returns the next-token
-    logits. Get one with :func:`compiled_decoder` (kept on the model, so a new cache does not compile again).
+    ``step(input_ids, cache)`` feeds one token per row into a :class:`SinkWindowCache` that holds its sinks and
+    returns the next-token logits. Get one with :func:`compiled_decoder` (kept on the model, so a new cache does not compile again).
 
     Backends: on CPU inductor with a C++ wrapper around the kernels (it saved about 0.1 ms of a 0.9 ms micro-model
     step on 2 cores; freezing and autotuned GEMMs saved nothing measurable); on CUDA, CUDA graphs. Both skip dynamo's

@@ -28,7 +28,7 @@ def check_input_ids(input_ids, *, batch_one: bool = False, min_len: int = 1) -> 
 
 def decoder_for(model, cache: Cache):
     """The compiled decoder of ``model`` for ``cache``, or a ValueError naming ``compile`` when the cache's shapes
-    are not fixed (Dense grows, TOVA and H2O choose what to evict from the data each step)."""
+    are not fixed (a growing Dense cache; TOVA and H2O, which choose what to evict from the data each step)."""
     from .compiled import CompiledDecoder, compiled_decoder
 
     if not CompiledDecoder.supports(cache):

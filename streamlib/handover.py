@@ -40,7 +40,6 @@ def _attention(base: str):
             return _waiting.pop().attend(fn, module, query, key, value, attention_mask, **kwargs)
         return fn(module, query, key, value, attention_mask, **kwargs)
 
-    attention.base = base
     return attention
 
 
