@@ -34,7 +34,7 @@ from streamlib.generation import prefill, stream_generate  # noqa: E402
 from streamlib.handover import base_of  # noqa: E402
 from streamlib.models import describe, load_model  # noqa: E402
 from streamlib.policies import Dense, StreamingLLM, Window  # noqa: E402
-from streamlib.rotary import gpt_neox_rotary  # noqa: E402
+from streamlib.arch import rotary_of  # noqa: E402
 
 
 def random_ids(model, n: int, seed: int = 0) -> torch.Tensor:
@@ -119,7 +119,7 @@ def prefill_ratio(model, prompt_len: int, rounds: int) -> dict:
     def run(name):
         if name == "sink_copies":
             model.set_attn_implementation(own_attention)
-            cache = SinkWindowCache(model.config.num_hidden_layers, 4, 252, True, gpt_neox_rotary(model))
+            cache = SinkWindowCache(model.config.num_hidden_layers, 4, 252, True, rotary_of(model))
             prefill(model, ids, cache)
             return
         prefill(model, ids, (Dense() if name == "dense" else policy).make_cache(model))

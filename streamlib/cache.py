@@ -6,7 +6,7 @@ and the last ``window``; the next token attends to those and to itself. With ``p
 their slot in the cache and the query at the next slot, so positions never exceed ``n_sink + window``; without it
 every token keeps its original position.
 
-How it is made cheap and exact. GPT-NeoX rotates keys before ``cache.update`` and RoPE scores depend only on the
+How it is made cheap and exact. The model rotates keys before ``cache.update`` and RoPE scores depend only on the
 distance between query and key. Recent keys are kept as the model rotated them: in a full cache their distance to the
 query is the same in both position modes. Only the sinks' distance differs, and by the same amount at every step, so
 the sinks are stored once and turned to where they belong before each step (``n_sink`` keys per layer). The recent
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from .handover import hand_over
+from .handover import grouped_mix, grouped_scores, hand_over
 from .rotary import RotaryInfo, rotate, rotation_tables
 
 
@@ -233,10 +233,10 @@ class SinkWindowLayer(CacheLayerMixin):
         cos, sin = self.owner._plan.tables_on(query.device)
         turned = rotate(query, cos, sin)
         if getattr(base, "__name__", "") == "eager_attention_forward":
-            scores = torch.cat([turned @ key[:, :, :s].transpose(-1, -2), query @ key[:, :, s:].transpose(-1, -2)],
+            scores = torch.cat([grouped_scores(turned, key[:, :, :s]), grouped_scores(query, key[:, :, s:])],
                                dim=-1) * scaling + attention_mask
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-            return (probs @ value).transpose(1, 2).contiguous(), probs
+            return grouped_mix(probs, value).transpose(1, 2).contiguous(), probs
         wide_query = torch.cat([query, turned], dim=-1)
         wide_key = key.new_zeros(*key.shape[:-1], 2 * d)
         wide_key[:, :, s:, :d] = key[:, :, s:]
@@ -244,7 +244,8 @@ class SinkWindowLayer(CacheLayerMixin):
         # values as wide as the keys (zeros after them): the fused sdpa kernels want one head width
         wide_value = torch.cat([value, torch.zeros_like(value)], dim=-1)
         out = torch.nn.functional.scaled_dot_product_attention(wide_query, wide_key, wide_value,
-                                                               attn_mask=attention_mask, scale=scaling)
+                                                               attn_mask=attention_mask, scale=scaling,
+                                                               enable_gqa=query.shape[1] != key.shape[1])
         return out[..., :d].transpose(1, 2).contiguous(), None
 
     # -- maintenance ------------------------------------------------------------------------------------------
@@ -321,7 +322,7 @@ class StreamingCache(Cache):
 
 
 class SinkWindowCache(StreamingCache):
-    """StreamingLLM cache for GPT-NeoX: ``n_sink`` attention sinks plus the last ``window`` tokens, per layer.
+    """StreamingLLM cache: ``n_sink`` attention sinks plus the last ``window`` tokens, per layer and kv head.
 
     Made by :meth:`streamlib.policies.StreamingLLM.make_cache`; use it in ``model(input_ids=..., cache=c)`` loops or
     ``model.generate(..., past_key_values=c)``.

@@ -20,9 +20,9 @@ for token, at the cost of attending over every slot (the empty ones masked) from
 (:func:`streamlib.generation.cache_for`). Score-based caches (TOVA, H2O) choose their eviction per step from data
 and stay eager.
 
-The step runs the model's own modules (``embed_in``, each ``GPTNeoXLayer``, ``final_layer_norm``, ``lm_head``);
-only the loop over them is ours, so that the mask and position bookkeeping of ``GPTNeoXModel.forward``, which read
-Python numbers, stay out of the graph.
+The step runs the model's own modules (the embedding, each decoder layer, the final norm and the LM head, named by
+:mod:`streamlib.arch`); only the loop over them is ours, so that the mask and position bookkeeping of the model's
+``forward``, which read Python numbers, stay out of the graph.
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ import types
 
 import torch
 
+from . import arch
+from .arch import family_of
 from .cache import SinkWindowCache, StaticState
 
 
 def _check_model(model) -> None:
-    if getattr(model.config, "model_type", None) != "gpt_neox":
-        raise ValueError(f"model: compile=True needs a GPT-NeoX model; got model_type {model.config.model_type!r}")
+    family_of(model, "compile=True")
     devices = {p.device for p in model.parameters()}
     if len(devices) > 1:
         raise ValueError("model: compile=True needs the model on one device; its parameters are on "
@@ -45,16 +46,17 @@ def _check_model(model) -> None:
 
 def _decode_step(model, cache: SinkWindowCache, input_ids: torch.Tensor) -> torch.Tensor:
     """Next-token logits (batch, vocab) for ``input_ids`` (batch, 1) fed into ``cache``."""
-    backbone = model.get_decoder()
+    stack = arch.backbone(model)
     state = cache._static
-    hidden = backbone.embed_in(input_ids)
+    hidden = arch.embed(model, input_ids)
     position_ids = state.position().expand(input_ids.shape[0], 1)
-    position_embeddings = backbone.rotary_emb(hidden, position_ids)
+    position_embeddings = stack.rotary_emb(hidden, position_ids)
     mask = state.attention_mask(hidden.dtype)
-    for layer in backbone.layers:
-        hidden = layer(hidden, attention_mask=mask, layer_past=cache, position_embeddings=position_embeddings,
-                       use_cache=True)
-    logits = model.lm_head(backbone.final_layer_norm(hidden[:, -1]))
+    cache_argument = {arch.cache_keyword(model): cache}
+    for layer in stack.layers:
+        hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=position_embeddings,
+                       use_cache=True, **cache_argument)
+    logits = model.lm_head(arch.final_norm(model, hidden[:, -1]))
     state.advance()
     return logits
 

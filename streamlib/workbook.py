@@ -19,6 +19,7 @@ from . import models as M
 from .data import repo_root
 from .plots import family_label
 from .policies import StreamingLLM
+from .report import CAPTIONS, write_report  # noqa: F401 - the notebooks call them as wb.write_report, wb.CAPTIONS
 from .results import (Measurement, ResultsStore, comparison_table, config_key, in_display_units, load_results,
                       metrics_wide, policy_from_row, read_rows, to_latex, to_markdown)
 
@@ -38,6 +39,10 @@ DRY_RUN_CAPS = {"ppl_tokens": 512, "sweep_tokens": 1024, "long_stream_tokens": 2
                 "trace_every": 32, "max_dense_tokens": 2048, "recompute_tokens": 256, "speed_prompt_tokens": 256, "speed_new_tokens": 16,
                 "speed_repeats": 1, "flops_tokens": 128, "generation_prompt_tokens": 32,
                 "generation_new_tokens": 384}
+
+
+class ConfigError(ValueError):
+    """A profile or parameter the chain cannot run with; the message names the parameter and what it allows."""
 
 
 @dataclass
@@ -87,21 +92,30 @@ class Config:
     @classmethod
     def load(cls, profile: str = "smoke", **overrides) -> "Config":
         """A profile's YAML, then ``overrides`` (notebook parameters; ``None`` means "keep the profile's"); with
-        ``dry_run=True`` the dry-run substitutions last (see :func:`dry_run_values`)."""
+        ``dry_run=True`` the dry-run substitutions last (see :func:`dry_run_values`). Raises :class:`ConfigError`
+        (a ``ValueError``) naming the profile and the parameter."""
         path = Path(profile) if str(profile).endswith((".yaml", ".yml")) else PROFILES_DIR / f"{profile}.yaml"
         if not path.is_file():
             names = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
-            raise ValueError(f"profile must be one of {names} or a YAML path; got {profile!r}")
-        values = yaml.safe_load(path.read_text()) or {}
+            raise ConfigError(f"profile must be one of {names} or a YAML path; got {profile!r}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"profile {str(path)!r} is not valid YAML: {err}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"profile {str(path)!r} must be a mapping of parameter: value; got {type(values).__name__}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown parameters {unknown}; known: {sorted(known)}")
-        if values.get("dry_run"):
-            values = dry_run_values(values)
-        cfg = cls(**values)
-        cfg.validate()
+            raise ConfigError(f"unknown parameters {unknown}; known: {sorted(known)}")
+        try:
+            if values.get("dry_run"):
+                values = dry_run_values(values)
+            cfg = cls(**values)
+            cfg.validate()
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"profile {str(profile)!r}: {err}") from None
         return cfg
 
     def validate(self) -> None:
@@ -155,10 +169,12 @@ class Config:
         return self.tokenizer or self.model
 
     def trained_length(self) -> int:
-        """The sequence length the model was trained at: the micro model's card, else Pythia's 2048."""
+        """The sequence length the model was trained at: the micro model's card (it was trained at 512 under a
+        config that allows 2048), else the config's ``max_position_embeddings`` (2048 for Pythia, 8192 for
+        SmolLM2)."""
         if self.model in M.MICRO_NAMES:
             return json.loads((M.MICRO_DIR / "card.json").read_text())["train_seq_len"]
-        return 2048
+        return M.load_config(self.model).max_position_embeddings
 
     def save(self) -> None:
         self.run_path.mkdir(parents=True, exist_ok=True)
@@ -307,7 +323,8 @@ def _in_notebook() -> bool:
 
 def published_results() -> pd.DataFrame:
     """The published numbers (paper tables, attention_sinks benchmarks, the lab report) shipped with the package."""
-    return pd.read_csv(Path(__file__).parent / "reference" / "published_results.csv")
+    return pd.read_csv(Path(__file__).parent / "reference" / "published_results.csv",
+                       dtype={"eval_tokens": "Int64", "n_sink": "Int64", "window": "Int64"})
 
 
 # ------------------------------------------------------------------------------------ tables from the records --
@@ -316,21 +333,23 @@ def published_results() -> pd.DataFrame:
 def comparison(run: Run) -> pd.DataFrame:
     """The lab report's table, baseline (Dense) vs the run's StreamingLLM: perplexity per dataset, TTFT, TPOT,
     throughput, KV bytes and peak memory at the first batch size, FLOPs per token over the long stream. In the units
-    people read: ms, MiB or GiB, GFLOP."""
+    people read: ms, MiB or GiB, GFLOP. Each row pairs measurements of the same setting (``measured on``), the run's
+    own setting first (``results.comparison_table``)."""
     cfg, df = run.cfg, run.records()
     streaming = cfg.streaming_policy().params()
     tables = []
     for corpus in cfg.datasets:
         t = comparison_table(df[(df["group"] == "ppl") & (df["dataset"] == corpus)], {"policy": "dense"}, streaming,
-                             ["ppl"])
+                             ["ppl"], prefer={"n_tokens": cfg.ppl_tokens})
         t["metric"] = f"ppl ({corpus})"
         tables.append(t)
     speed = df[(df["group"] == "speed") & (df["batch_size"] == cfg.speed_batch_sizes[0])] if "batch_size" in df else df[:0]
     memory = [m for m in ("gen_peak_allocated_mem", "gen_peak_rss_mem") if m in set(speed["metric"])]
     tables.append(comparison_table(speed, {"policy": "dense"}, streaming,
-                                   ["ttft", "tpot_mean", "decode_throughput", "kv_bytes_after_prompt"] + memory))
+                                   ["ttft", "tpot_mean", "decode_throughput", "kv_bytes_after_prompt"] + memory,
+                                   prefer={"prompt_tokens": cfg.speed_prompt_tokens, "new_tokens": cfg.speed_new_tokens}))
     tables.append(comparison_table(df[df["group"] == "flops"], {"policy": "dense"}, streaming,
-                                   ["flops_stream_per_token"]))
+                                   ["flops_stream_per_token"], prefer={"tokens": cfg.long_stream_tokens}))
     table = in_display_units(pd.concat(tables, ignore_index=True))
     names = {"ttft": "TTFT", "tpot_mean": "TPOT (mean)", "decode_throughput": "decode throughput",
              "kv_bytes_after_prompt": "KV cache after the prompt", "gen_peak_allocated_mem": "peak GPU memory",
@@ -339,9 +358,26 @@ def comparison(run: Run) -> pd.DataFrame:
     return table.rename(columns={"streamingllm": cfg.streaming_policy().label()})
 
 
+def latest_of_each(wide: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """The latest measurement for each value of ``by`` (a re-run with other settings leaves older records behind)."""
+    if wide.empty:
+        return wide
+    return wide.sort_values("timestamp", kind="stable").drop_duplicates(by, keep="last")
+
+
+def _same_setting(wide: pd.DataFrame, **setting) -> pd.DataFrame:
+    """The rows measured with these field values: one table compares policies on one prompt and token count."""
+    for name, value in setting.items():
+        wide = wide[wide[name] == value] if name in wide else wide.iloc[0:0]
+    return wide
+
+
 def speed_table(run: Run) -> pd.DataFrame:
-    """TTFT, TPOT (ms), decode throughput (tok/s), peak memory and KV cache (MiB) per policy and batch size."""
-    wide = run.metrics("speed")
+    """TTFT, TPOT (ms), decode throughput (tok/s), peak memory and KV cache (MiB) per policy and batch size, all on
+    the run's prompt and generation lengths."""
+    cfg = run.cfg
+    wide = _same_setting(run.metrics("speed"), prompt_tokens=cfg.speed_prompt_tokens, new_tokens=cfg.speed_new_tokens)
+    wide = latest_of_each(wide, ["label", "batch_size"])
     if wide.empty:
         return wide
     mem = "gen_peak_allocated_mem" if "gen_peak_allocated_mem" in wide else "gen_peak_rss_mem"
@@ -356,8 +392,12 @@ def speed_table(run: Run) -> pd.DataFrame:
 
 
 def decode_modes_table(run: Run) -> pd.DataFrame:
-    """Eager against compiled decoding (notebook 02): TTFT and TPOT (ms) per policy, batch 1."""
-    wide = run.metrics("decode_modes")
+    """Eager against compiled decoding (notebook 02): TTFT and TPOT (ms) per policy, batch 1, on the run's prompt and
+    generation lengths."""
+    cfg = run.cfg
+    wide = _same_setting(run.metrics("decode_modes"), prompt_tokens=cfg.speed_prompt_tokens,
+                         new_tokens=cfg.speed_new_tokens)
+    wide = latest_of_each(wide, ["label", "compiled"])
     if wide.empty:
         return wide
     out = wide[["label", "compiled"]].copy()
@@ -374,10 +414,11 @@ def sweep_table(run: Run) -> pd.DataFrame:
     """One row per swept policy: perplexity on the sweep stream, KV bytes after the prompt (MiB), TPOT (ms) and the
     cache size in tokens; ``sweep`` says whether the row belongs to the cache-size sweep, the sink sweep or both."""
     cfg = run.cfg
-    ppl, speed = run.metrics("ppl"), run.metrics("sweep_speed")
+    ppl = latest_of_each(_same_setting(run.metrics("ppl"), n_tokens=cfg.sweep_tokens, dataset=cfg.datasets[0]),
+                         ["label"])
+    speed = latest_of_each(_same_setting(run.metrics("sweep_speed"), prompt_tokens=cfg.speed_prompt_tokens), ["label"])
     if ppl.empty or speed.empty:
         return pd.DataFrame()
-    ppl = ppl[(ppl["n_tokens"] == cfg.sweep_tokens) & (ppl["dataset"] == cfg.datasets[0])]
     cols = ["policy", "n_sink", "window", "pos_shift"]
     speed = speed[["label", "tpot_mean", "kv_bytes_after_prompt"]]
     out = ppl[["label"] + cols + ["ppl"]].merge(speed, on="label", how="inner")
@@ -393,43 +434,3 @@ def sweep_table(run: Run) -> pd.DataFrame:
     in_sinks = (out["policy"] == "streamingllm") & out["pos_shift"] & (out["cache_size"] == cfg.sweep_sink_cache)
     out["sweep"] = ["cache+sinks" if a and b else "cache" if a else "sinks" if b else "" for a, b in zip(in_cache, in_sinks)]
     return out[out["sweep"] != ""].drop(columns=["tpot_mean", "kv_bytes_after_prompt"]).reset_index(drop=True)
-
-
-# ---------------------------------------------------------------------------------------------------- report --
-
-CAPTIONS = {
-    "fig1_nll_vs_position": "NLL along one long stream: Dense past its trained length (dotted line) against the "
-                            "bounded caches.",
-    "fig2_memory_vs_position": "KV-cache memory along the stream: Dense grows with every token, the bounded caches "
-                               "stay flat.",
-    "fig3_latency_vs_position": "Time per token along the stream: Recompute pays a forward over its whole window "
-                                "for each token.",
-    "fig4_tradeoff": "Perplexity against KV-cache memory over the cache-size sweep (Pareto front in grey), and "
-                     "decode latency against cache size.",
-    "fig5_ppl_vs_sinks": "Perplexity against the number of attention sinks at a fixed cache size, beside the "
-                         "paper's Table 2.",
-    "fig6_speed": "TTFT, TPOT and decode throughput, Dense against StreamingLLM, per batch size.",
-    "fig7_attention_sinks": "Mean attention weight on each of the first four tokens, per layer, against uniform "
-                            "attention.",
-    "fig8_generation": "Memory and time per token while generating far past the trained length, Dense against "
-                       "StreamingLLM.",
-}
-
-
-def write_report(run: Run, tables: dict[str, pd.DataFrame]) -> Path:
-    """``report.md`` in the run directory: the tables given, then every report figure the run has, embedded as a PNG
-    with its one-line caption. A dry run says so at the top."""
-    cfg = run.cfg
-    lines = [f"# streamlib run `{run.path.name}`: profile {cfg.profile}, model {cfg.model}", ""]
-    if cfg.dry_run:
-        lines += ["> **DRY RUN.** Random weights, embedded text and scaled-down token counts: this checks that the "
-                  f"`{cfg.profile}` chain runs end to end. None of its numbers is a result.", ""]
-    for title, table in tables.items():
-        lines += [f"## {title}", "", to_markdown(table), ""]
-    lines += ["## Figures", ""]
-    for name, caption in CAPTIONS.items():
-        if (run.path / "figures" / f"{name}.png").exists():
-            lines += [f"![{caption}](figures/{name}.png)", "", f"*{name}: {caption}* ([PDF](figures/{name}.pdf))", ""]
-    path = run.path / "report.md"
-    path.write_text("\n".join(lines))
-    return path

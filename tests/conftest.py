@@ -1,6 +1,6 @@
 import pytest
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -42,3 +42,35 @@ def peaky_model_sdpa():
 def stream():
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, 97, (1, 96), generator=g)
+
+
+LLAMA_FAMILY = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
+
+
+def make_peaky_llama(model_type: str = "llama", attn: str = "eager", scale: float = 4.0, seed: int = 0, **overrides):
+    """A random Llama-family model with grouped-query attention (4 query heads over 2 kv heads, head_dim 32) and
+    peaky attention (q/k weights scaled), so positions and evictions matter."""
+    params = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, attn_implementation=attn)
+    if model_type == "mistral":
+        params["sliding_window"] = None
+    params.update(overrides)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(LLAMA_FAMILY[model_type](**params)).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight *= scale
+            layer.self_attn.k_proj.weight *= scale
+    model.generation_config.eos_token_id = None
+    return model
+
+
+@pytest.fixture(scope="session")
+def peaky_llama():
+    return make_peaky_llama("llama", "eager")
+
+
+@pytest.fixture(scope="session")
+def peaky_llama_sdpa():
+    return make_peaky_llama("llama", "sdpa")

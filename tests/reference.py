@@ -1,8 +1,9 @@
-"""A deliberately naive StreamingLLM for GPT-NeoX, written from the semantics alone, to check the real cache against.
+"""Deliberately naive StreamingLLM, Recompute, TOVA and H2O, written from their definitions alone, to check the
+real caches against, for GPT-NeoX and the Llama family.
 
 Token by token; every layer keeps its keys *before* rotary and rotates them at read time, at the position the
 semantics give: the slot index in the cache with position shift, the original index without it. No buffers, no
-chunking, no tricks.
+chunking, no tricks. Run them on a float64 copy of a model for a float64 reference.
 """
 
 import math
@@ -18,24 +19,85 @@ def kept_indices(t: int, n_sink: int, window: int) -> list[int]:
     return past[:n_sink] + past[len(past) - window :]
 
 
-def _rotate(x: torch.Tensor, positions: torch.Tensor, model) -> torch.Tensor:
-    """Rotary for GPT-NeoX: x is (heads, n, head_dim), positions (n,)."""
-    cos, sin = model.gpt_neox.rotary_emb(x, positions[None])  # (1, n, rotary_ndims)
-    r = cos.shape[-1]
-    x_rot, x_pass = x[..., :r], x[..., r:]
-    half = r // 2
-    turned = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
-    return torch.cat([x_rot * cos + turned * sin, x_pass], dim=-1)
+class Naive:
+    """One token's forward, written from each family's definition (not from the caches): the pieces the naive
+    references need, with keys and queries kept *before* rotary.
+
+    GPT-NeoX (Pythia): fused QKV, partial rotary, parallel residual ``x + attn(ln1(x)) + mlp(ln2(x))``.
+    Llama, Mistral, Qwen2, Qwen3: separate Q, K, V projections with ``num_key_value_heads`` kv heads (query head ``h``
+    reads kv head ``h // group``), Qwen3's per-head q/k norms, full rotary, sequential residual with RMSNorm.
+    """
+
+    def __init__(self, model):
+        self.model, cfg = model, model.config
+        self.neox = cfg.model_type == "gpt_neox"
+        self.stack = model.gpt_neox if self.neox else model.model
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.group = self.heads // self.kv_heads
+
+    @property
+    def layers(self):
+        return self.stack.layers
+
+    def embed(self, token: torch.Tensor) -> torch.Tensor:
+        return (self.stack.embed_in if self.neox else self.stack.embed_tokens)(token)  # (1, hidden)
+
+    def qkv(self, layer, x):
+        """q (heads, d), k and v (kv_heads, d), before rotary."""
+        d = self.head_dim
+        if self.neox:
+            qkv = layer.attention.query_key_value(layer.input_layernorm(x)).view(self.heads, 3 * d)
+            return qkv.split(d, dim=-1)
+        att, h = layer.self_attn, layer.input_layernorm(x)
+        q = att.q_proj(h).view(self.heads, d)
+        k = att.k_proj(h).view(self.kv_heads, d)
+        v = att.v_proj(h).view(self.kv_heads, d)
+        if hasattr(att, "q_norm"):  # Qwen3 normalises each head before rotary
+            q, k = att.q_norm(q), att.k_norm(k)
+        return q, k, v
+
+    def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """RoPE on x (heads, n, d) at ``positions`` (n,): the first r channels turn in two halves."""
+        cos, sin = self.stack.rotary_emb(x, positions[None])  # (1, n, r)
+        r = cos.shape[-1]
+        x_rot, x_pass = x[..., :r], x[..., r:]
+        half = r // 2
+        turned = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
+        return torch.cat([x_rot * cos + turned * sin, x_pass], dim=-1)
+
+    def attend(self, q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        """q (heads, 1, d) rotated; keys and values per kv head, each (n_h, d), keys rotated. Returns the output
+        (heads, d) and each query head's probabilities."""
+        outs, probs = [], []
+        for h in range(self.heads):
+            kv = h // self.group
+            p = torch.softmax((q[h] @ keys[kv].T)[0].double() / math.sqrt(self.head_dim), dim=-1)
+            outs.append(p.to(values[kv].dtype) @ values[kv])
+            probs.append(p)
+        return torch.stack(outs), probs
+
+    def block(self, layer, x: torch.Tensor, attention_out: torch.Tensor) -> torch.Tensor:
+        """The rest of the layer after attention: output projection, MLP and residuals."""
+        flat = attention_out.reshape(1, -1)
+        if self.neox:
+            return x + layer.attention.dense(flat) + layer.mlp(layer.post_attention_layernorm(x))
+        x = x + layer.self_attn.o_proj(flat)
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+    def nll(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        norm = self.stack.final_layer_norm if self.neox else self.stack.norm
+        logits = self.model.lm_head(norm(x))
+        return torch.nn.functional.cross_entropy(logits.double(), target)
 
 
 @torch.no_grad()
 def naive_streaming_nll(model, input_ids: torch.Tensor, n_sink: int, window: int, pos_shift: bool) -> torch.Tensor:
-    cfg = model.config
-    heads = cfg.num_attention_heads
-    head_size = cfg.hidden_size // heads
+    net = Naive(model)
     ids = input_ids[0]
-    raw_keys = [[] for _ in model.gpt_neox.layers]  # per layer, per token: (heads, head_size), before rotary
-    values = [[] for _ in model.gpt_neox.layers]
+    raw_keys = [[] for _ in net.layers]  # per layer, per token: (kv_heads, d), before rotary
+    values = [[] for _ in net.layers]
     nll = []
     for t in range(ids.numel() - 1):
         kept = kept_indices(t, n_sink, window)
@@ -45,27 +107,20 @@ def naive_streaming_nll(model, input_ids: torch.Tensor, n_sink: int, window: int
         else:
             key_pos = kept
             query_pos = t
-        x = model.gpt_neox.embed_in(ids[t : t + 1])  # (1, hidden)
-        for li, layer in enumerate(model.gpt_neox.layers):
-            att = layer.attention
-            qkv = att.query_key_value(layer.input_layernorm(x)).view(heads, 3 * head_size)
-            q, k, v = qkv.split(head_size, dim=-1)
+        x = net.embed(ids[t : t + 1])
+        for li, layer in enumerate(net.layers):
+            q, k, v = net.qkv(layer, x)
             raw_keys[li].append(k)
             values[li].append(v)
             all_idx = kept + [t]
             all_pos = torch.tensor(key_pos + [query_pos], dtype=torch.long)
-            keys = torch.stack([raw_keys[li][i] for i in all_idx], dim=1)  # (heads, n, hs)
+            keys = net.rotate(torch.stack([raw_keys[li][i] for i in all_idx], dim=1), all_pos)  # (kv, n, d)
             vals = torch.stack([values[li][i] for i in all_idx], dim=1)
-            keys = _rotate(keys, all_pos, model)
-            q = _rotate(q[:, None, :], torch.tensor([query_pos]), model)  # (heads, 1, hs)
-            scores = (q @ keys.transpose(1, 2)) / math.sqrt(head_size)
-            out = torch.softmax(scores.float(), dim=-1).to(vals.dtype) @ vals  # (heads, 1, hs)
-            attn_out = att.dense(out.transpose(0, 1).reshape(1, -1))
-            mlp_out = layer.mlp(layer.post_attention_layernorm(x))
-            x = x + attn_out + mlp_out  # Pythia's parallel residual
-        logits = model.lm_head(model.gpt_neox.final_layer_norm(x))
-        nll.append(torch.nn.functional.cross_entropy(logits.float(), ids[t + 1 : t + 2]))
-    return torch.stack(nll)
+            q = net.rotate(q[:, None, :], torch.tensor([query_pos]))  # (heads, 1, d)
+            out, _ = net.attend(q, list(keys), list(vals))
+            x = net.block(layer, x, out)
+        nll.append(net.nll(x, ids[t + 1 : t + 2]))
+    return torch.stack(nll).to(next(model.parameters()).dtype)
 
 
 @torch.no_grad()
@@ -79,28 +134,23 @@ def naive_recompute_nll(model, input_ids: torch.Tensor, window: int) -> torch.Te
     return torch.stack(out)
 
 
-def _layer_qkv(layer, x, heads, head_size):
-    qkv = layer.attention.query_key_value(layer.input_layernorm(x)).view(heads, 3 * head_size)
-    return qkv.split(head_size, dim=-1)  # each (heads, head_size)
-
-
 @torch.no_grad()
 def naive_scored_nll(model, input_ids: torch.Tensor, policy: str, budget: int, n_recent: int = 0):
     """TOVA (``policy='tova'``) or H2O (``'h2o'``, ``budget = n_heavy + n_recent``) from their definitions, token by
-    token, with explicit lists of held tokens (per layer; per layer and head for H2O) at original positions.
+    token, with explicit lists of held tokens (per layer; per layer and kv head for H2O) at original positions.
+    TOVA averages the weights over every query head; H2O credits a kv head's token with the weights of every query
+    head of its group.
 
     Returns (per-token NLL, the smallest gap seen between the lowest and second-lowest eviction candidates), so a
     test can check that no decision was a near tie that float32 rounding could flip.
     """
-    cfg = model.config
-    heads = cfg.num_attention_heads
-    head_size = cfg.hidden_size // heads
+    net = Naive(model)
     ids = input_ids[0]
-    n_layers = len(model.gpt_neox.layers)
+    n_layers, kv_heads = len(net.layers), net.kv_heads
     raw_keys = [[] for _ in range(n_layers)]
     values = [[] for _ in range(n_layers)]
-    held = [[[] for _ in range(heads)] for _ in range(n_layers)]  # per layer, per head: token indices in order
-    scores = [[{} for _ in range(heads)] for _ in range(n_layers)]  # H2O: per layer, per head: token -> sum
+    held = [[[] for _ in range(kv_heads)] for _ in range(n_layers)]  # per layer, per kv head: token indices in order
+    scores = [[{} for _ in range(kv_heads)] for _ in range(n_layers)]  # H2O: per layer, per kv head: token -> sum
     gaps = []
     nll = []
 
@@ -111,43 +161,38 @@ def naive_scored_nll(model, input_ids: torch.Tensor, policy: str, budget: int, n
         return ordered[0]
 
     for t in range(ids.numel() - 1):
-        x = model.gpt_neox.embed_in(ids[t : t + 1])
-        for li, layer in enumerate(model.gpt_neox.layers):
-            q, k, v = _layer_qkv(layer, x, heads, head_size)
+        x = net.embed(ids[t : t + 1])
+        for li, layer in enumerate(net.layers):
+            q, k, v = net.qkv(layer, x)
             raw_keys[li].append(k)
             values[li].append(v)
-            q = _rotate(q[:, None, :], torch.tensor([t]), model)  # (heads, 1, hs)
-            outs, probs_by_head = [], []
-            for h in range(heads):
+            q = net.rotate(q[:, None, :], torch.tensor([t]))  # (heads, 1, d)
+            keys, vals = [], []
+            for h in range(kv_heads):
                 held[li][h].append(t)
                 idx = held[li][h]
-                keys = torch.stack([raw_keys[li][i][h] for i in idx])[None]  # (1, n, hs)
-                keys = _rotate(keys, torch.tensor(idx), model)[0]
-                vals = torch.stack([values[li][i][h] for i in idx])
-                p = torch.softmax((q[h] @ keys.T)[0] / math.sqrt(head_size), dim=-1)  # (n,)
-                outs.append(p @ vals)
-                probs_by_head.append(p)
-            out = torch.stack(outs)  # (heads, hs)
+                rotated = net.rotate(torch.stack([raw_keys[li][i][h] for i in idx])[None], torch.tensor(idx))
+                keys.append(rotated[0])
+                vals.append(torch.stack([values[li][i][h] for i in idx]))
+            out, probs = net.attend(q, keys, vals)
             if policy == "tova":
                 idx = held[li][0]  # every head holds the same tokens
                 if len(idx) > budget:
-                    mean = torch.stack(probs_by_head).mean(dim=0)
+                    mean = torch.stack(probs).mean(dim=0)
                     weight = {tok: float(mean[j]) for j, tok in enumerate(idx)}
                     victim = lowest(idx, weight.__getitem__)
-                    for h in range(heads):
+                    for h in range(kv_heads):
                         held[li][h].remove(victim)
             else:
-                for h in range(heads):
+                for h in range(kv_heads):
                     idx = held[li][h]
+                    group = sum(probs[qh] for qh in range(h * net.group, (h + 1) * net.group))
                     for j, tok in enumerate(idx):
-                        scores[li][h][tok] = scores[li][h].get(tok, 0.0) + float(probs_by_head[h][j])
+                        scores[li][h][tok] = scores[li][h].get(tok, 0.0) + float(group[j])
                     if len(idx) > budget:
                         cands = [tok for tok in idx if tok <= t - n_recent]
                         victim = lowest(cands, scores[li][h].__getitem__)
                         idx.remove(victim)
-            attn_out = layer.attention.dense(out.reshape(1, -1))
-            mlp_out = layer.mlp(layer.post_attention_layernorm(x))
-            x = x + attn_out + mlp_out
-        logits = model.lm_head(model.gpt_neox.final_layer_norm(x))
-        nll.append(torch.nn.functional.cross_entropy(logits.double(), ids[t + 1 : t + 2]))
+            x = net.block(layer, x, out)
+        nll.append(net.nll(x, ids[t + 1 : t + 2]))
     return torch.stack(nll).float(), min(gaps) if gaps else float("inf")

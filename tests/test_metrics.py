@@ -179,8 +179,41 @@ def test_comparison_table_formats(tmp_path):
     assert table.loc[0, "change_%"] == pytest.approx(10.0)
     assert table.loc[1, "change_%"] == pytest.approx(-50.0)
     assert pd.isna(table.loc[2, "baseline"])
-    assert "| absent |  | – | – | – |" in to_markdown(table)
+    assert "| absent |  | – | – | – | not measured |" in to_markdown(table)
     md = to_markdown(table)
     assert "| ppl |" in md and "+10.0%" in md and "-50.0%" in md
     tex = to_latex(table)
     assert tex.startswith(r"\begin{tabular}") and r"+10.0\%" in tex
+
+
+def test_comparison_table_pairs_like_with_like(tmp_path):
+    """The smoke report's fault: Dense over 2,048 tokens (01) against StreamingLLM over 1,024 (the 03 sweep). The
+    table must pair each side with a measurement of the same text and token count, even when a later record of the
+    streaming policy has another token count."""
+    store = ResultsStore(tmp_path / "r")
+    dense, streaming = Dense().params(), StreamingLLM(4, 124).params()
+
+    def record(policy, n_tokens, ppl):
+        store.measure({"group": "ppl", "policy": policy, "dataset": "d", "n_tokens": n_tokens}, lambda: [("ppl", ppl, "")])
+
+    record(dense, 2048, 79.19)
+    record(streaming, 2048, 63.33)  # 02: the like-for-like record
+    record(streaming, 1024, 65.71)  # 03: the sweep, recorded last
+    df = load_results(tmp_path)
+    row = comparison_table(df, {"policy": "dense"}, {"policy": "streamingllm"}, ["ppl"]).iloc[0]
+    assert (row["baseline"], row["streamingllm"]) == (79.19, 63.33)
+    assert row["change_%"] == pytest.approx(-20.03, abs=0.01) and row["measured on"] == "d, 2048 tokens"
+    # a baseline at another token count: the latest pair wins, never a mixed one
+    record(dense, 1024, 80.0)
+    row = comparison_table(load_results(tmp_path), {"policy": "dense"}, {"policy": "streamingllm"}, ["ppl"]).iloc[0]
+    assert (row["baseline"], row["streamingllm"]) == (80.0, 65.71) and row["measured on"] == "d, 1024 tokens"
+
+
+def test_comparison_table_says_when_nothing_pairs(tmp_path):
+    store = ResultsStore(tmp_path / "r")
+    store.measure({"group": "ppl", "policy": Dense().params(), "dataset": "d", "n_tokens": 2048}, lambda: [("ppl", 9.0, "")])
+    store.measure({"group": "ppl", "policy": StreamingLLM(4, 124).params(), "dataset": "d", "n_tokens": 1024},
+                  lambda: [("ppl", 10.0, "")])
+    row = comparison_table(load_results(tmp_path), {"policy": "dense"}, {"policy": "streamingllm"}, ["ppl"]).iloc[0]
+    assert pd.isna(row["baseline"]) and pd.isna(row["streamingllm"]) and pd.isna(row["change_%"])
+    assert row["measured on"] == "no like-for-like pair (baseline: d, 2048 tokens | streaming: d, 1024 tokens)"

@@ -316,11 +316,11 @@ def test_both_sink_layouts_match_the_reference(stream, attn):
     routed through streamlib.handover) every query gets its own turned copy. Both equal the naive reference."""
     from conftest import make_peaky_model
     from streamlib.handover import installed
-    from streamlib.rotary import gpt_neox_rotary
+    from streamlib.arch import rotary_of
 
     model = make_peaky_model(attn)
     expected = naive_streaming_nll(model, stream, 4, 16, True)
-    cache = SinkWindowCache(num_layers=2, n_sink=4, window=16, pos_shift=True, rotary=gpt_neox_rotary(model))
+    cache = SinkWindowCache(num_layers=2, n_sink=4, window=16, pos_shift=True, rotary=rotary_of(model))
     with torch.inference_mode():
         logits = torch.cat([lg for _, lg in forward_chunks(model, stream[:, :-1], cache, chunk_size=40)], dim=1)
     copies = torch.nn.functional.cross_entropy(logits[0].float(), stream[0, 1:], reduction="none")

@@ -16,7 +16,8 @@ import yaml
 from streamlib.policies import Dense, StreamingLLM, Window
 from streamlib.results import Measurement, in_display_units, load_results, metrics_wide
 from streamlib.runner import run_chain
-from streamlib.workbook import CAPTIONS, NOTEBOOKS, PROFILES_DIR, Config, Run, dry_run_values
+from streamlib.workbook import (CAPTIONS, NOTEBOOKS, PROFILES_DIR, Config, Run, comparison, decode_modes_table,
+                                dry_run_values, speed_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
@@ -116,8 +117,12 @@ def test_smoke_chain_writes_everything(smoke_run):
     assert "## Eager and compiled decoding" in report
     for fig in FIGURES:
         assert f"![{CAPTIONS[fig]}](figures/{fig}.png)" in report
-    html = (smoke_run / "06_report.html").read_text()
+    html = (smoke_run / "report.html").read_text()
     assert html.count("data:image/png;base64") >= len(FIGURES)
+    # the page a lab shares: headings, tables, figures and their captions, and no code
+    assert "<h2>Baseline against StreamingLLM</h2>" in html and "<table>" in html
+    assert all(CAPTIONS[fig] in html for fig in FIGURES)
+    assert "In [" not in html and "import " not in html and "wb." not in html
     assert "| ppl (kjv-heldout) |" in (smoke_run / "tables" / "comparison.md").read_text()
     df = load_results(smoke_run)
     ok = df[df.status == "ok"]
@@ -269,3 +274,35 @@ def test_run_context_is_in_every_record(tmp_path):
     row = run.records().iloc[0]
     assert (row["model"], row["device"], row["dtype"]) == ("micro", "cpu", "float32")
     assert row.torch == torch.__version__
+
+
+def test_report_tables_compare_like_with_like(tmp_path):
+    """Records at two token counts and two prompt lengths in one run: every report table uses the run's setting."""
+    cfg = Config.load("smoke", run_dir=str(tmp_path))
+    run = Run(cfg)
+    streaming = cfg.streaming_policy()
+
+    def rows(**metrics):
+        return lambda: Measurement(rows=[(m, v, "s" if m != "ppl" else "") for m, v in metrics.items()])
+
+    run.measure("ppl", Dense(), rows(ppl=79.19), dataset="kjv-heldout", n_tokens=cfg.ppl_tokens)
+    run.measure("ppl", streaming, rows(ppl=63.33), dataset="kjv-heldout", n_tokens=cfg.ppl_tokens)
+    run.measure("ppl", streaming, rows(ppl=65.71), dataset="kjv-heldout", n_tokens=cfg.sweep_tokens)
+    speed = dict(ttft=0.1, tpot_mean=0.01, decode_throughput=100.0, kv_bytes_after_prompt=1e6, gen_peak_rss_mem=1e8)
+    for policy in (Dense(), streaming):
+        for prompt in (cfg.speed_prompt_tokens, 2 * cfg.speed_prompt_tokens):  # a re-run with another prompt
+            scale = prompt / cfg.speed_prompt_tokens
+            run.measure("speed", policy, rows(**{k: v * scale for k, v in speed.items()}), batch_size=1,
+                        prompt_tokens=prompt, new_tokens=cfg.speed_new_tokens)
+            run.measure("decode_modes", policy, rows(ttft=0.1 * scale, tpot_mean=0.01 * scale), compiled=False,
+                        prompt_tokens=prompt, new_tokens=cfg.speed_new_tokens)
+    table = comparison(run).set_index("metric")
+    ppl = table.loc["ppl (kjv-heldout)"]
+    assert (ppl["baseline"], ppl[streaming.label()]) == (79.19, 63.33)
+    assert ppl["measured on"] == f"kjv-heldout, {cfg.ppl_tokens} tokens"
+    assert table.loc["TTFT", "baseline"] == pytest.approx(100.0)  # ms, at the run's prompt length
+    assert table.loc["TTFT", "measured on"] == f"batch 1, prompt {cfg.speed_prompt_tokens}, {cfg.speed_new_tokens} new"
+    shown = speed_table(run)
+    assert len(shown) == 2 and shown.ttft_ms.tolist() == pytest.approx([100.0, 100.0])
+    modes = decode_modes_table(run)
+    assert len(modes) == 2 and modes.tpot_ms.tolist() == pytest.approx([10.0, 10.0])

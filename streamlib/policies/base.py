@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from ..arch import family_of
+
 
 def check_int(name: str, value, minimum: int) -> None:
     """Raise a ValueError naming ``name`` unless ``value`` is an integer >= ``minimum`` (bools are not integers)."""
@@ -19,13 +21,8 @@ def check_bool(name: str, value) -> None:
 
 
 def check_model(model, policy_name: str) -> None:
-    """The streaming caches are written for GPT-NeoX (Pythia); anything else is refused clearly."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type != "gpt_neox":
-        raise ValueError(
-            f"model: policy {policy_name} supports GPT-NeoX (Pythia) models only, model_type 'gpt_neox'; "
-            f"got {model_type!r}"
-        )
+    """The caches are written for the families of :mod:`streamlib.arch`; anything else is refused clearly."""
+    family_of(model, f"policy {policy_name}")
 
 
 class PolicyBase:

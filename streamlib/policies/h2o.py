@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..rotary import gpt_neox_rotary
+from ..arch import rotary_of
 from ..scored_cache import H2OCache, install
 from .base import PolicyBase, check_int, check_model
 
@@ -38,7 +38,7 @@ class H2O(PolicyBase):
     def make_cache(self, model) -> H2OCache:
         check_model(model, "H2O")
         install(model)
-        return H2OCache(model.config.num_hidden_layers, self.n_heavy, self.n_recent, gpt_neox_rotary(model))
+        return H2OCache(model.config.num_hidden_layers, self.n_heavy, self.n_recent, rotary_of(model))
 
     def label(self) -> str:
         return f"H2O {self.n_heavy}+{self.n_recent}"

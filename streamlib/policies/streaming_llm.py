@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..cache import SinkWindowCache
 from ..handover import WRAPPED, base_of, install
-from ..rotary import gpt_neox_rotary
+from ..arch import rotary_of
 from .base import PolicyBase, check_bool, check_int, check_model
 
 
@@ -44,7 +44,7 @@ class StreamingLLM(PolicyBase):
             n_sink=self.n_sink,
             window=self.window,
             pos_shift=self.pos_shift,
-            rotary=gpt_neox_rotary(model),
+            rotary=rotary_of(model),
         )
 
     def label(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..rotary import gpt_neox_rotary
+from ..arch import rotary_of
 from ..scored_cache import TOVACache, install
 from .base import PolicyBase, check_int, check_model
 
@@ -28,7 +28,7 @@ class TOVA(PolicyBase):
     def make_cache(self, model) -> TOVACache:
         check_model(model, "TOVA")
         install(model)
-        return TOVACache(model.config.num_hidden_layers, self.budget, gpt_neox_rotary(model))
+        return TOVACache(model.config.num_hidden_layers, self.budget, rotary_of(model))
 
     def label(self) -> str:
         return f"TOVA {self.budget}"

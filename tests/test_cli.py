@@ -1,0 +1,70 @@
+"""Command-line errors: one line naming the problem and exit status 2, as argparse's own errors give, never a
+traceback."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _streamlib(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streamlib", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, command: str, *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"python -m streamlib {command}: error: ") and "Traceback" not in proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--prompt-file", "/no/such/prompt.txt"], ["--prompt-file", "/no/such/prompt.txt", "No such file"]),
+    (["--prompt", ""], ["--prompt is empty"]),
+    (["--prompt", "  \n"], ["--prompt is empty"]),
+    (["--model", "no-such-org/no-such-model", "--prompt", "Hi"], ["--model", "no-such-org/no-such-model",
+                                                                  "python -m streamlib download"]),
+    (["--model", "random:pythia-99m", "--prompt", "Hi"], ["--model", "architecture must be one of"]),
+    (["--policy", "streamingllm:4+0", "--prompt", "Hi"], ["--policy", "window"]),
+    (["--device", "tpu", "--prompt", "Hi"], ["--device"]),
+])
+def test_generate_errors_are_one_line(args, words):
+    _one_line_error(_streamlib("generate", "--model", "micro", *args) if "--model" not in args
+                    else _streamlib("generate", *args), "generate", *words)
+
+
+def test_generate_empty_prompt_file(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    _one_line_error(_streamlib("generate", "--model", "micro", "--prompt-file", str(empty)), "generate", "is empty")
+
+
+def test_run_unknown_profile():
+    _one_line_error(_streamlib("run", "--profile", "nosuch"), "run", "profile must be one of", "'nosuch'")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("model: micro\nwindow: -3\n", ["window must be an integer >= 1", "-3"]),
+    ("model: micro\nppl_tokens: lots\n", ["ppl_tokens", "'lots'"]),
+    ("model: micro\nwindw: 12\n", ["unknown parameters", "windw"]),
+    ("model: micro\nwindow: [\n", ["not valid YAML"]),
+    ("- just\n- a list\n", ["must be a mapping"]),
+])
+def test_run_bad_profile_yaml(tmp_path, text, words):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    run_dir = tmp_path / "run"
+    _one_line_error(_streamlib("run", "--profile", str(path), "--run-dir", str(run_dir)), "run", *words)
+    assert not run_dir.exists()  # refused before anything was written
+
+
+def test_run_unknown_notebook(tmp_path):
+    _one_line_error(_streamlib("run", "--profile", "smoke", "--only", "09", "--run-dir", str(tmp_path / "r")), "run",
+                    "only must name notebooks")
