@@ -141,9 +141,24 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--model", default=None,
+                    help="only this model (e.g. smollm2-135m): its decode step eager vs compiled, its linear floor and "
+                         "the prefill ratio; writes decode-cpu-<model>.json")
     args = ap.parse_args()
     torch.manual_seed(0)
     results = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    if args.model:
+        model = load_model(args.model, device="cpu")
+        results[args.model] = {"model": describe(model), "linear_floor_ms": linear_floor_ms(model),
+                               "decode": [eager_vs_compiled(model, p, 300, max(args.steps // 8, 16), args.rounds)
+                                          for p in (StreamingLLM(4, 252), Window(256))],
+                               "prefill": prefill_ratio(model, 2048, 3)}
+        print(json.dumps(results[args.model], indent=1), flush=True)
+        path = Path(args.out) / f"decode-cpu-{args.model.replace('/', '_')}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {path}")
+        return
 
     micro = load_model("micro", device="cpu")
     results["micro"] = {"model": describe(micro),

@@ -21,11 +21,13 @@ from streamlib.quality import token_nll
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", default="pythia-160m")
+    ap.add_argument("--arch", default="pythia-160m", help="random weights of this shape (pythia-XXX, smollm2-135m)")
+    ap.add_argument("--model", default=None, help="a real model instead, e.g. smollm2-135m (load_model's names)")
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
-    model = load_model(f"random:{args.arch}")
+    model = load_model(args.model or f"random:{args.arch}")
+    tag = (args.model or args.arch).replace("/", "_")
     info = describe(model)
     ids = torch.randint(0, model.config.vocab_size, (1, args.tokens), generator=torch.Generator().manual_seed(0))
     result = {"machine": info, "tokens": args.tokens, "torch_threads": torch.get_num_threads()}
@@ -43,7 +45,7 @@ def main() -> None:
         print(policy.label(), json.dumps(row), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"quality-{info['device']}-{args.arch}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"quality-{info['device']}-{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def eval_throughput(model, policy, n_tokens: int, mode: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", default="pythia-160m")
+    ap.add_argument("--arch", default="pythia-160m", help="random weights of this shape (pythia-XXX, smollm2-135m)")
+    ap.add_argument("--model", default=None, help="a real model instead, e.g. smollm2-135m (load_model's names)")
     ap.add_argument("--budget", type=int, default=512)
     ap.add_argument("--steps", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3)
@@ -40,7 +41,8 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
     torch.manual_seed(0)
-    model = load_model(f"random:{args.arch}")
+    model = load_model(args.model or f"random:{args.arch}")
+    tag = (args.model or args.arch).replace("/", "_")
     info = describe(model)
     print(json.dumps(info))
     b = args.budget
@@ -65,7 +67,7 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"scored-{info['device']}-{args.arch}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"scored-{info['device']}-{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"TOVA / StreamingLLM decode step at budget {b}: {result['ratio_tova_vs_streamingllm']:.3f} (goal <= 1.3)")
     print(f"H2O  / StreamingLLM decode step at budget {b}: {result['ratio_h2o_vs_streamingllm']:.3f} (goal <= 1.3)")
     print("evaluation tokens/s: " + ", ".join(f"{k} {v:.1f}" for k, v in throughput.items()))

@@ -163,10 +163,12 @@ NOTEBOOKS = {
             "## Compiled decoding\nThe same greedy generation at batch 1, eager and with `compile=True`: every decode "
             "step becomes one compiled graph (inductor on a CPU, CUDA graphs on a GPU); its warm-up run pays the "
             "compilation. Look at TPOT. On a GPU an eager step is mostly kernel launches, so expect it to drop "
-            "several-fold; on a CPU reading the weights bounds it (about 2x on the micro model, little on Pythia-160m).",
+            "several-fold; on a CPU reading the weights bounds it (about 2x on the micro model, little on Pythia-160m). "
+            "Compiled decoding needs the model on one device, and a profile can leave it out (`compare_compiled: "
+            "false`, as `offline` does: compiling SmolLM2's 30 layers takes about 3 minutes on 2 cores).",
             "prompt = torch.randint(0, model.config.vocab_size, (1, cfg.speed_prompt_tokens),\n"
             "                       generator=torch.Generator().manual_seed(0))\n"
-            "for compiled in ((False, True) if cfg.device_map is None else (False,)):  # one device per compiled graph\n"
+            "for compiled in ((False, True) if cfg.compare_compiled and cfg.device_map is None else (False,)):\n"
             "    run.measure('decode_modes', policy, lambda: measure_generation(model, policy, prompt, cfg.speed_new_tokens,\n"
             "                repeats=cfg.speed_repeats, compile=compiled), compiled=compiled,\n"
             "                prompt_tokens=cfg.speed_prompt_tokens, new_tokens=cfg.speed_new_tokens)\n"
@@ -304,6 +306,7 @@ NOTEBOOKS = {
         "The embedded micro model (5M parameters, trained at 512 tokens on the King James Bible) writes "
         "Bible-flavoured text of its own quality at any position, so in the `smoke` profile look at memory and "
         "latency, not at fluency.",
+        "from streamlib.chat import measure_chat\n"
         "from streamlib.data import load_stream\n"
         "from streamlib.generation import excerpt\n"
         "from streamlib.models import describe, load_model, load_tokenizer\n"
@@ -342,6 +345,17 @@ NOTEBOOKS = {
             "summary = run.metrics('generation')[['label', 'tokens_generated', 'ttft', 'tpot_mean', 'final_kv_bytes']]\n"
             "summary.assign(ttft_ms=summary.ttft * 1e3, tpot_ms=summary.tpot_mean * 1e3,\n"
             "               final_kv_mib=summary.final_kv_bytes / 2**20).drop(columns=['ttft', 'tpot_mean', 'final_kv_bytes']).round(2)",
+            "## A conversation past the cache\nThe paper's headline use: one cache serves a whole chat. Each user turn "
+            "goes through the model's chat template into the same stream under StreamingLLM; watch the stream position "
+            "pass the cache size while the KV bytes stay flat. (Needs a chat model, such as SmolLM2 in the `offline` "
+            "profile; `chat_turns = 0` skips it.)",
+            "chatty = cfg.chat_turns > 0 and getattr(tokenizer, 'chat_template', None) is not None\n"
+            "policy = cfg.streaming_policy()\n"
+            "chat = run.measure('chat', policy, lambda: measure_chat(model, tokenizer, policy, cfg.chat_turns,\n"
+            "                   cfg.chat_new_tokens), turns=cfg.chat_turns, new_tokens=cfg.chat_new_tokens) if chatty else None\n"
+            "if chat is not None and chat.curve is not None:\n"
+            "    display(chat.curve.assign(kv_mib=chat.curve.kv_bytes / 2**20).drop(columns='kv_bytes').round(3)\n"
+            "            .style.set_properties(**{'text-align': 'left'}))",
         ],
     ),
     "06_report": (

@@ -74,6 +74,7 @@ class GenerationTiming:
     ttft_s: float
     step_s: list[float]  # one entry per decode step after the first token
     batch_size: int
+    kv_bytes_after_prompt: int | None = None  # read from the cache once the prompt is in (None for Recompute)
 
     @property
     def tpot_s(self) -> float:
@@ -165,6 +166,7 @@ def _one_generation(model, policy, prompt_ids, new_tokens, clock, chunk_size, co
     token = prefill(model, prompt_ids, cache, chunk_size).argmax(-1, keepdim=True)
     first = clock.mark()
     ttft = clock.elapsed(start, first)
+    kv_bytes = kv_cache_bytes(cache)
     steps = []
     for _ in range(new_tokens - 1):
         a = clock.mark()
@@ -176,7 +178,7 @@ def _one_generation(model, policy, prompt_ids, new_tokens, clock, chunk_size, co
             token = model(input_ids=token, cache=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
         b = clock.mark()
         steps.append(clock.elapsed(a, b))
-    return GenerationTiming(ttft, steps, batch)
+    return GenerationTiming(ttft, steps, batch, kv_bytes)
 
 
 # ----------------------------------------------------------------------------------------------------- memory --
@@ -391,9 +393,10 @@ def measure_decode(model, policy, prompt_ids: torch.Tensor, new_tokens: int = 32
                    compile: bool = False) -> Measurement:
     """A quick decode-latency point for sweeps: one timed generation (after a warm-up); TPOT and KV bytes."""
     r = time_generation(model, policy, prompt_ids, new_tokens, repeats=1, compile=compile)
-    device = next(model.parameters()).device
-    return Measurement(rows=[("tpot_mean", r.summary()["tpot_mean"][0], "s"),
-                             ("kv_bytes_after_prompt", kv_bytes_after_prompt(model, policy, prompt_ids.to(device)), "bytes")])
+    kv_bytes = r.runs[-1].kv_bytes_after_prompt
+    if kv_bytes is None or compile:  # Recompute keeps no cache; compiled Dense runs on a preallocated one
+        kv_bytes = kv_bytes_after_prompt(model, policy, prompt_ids.to(next(model.parameters()).device))
+    return Measurement(rows=[("tpot_mean", r.summary()["tpot_mean"][0], "s"), ("kv_bytes_after_prompt", kv_bytes, "bytes")])
 
 
 def measure_flops(config, policy, *, prompt_tokens: int, stream_tokens: int, eager_model=None,

@@ -85,6 +85,9 @@ class Config:
     generation_temperature: float = 0.0  # 0: greedy
     generation_top_p: float = 1.0
     generation_seed: int = 0
+    compare_compiled: bool = True  # 02 times compiled decoding beside eager (the first step compiles: minutes on a CPU)
+    chat_turns: int = 0  # a conversation through the chat template in 05 (models with one, e.g. SmolLM2); 0: none
+    chat_new_tokens: int = 48  # the longest reply of a turn
     export_figures: bool = False
     dry_run: bool = False
     force: bool = False
@@ -134,6 +137,13 @@ class Config:
         for s in self.sweep_sinks:
             if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < self.sweep_sink_cache:
                 raise ValueError(f"sweep_sinks must hold integers in [0, sweep_sink_cache); got {s!r}")
+        for name in ("compare_compiled", "sweep_recompute", "pos_shift", "export_figures"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
+        for name in ("chat_turns", "chat_new_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "chat_turns" else 1):
+                raise ValueError(f"{name} must be an integer >= {0 if name == 'chat_turns' else 1}; got {v!r}")
         for b in self.speed_batch_sizes:
             if isinstance(b, bool) or not isinstance(b, int) or b < 1:
                 raise ValueError(f"speed_batch_sizes must hold integers >= 1; got {b!r}")

@@ -26,11 +26,19 @@ def llama_f64(peaky_llama):
     return _float64(peaky_llama)
 
 
+@pytest.fixture(scope="module")
+def naive_cases(llama_f64):
+    """The naive float64 NLL of each case on conftest's ``stream``, computed once for the three evaluation modes."""
+    ids = torch.randint(0, 97, (1, 96), generator=torch.Generator().manual_seed(1))
+    return {case: (ids, naive_streaming_nll(llama_f64, ids, *case).float()) for case in CASES}
+
+
 @pytest.mark.parametrize("n_sink,window,pos_shift", CASES)
 @pytest.mark.parametrize("mode,chunk", [("token", None), ("chunked", 7), ("chunked", 40)])
-def test_streamingllm_exact_against_naive_float64(peaky_llama, llama_f64, stream, n_sink, window, pos_shift, mode,
+def test_streamingllm_exact_against_naive_float64(peaky_llama, naive_cases, stream, n_sink, window, pos_shift, mode,
                                                   chunk):
-    expected = naive_streaming_nll(llama_f64, stream, n_sink, window, pos_shift).float()
+    ids, expected = naive_cases[(n_sink, window, pos_shift)]
+    assert torch.equal(ids, stream)
     got = token_nll(peaky_llama, stream, StreamingLLM(n_sink, window, pos_shift), mode=mode, chunk_size=chunk)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     assert (got - token_nll(peaky_llama, stream, Dense())).abs().max() > 1e-2  # evictions matter on this model

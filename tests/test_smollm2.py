@@ -45,3 +45,51 @@ def test_streaming_caches_exact_on_real_weights(smollm2, tokenizer):
         torch.testing.assert_close(got, expected.float(), atol=1e-4, rtol=0)
     dense = token_nll(smollm2, ids, Dense())
     assert (token_nll(smollm2, ids, Window(64)) - dense)[70:].abs().max() > 0.1  # evictions change predictions
+
+
+def test_chat_transcript_feeds_only_what_is_new(tokenizer):
+    from streamlib.chat import ChatTranscript
+
+    chat = ChatTranscript(tokenizer)
+    first = chat.user("Hi")
+    assert first.startswith("<|im_start|>system\n") and first.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    chat.assistant("Hello!", ended=True)
+    second = chat.user("Bye")
+    # the reply and its end-of-turn token are in the stream already: only the rest of the markup and the turn
+    assert second == "\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
+    whole = tokenizer.apply_chat_template(chat.messages, tokenize=False, add_generation_prompt=True)
+    assert first + "Hello!<|im_end|>" + second == whole
+    with pytest.raises(ValueError, match="no chat template"):
+        ChatTranscript(load_tokenizer("micro"))
+
+
+def _kv_per_turn(stderr: str) -> dict[int, float]:
+    import re
+
+    return {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"\[turn (\d+)\].*KV cache ([\d.]+) MiB", stderr)}
+
+
+def test_chat_memory_is_flat_over_fifty_piped_turns():
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    turns = "".join(f"Question {i}: what is {i} plus one?\n" for i in range(1, 51))
+
+    def chat(policy):
+        return subprocess.run([sys.executable, "-m", "streamlib", "generate", "--model", "smollm2-135m", "--chat",
+                               "--interactive", "--policy", policy, "--max-new-tokens", "6", "--temperature", "0"],
+                              input=turns, capture_output=True, text=True, timeout=900,
+                              cwd=Path(__file__).resolve().parents[1], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+    proc = chat("streamingllm:4+124")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kv = _kv_per_turn(proc.stderr)
+    assert sorted(kv) == list(range(1, 51)) and kv[5] == kv[50]
+    positions = [int(p) for p in re.findall(r"\[turn \d+\].*stream position (\d+)", proc.stderr)]
+    assert positions[49] > 8 * (4 + 124)  # far past the cache: every turn went through one evicting cache
+    assert proc.stdout.count("\n") >= 50  # one reply line per turn at least
+    dense = _kv_per_turn(chat("dense").stderr)
+    assert dense[50] > 5 * dense[5]  # the same chat with a dense cache grows: the check above can fail
