@@ -16,6 +16,22 @@ def _streamlib(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
 
 
+def _in_process(capsys, monkeypatch, *args: str) -> subprocess.CompletedProcess:
+    """``python -m streamlib ARGS`` run in this process (no interpreter start-up per case): its exit status and what
+    it printed, as a subprocess would give them."""
+    from streamlib.__main__ import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(ROOT)
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
 def _one_line_error(proc: subprocess.CompletedProcess, command: str, *words: str) -> None:
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
@@ -23,6 +39,12 @@ def _one_line_error(proc: subprocess.CompletedProcess, command: str, *words: str
     assert lines[0].startswith(f"python -m streamlib {command}: error: ") and "Traceback" not in proc.stderr
     for word in words:
         assert word in lines[0], lines[0]
+
+
+def test_the_real_command_exits_2_with_one_line():
+    """Once through a real interpreter: the exit status and stderr a shell sees."""
+    _one_line_error(_streamlib("run", "--profile", "nosuch"), "run", "profile must be one of", "'nosuch'")
+    _one_line_error(_streamlib("generate", "--model", "micro", "--prompt", ""), "generate", "--prompt is empty")
 
 
 @pytest.mark.parametrize("args, words", [
@@ -35,19 +57,18 @@ def _one_line_error(proc: subprocess.CompletedProcess, command: str, *words: str
     (["--policy", "streamingllm:4+0", "--prompt", "Hi"], ["--policy", "window"]),
     (["--device", "tpu", "--prompt", "Hi"], ["--device"]),
 ])
-def test_generate_errors_are_one_line(args, words):
-    _one_line_error(_streamlib("generate", "--model", "micro", *args) if "--model" not in args
-                    else _streamlib("generate", *args), "generate", *words)
+def test_generate_errors_are_one_line(capsys, monkeypatch, args, words):
+    model = () if "--model" in args else ("--model", "micro")
+    _one_line_error(_in_process(capsys, monkeypatch, "generate", *model, *args), "generate", *words)
 
 
-def test_generate_empty_prompt_file(tmp_path):
+def test_generate_empty_prompt_file(capsys, monkeypatch, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    _one_line_error(_streamlib("generate", "--model", "micro", "--prompt-file", str(empty)), "generate", "is empty")
-
-
-def test_run_unknown_profile():
-    _one_line_error(_streamlib("run", "--profile", "nosuch"), "run", "profile must be one of", "'nosuch'")
+    _one_line_error(_in_process(capsys, monkeypatch, "generate", "--model", "micro", "--prompt-file", str(empty)),
+                    "generate", "is empty")
+    _one_line_error(_in_process(capsys, monkeypatch, "generate", "--model", "micro", "--chat", "--prompt", "x"),
+                    "generate", "--chat needs --interactive")
 
 
 @pytest.mark.parametrize("text, words", [
@@ -57,14 +78,17 @@ def test_run_unknown_profile():
     ("model: micro\nwindow: [\n", ["not valid YAML"]),
     ("- just\n- a list\n", ["must be a mapping"]),
 ])
-def test_run_bad_profile_yaml(tmp_path, text, words):
+def test_run_bad_profile_yaml(capsys, monkeypatch, tmp_path, text, words):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     run_dir = tmp_path / "run"
-    _one_line_error(_streamlib("run", "--profile", str(path), "--run-dir", str(run_dir)), "run", *words)
+    _one_line_error(_in_process(capsys, monkeypatch, "run", "--profile", str(path), "--run-dir", str(run_dir)), "run",
+                    *words)
     assert not run_dir.exists()  # refused before anything was written
 
 
-def test_run_unknown_notebook(tmp_path):
-    _one_line_error(_streamlib("run", "--profile", "smoke", "--only", "09", "--run-dir", str(tmp_path / "r")), "run",
-                    "only must name notebooks")
+def test_run_unknown_notebook(capsys, monkeypatch, tmp_path):
+    run_dir = tmp_path / "r"
+    _one_line_error(_in_process(capsys, monkeypatch, "run", "--profile", "smoke", "--only", "09", "--run-dir",
+                                str(run_dir)), "run", "only must name notebooks")
+    assert not run_dir.exists()
