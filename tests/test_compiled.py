@@ -5,6 +5,7 @@ any length, and a clear refusal for caches whose shape is not fixed. Each new ca
 import pytest
 import torch
 
+from conftest import decode_side_by_side
 from streamlib.compiled import compile_count, compiled_decoder
 from streamlib.generation import TokenStream, stream_generate
 from streamlib.models import load_model
@@ -26,14 +27,7 @@ def test_compiled_equals_eager_past_eviction(micro):
     slots masked), over 600 evict. Every step's logits match eager within 1e-4 (fp32) and the tokens are the same."""
     policy = StreamingLLM(4, 124)
     prompt = _prompt(64, micro.config.vocab_size)
-    eager, compiled = TokenStream(micro, policy), TokenStream(micro, policy, compile=True)
-    eager.feed(prompt)
-    compiled.feed(prompt)
-    worst = 0.0
-    for step in range(700):
-        a, b = eager.step(), compiled.step()
-        worst = max(worst, (eager.logits - compiled.logits).abs().max().item())
-        assert torch.equal(a, b), f"tokens differ at step {step}"
+    eager, compiled, worst = decode_side_by_side(micro, policy, prompt, 700)
     assert compiled.cache.seen_tokens - compiled.cache.budget > 600
     assert worst < 1e-4
     # the host's view of the cache follows the device's: same length, same bytes, same frame as eager
