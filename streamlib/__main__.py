@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.command == "run":
         from .runner import run_chain
-        from .workbook import ConfigError
+        from .config import ConfigError
 
         try:
             run_chain(args.profile, args.run_dir, args.only.split(",") if args.only else None, args.force,
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
             print(corpus, len(corpus_text(corpus)), "characters")
     else:
         from .runner import choose_profile
-        from .workbook import PROFILES_DIR
+        from .config import PROFILES_DIR
 
         for path in sorted(PROFILES_DIR.glob("*.yaml")):
             print(path.stem, "-", path.read_text().splitlines()[0].lstrip("# "))

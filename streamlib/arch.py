@@ -4,7 +4,7 @@ takes its cache, the attention shapes, the rotary embedding and the trained leng
 The caches, the compiled step, the FLOP and KV-byte formulas, the loaders and the tests read a model through this
 module; adding a family is one entry in :data:`FAMILIES`. Every family here rotates keys before
 ``cache.update(k, v, layer_idx)`` with the rotate-half RoPE on the first ``rotary_ndims`` channels of each head, which
-is what lets the streaming caches keep keys as the model rotated them and turn only the sinks.
+is what lets the streaming caches keep keys as the model rotated them and rotate only the sinks.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ FAMILIES = {
 }
 
 # RoPE variants whose rotation depends on the position alone (fixed inverse frequencies): a key rotated at p is moved
-# to p + d by turning it by d. ``dynamic`` and ``longrope`` change the frequencies with the sequence length.
+# to p + d by rotating it by d more. ``dynamic`` and ``longrope`` change the frequencies with the sequence length.
 EXACT_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
@@ -126,9 +126,9 @@ def eager_attention(module):
 
 @dataclass(frozen=True)
 class RotaryInfo:
-    """The rotation the model applies: the first ``rotary_ndims`` channels of each head turn in two halves (channel
+    """The rotation the model applies: the first ``rotary_ndims`` channels of each head rotate in two halves (channel
     ``i`` with ``i + rotary_ndims/2``) by ``position * inv_freq[i]``; ``attention_scaling`` multiplies cos and sin
-    (YaRN), so it is in the keys already and a turn by a position difference leaves it alone."""
+    (YaRN), so it is in the keys already and a rotation by a position difference leaves it alone."""
 
     rotary_ndims: int
     inv_freq: torch.Tensor  # (rotary_ndims // 2,), float64 on CPU

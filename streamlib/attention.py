@@ -9,9 +9,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .generation import check_input_ids
+from .checks import check_input_ids
 from .handover import base_of
-from .results import Measurement
+from .records import Measurement
 
 
 @torch.inference_mode()

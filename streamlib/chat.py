@@ -48,8 +48,8 @@ def measure_chat(model, tokenizer, policy, turns: int, max_new_tokens: int = 48,
     import pandas as pd
 
     from .generation import TokenStream
-    from .results import Measurement
-    from .speed import kv_cache_bytes
+    from .records import Measurement
+    from .memory import kv_cache_bytes
 
     transcript, stream = ChatTranscript(tokenizer), TokenStream(model, policy)
     eos, rows = tokenizer.eos_token_id, []

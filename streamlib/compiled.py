@@ -1,29 +1,6 @@
-"""A compiled, shape-static decode step for the bounded caches (StreamingLLM and Window, and Dense preallocated).
-
-Why. Once a :class:`~streamlib.cache.SinkWindowCache` is full its buffers never change shape, but an eager decode
-step still pays Python and one kernel launch per operation: on a small model, or on a GPU with a 3B model, that
-overhead is most of the time per token. Here the step (embedding, the layers, the final norm, the LM head, the cache
-write and the sink turn) is traced once with ``torch.compile``: inductor on CPU, CUDA graphs on CUDA
-(``mode="reduce-overhead"``), so a step is one graph launch.
-
-What makes it static. The step attends over every slot of the buffers, with a mask that hides the empty ones while
-the cache fills, so it compiles once the prompt has filled the sink slots. The ring slot, the query position, the
-mask and the sink turn are computed inside the graph from two device tensors (:class:`~streamlib.cache.StaticState`:
-the stream position ``t`` and the frame offset), and ``t`` advances in place. The host only counts steps; it never
-reads the device, and no Python number that changes per step reaches the graph, so a stream of any length compiles
-once. Re-basing the position frame (once every
-``rebase_interval`` steps) runs eagerly between two steps and updates the offset tensor in place.
-
-Dense grows, so its own cache has no fixed shape. When the stream's length is known (``stream_generate``, the speed
-functions) it runs on a preallocated cache of that length instead: a Window that never evicts, which is Dense token
-for token, at the cost of attending over every slot (the empty ones masked) from the first step
-(:func:`streamlib.generation.cache_for`). Score-based caches (TOVA, H2O) choose their eviction per step from data
-and stay eager.
-
-The step runs the model's own modules (the embedding, each decoder layer, the final norm and the LM head, named by
-:mod:`streamlib.arch`); only the loop over them is ours, so that the mask and position bookkeeping of the model's
-``forward``, which read Python numbers, stay out of the graph.
-"""
+"""A compiled, shape-static decode step for the bounded caches (StreamingLLM and Window, and Dense preallocated):
+the whole step, cache write and sink rotation included, as one ``torch.compile`` graph (inductor on CPU, CUDA graphs
+on CUDA). Why and how it stays static: ``docs/design.md``."""
 
 from __future__ import annotations
 
@@ -47,9 +24,9 @@ def _check_model(model) -> None:
 def _decode_step(model, cache: SinkWindowCache, input_ids: torch.Tensor) -> torch.Tensor:
     """Next-token logits (batch, vocab) for ``input_ids`` (batch, 1) fed into ``cache``."""
     stack = arch.backbone(model)
-    state = cache._static
+    state = cache.static
     hidden = arch.embed(model, input_ids)
-    position_ids = state.position().expand(input_ids.shape[0], 1)
+    position_ids = state.frame_position().expand(input_ids.shape[0], 1)
     position_embeddings = stack.rotary_emb(hidden, position_ids)
     mask = state.attention_mask(hidden.dtype)
     cache_argument = {arch.cache_keyword(model): cache}
@@ -109,24 +86,21 @@ class CompiledDecoder:
     def can_step(cache) -> bool:
         """Whether the next step can be a compiled one: the buffers exist (a prompt was fed) and hold the sinks."""
         return (isinstance(cache, SinkWindowCache) and cache.layers[0].is_initialized
-                and cache.seen_tokens >= cache.n_sink)
+                and cache.position >= cache.n_sink)
 
     def step(self, input_ids: torch.Tensor, cache: SinkWindowCache) -> torch.Tensor:
         """Feed ``input_ids`` (batch, 1) into ``cache``; returns the next-token logits (batch, vocab)."""
         if not self.can_step(cache):
             raise ValueError("cache: a compiled step needs a StreamingLLM or Window cache that holds at least its "
                              f"{getattr(cache, 'n_sink', '?')} sink tokens and one token; feed the prompt first")
-        state = cache._static_state
+        state = cache.static_state
         if state is None:
-            state = cache._static_state = StaticState(cache, self.device)
+            state = cache.static_state = StaticState(cache, self.device)
             self._mark_static(state)
         cache.maybe_rebase()
         state.sync()
-        cache._static = state
-        try:
+        with cache.compiled_step(state):
             logits = self._compiled_step(cache)(self.model, cache, input_ids)
-        finally:
-            cache._static = None
         state.mirror_step()
         if self.uses_cuda_graphs:
             logits = logits.clone()  # a CUDA graph writes its output buffer again at the next replay

@@ -68,13 +68,13 @@ class TextWriter:
 
 def _default_model() -> str:
     from .runner import choose_profile
-    from .workbook import Config
+    from .config import Config
 
     return Config.load(choose_profile()[0]).model
 
 
 def _stats(stream, policy, tokens: int, seconds: float) -> str:
-    from .speed import kv_cache_bytes
+    from .memory import kv_cache_bytes
 
     rate = tokens / seconds if seconds > 0 else float("nan")
     return (f"{tokens} tokens in {seconds:.2f} s ({rate:.1f} tok/s) | {policy.label()} | "
@@ -114,8 +114,6 @@ def run_generate(args, parser: argparse.ArgumentParser) -> int:
         fail(parser, "--prompt is empty; give the text to continue (or --interactive to read turns from stdin)")
     if prompt is None and not args.interactive:
         fail(parser, "give --prompt or --prompt-file (or --interactive)")
-    if policy.name == "recompute":
-        fail(parser, "--policy: recompute keeps no cache to generate from; use dense, window or streamingllm")
     if args.chat and not args.interactive:
         fail(parser, "--chat needs --interactive: the turns are read from stdin")
     if args.compile and policy.name not in ("window", "streamingllm"):

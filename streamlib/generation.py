@@ -1,5 +1,5 @@
-"""Feeding a stream through a model under a cache policy: chunked prefill, and a generation loop that never lets
-positions grow (see :class:`streamlib.cache.SinkWindowCache` for why that matters on long streams)."""
+"""Feeding a stream through a model under a policy: chunked prefill, the one decode step, and a generation loop whose
+positions never grow (the cache owns them; ``docs/design.md``)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,11 @@ from collections.abc import Iterator
 import torch
 from transformers import Cache
 
-from .cache import SinkWindowCache, StreamingCache
+from .cache import SinkWindowCache
+from .cache_base import StreamingCache
+from .checks import check_input_ids, check_sampling
 from .handover import installed
-
-
-def check_input_ids(input_ids, *, batch_one: bool = False, min_len: int = 1) -> None:
-    """Raise a ValueError naming ``input_ids`` unless it is a 2-D integer tensor of a usable shape."""
-    if not isinstance(input_ids, torch.Tensor):
-        raise ValueError(f"input_ids must be a torch.Tensor of shape (batch, T); got {type(input_ids).__name__}")
-    if input_ids.dtype not in (torch.long, torch.int32):
-        raise ValueError(f"input_ids must have an integer dtype (torch.long); got {input_ids.dtype}")
-    if input_ids.ndim != 2:
-        raise ValueError(f"input_ids must have shape (batch, T); got shape {tuple(input_ids.shape)}")
-    if batch_one and input_ids.shape[0] != 1:
-        raise ValueError(f"input_ids must have shape (1, T): one stream; got shape {tuple(input_ids.shape)}")
-    if input_ids.shape[1] < min_len:
-        raise ValueError(f"input_ids must hold at least {min_len} tokens; got {input_ids.shape[1]}")
+from .recompute import RecomputeWindow
 
 
 def decoder_for(model, cache: Cache):
@@ -33,78 +22,91 @@ def decoder_for(model, cache: Cache):
 
     if not CompiledDecoder.supports(cache):
         raise ValueError(f"compile=True covers StreamingLLM, Window, and Dense when the stream's length is known "
-                         f"(stream_generate, the speed functions): their caches keep one shape. {type(cache).__name__} "
+                         f"(stream_generate, the timing functions): their caches keep one shape. {type(cache).__name__} "
                          "does not (TOVA and H2O evict by score): use compile=False")
     return compiled_decoder(model)
 
 
-def cache_for(model, policy_or_cache, compile: bool = False, max_length: int | None = None) -> Cache:
+def cache_for(model, policy_or_cache, compile: bool = False, max_length: int | None = None):
     """The cache a loop runs on. With ``compile=True`` and Dense, a preallocated one of ``max_length`` slots: a
     Window that never evicts (exactly Dense: every token at its own position), whose shape is fixed from the start,
     at the cost of attending over all its slots (the empty ones masked) from the first step."""
     from .policies import Dense, Window
 
-    if isinstance(policy_or_cache, Cache):
+    if isinstance(policy_or_cache, (Cache, RecomputeWindow)):
         return policy_or_cache
     if compile and isinstance(policy_or_cache, Dense):
         if max_length is None:
             raise ValueError("compile=True with Dense needs the stream's maximum length (max_length) for a "
-                             "preallocated cache; stream_generate and the speed functions know it")
+                             "preallocated cache; stream_generate and the timing functions know it")
         return Window(max_length).make_cache(model)
     return policy_or_cache.make_cache(model)
 
 
-def default_chunk_size(cache: Cache, turn_queries: bool = True) -> int:
+def default_chunk_size(cache: Cache, rotate_queries: bool = True) -> int:
     """Tokens per forward in chunked mode: 512, where the projections run near their best and the masked-out part of
     each chunk's attention costs little beside them (a 2048-token prompt into StreamingLLM 4+252 then costs what a
     Dense prefill costs, ``bench/bench_decode.py``). With position shift but no hand-over (a model whose attention
     does not go through :mod:`streamlib.handover`) every query brings its own copy of the sinks: about the window."""
-    if isinstance(cache, SinkWindowCache) and cache.pos_shift and cache.n_sink and not turn_queries:
+    if isinstance(cache, SinkWindowCache) and cache.pos_shift and cache.n_sink and not rotate_queries:
         return max(16, min(cache.window, 512))
     return 512
 
 
-def forward_chunks(model, input_ids: torch.Tensor, cache: Cache, chunk_size: int | None = None,
+def forward_chunks(model, input_ids: torch.Tensor, cache, chunk_size: int | None = None,
                    all_logits: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
     """Feed ``input_ids`` through ``model`` with ``cache``, yielding ``(start, logits)`` per forward.
 
     Exactly the result of feeding one token at a time. ``chunk_size=1`` *is* one token at a time. Otherwise a
     streaming cache is first filled with one plain call (no token needs an eviction yet), then each chunk gets its
-    own positions and mask from :meth:`SinkWindowCache.plan_chunk`; other caches take plain causal chunks. With
-    ``all_logits=False`` only the last position's logits are computed.
+    own positions and mask inside ``with cache.chunk(...)``; other caches take plain causal chunks, and Recompute
+    its windows. With ``all_logits=False`` only the last position's logits are computed.
     """
-    turn_queries = installed(model)
-    if chunk_size is None:
-        chunk_size = default_chunk_size(cache, turn_queries)
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
+    if isinstance(cache, RecomputeWindow):
+        yield from cache.forward(model, input_ids, all_logits, one_at_a_time=chunk_size == 1)
+        return
+    rotate_queries = installed(model)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(cache, rotate_queries)
     total = input_ids.shape[1]
-    streaming = isinstance(cache, StreamingCache)
     start = 0
     while start < total:
         keep = 0 if all_logits else 1
-        if streaming:
+        if isinstance(cache, StreamingCache):
             cache.maybe_rebase()
-            room = cache.budget + 1 - cache.seen_tokens
+            room = cache.plain_room()
             if room > 0:  # filling: a plain causal call is exact
                 n = min(room, chunk_size, total - start)
-                out = model(input_ids=input_ids[:, start : start + n], cache=cache, use_cache=True, logits_to_keep=keep)
             elif chunk_size == 1 or total - start == 1 or not cache.chunkable:
                 n = 1
-                out = model(input_ids=input_ids[:, start : start + 1], cache=cache, use_cache=True, logits_to_keep=keep)
             else:
                 n = min(chunk_size, total - start)
-                position_ids, mask = cache.plan_chunk(n, model.dtype, device, turn_queries=turn_queries)
-                try:
+                with cache.chunk(n, model.dtype, device, rotate_queries=rotate_queries) as (position_ids, mask):
                     out = model(input_ids=input_ids[:, start : start + n], cache=cache, use_cache=True,
                                 position_ids=position_ids, attention_mask=mask, logits_to_keep=keep)
-                finally:
-                    cache.end_chunk()
+                yield start, out.logits
+                start += n
+                continue
         else:
             n = min(chunk_size, total - start)
-            out = model(input_ids=input_ids[:, start : start + n], cache=cache, use_cache=True, logits_to_keep=keep)
+        out = model(input_ids=input_ids[:, start : start + n], cache=cache, use_cache=True, logits_to_keep=keep)
         yield start, out.logits
         start += n
+
+
+def decode_step(model, cache, token: torch.Tensor, decoder=None) -> torch.Tensor:
+    """Feed one token per row (batch, 1) and return the next-token logits (batch, vocab): the step every decoding
+    loop takes. A streaming cache first re-bases its frame when due; the step is then compiled (``decoder``, from
+    :func:`decoder_for`, once the cache can take a compiled step) or eager."""
+    if decoder is not None and decoder.can_step(cache):
+        return decoder.step(token, cache)
+    if isinstance(cache, RecomputeWindow):
+        return next(cache.forward(model, token, all_logits=False))[1][:, -1]
+    if isinstance(cache, StreamingCache):
+        cache.maybe_rebase()
+    return model(input_ids=token, cache=cache, use_cache=True).logits[:, -1]
 
 
 @torch.inference_mode()
@@ -132,15 +134,6 @@ def next_token(logits: torch.Tensor, *, do_sample: bool = False, temperature: fl
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
     gen_device = generator.device if generator is not None else probs.device
     return torch.multinomial(probs.to(gen_device), 1, generator=generator).to(logits.device)
-
-
-def check_sampling(max_new_tokens, do_sample: bool, temperature, top_p) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}")
-    if do_sample and not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature must be > 0 when sampling; got {temperature!r}")
-    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1]; got {top_p!r}")
 
 
 class TokenStream:
@@ -184,12 +177,7 @@ class TokenStream:
     def step(self) -> torch.Tensor:
         """Choose the next token (batch, 1) and make it the pending one."""
         if self.pending is not None:
-            if self.decoder is not None and self.decoder.can_step(self.cache):
-                self.logits = self.decoder.step(self.pending, self.cache)
-            else:
-                if isinstance(self.cache, StreamingCache):
-                    self.cache.maybe_rebase()
-                self.logits = self.model(input_ids=self.pending, cache=self.cache, use_cache=True).logits[:, -1]
+            self.logits = decode_step(self.model, self.cache, self.pending, self.decoder)
         if self.logits is None:
             raise ValueError("input_ids: feed a prompt of at least one token before generating")
         self.pending = next_token(self.logits, generator=self.generator, **self.sampling)

@@ -1,18 +1,12 @@
-"""The attention hand-over: a thin attention function in front of the model's own (sdpa or eager), through which a
-cache layer sees the queries of the step whose keys it has just stored.
+"""The attention hand-over: a thin attention function in front of the model's own (sdpa or eager) through which a
+cache layer sees the queries of the step whose keys it has just stored, and the attention kernels those layers use.
 
-The model calls ``cache.update(k, v, layer_idx)`` and then its attention function with the rotated queries. A layer
-that needs those queries calls :func:`hand_over` in ``update``; the attention function below then passes the step to
-the layer's ``attend(base, module, query, key, value, attention_mask, **kwargs)`` instead of running ``base`` (the
-model's own attention) directly. Two users:
-
-* score-based eviction (TOVA, H2O, :mod:`streamlib.scored_cache`): the layer runs ``base`` unchanged and reads the
-  step's attention probabilities to decide what to evict;
-* StreamingLLM with position shift (:mod:`streamlib.cache`), when a chunk of several tokens goes into a full cache:
-  the sinks must sit at the same distance before every query, so instead of one turned copy of the sinks per query
-  the layer turns each query once to the sinks' fixed distance and attends to one copy.
-
-Layers that do not hand over, and models used with other caches, pass straight through.
+A layer that needs the step's queries returns its keys through :func:`hand_over`, which notes the layer on the key
+tensor it returns; the model passes that tensor to its attention function, and the function below hands the step to
+the noted layer's ``attend(base, module, query, key, value, attention_mask, **kwargs)`` instead of running ``base``
+(the model's own attention). Keys without a note, and models used with other caches, pass straight through. Users:
+score-based eviction (TOVA, H2O) reads the probabilities; StreamingLLM with position shift, for a chunk fed into a
+full cache, rotates each query once to the sinks' distance (``docs/design.md``).
 """
 
 from __future__ import annotations
@@ -22,9 +16,9 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
 from .arch import eager_attention
+from .rotary import rotate
 
 WRAPPED = {"sdpa": "streamlib_sdpa", "eager": "streamlib_eager"}
-_waiting: list = []  # the layer whose update has run and whose attention is next (at most one)
 
 
 def base_attention(base: str, module):
@@ -38,8 +32,9 @@ def base_attention(base: str, module):
 def _attention(base: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
         fn = base_attention(base, module)
-        if _waiting and _waiting[-1].layer_idx == getattr(module, "layer_idx", None):
-            return _waiting.pop().attend(fn, module, query, key, value, attention_mask, **kwargs)
+        layer = getattr(key, "_attending_layer", None)
+        if layer is not None:
+            return layer.attend(fn, module, query, key, value, attention_mask, **kwargs)
         return fn(module, query, key, value, attention_mask, **kwargs)
 
     return attention
@@ -50,10 +45,12 @@ for _base, _name in WRAPPED.items():
     AttentionMaskInterface.register(_name, sdpa_mask if _base == "sdpa" else eager_mask)
 
 
-def hand_over(layer) -> None:
-    """Called by a cache layer in ``update``: its ``attend`` gets this step's attention."""
-    _waiting.append(layer)
-    del _waiting[:-1]
+def hand_over(layer, keys: torch.Tensor) -> torch.Tensor:
+    """What a cache layer's ``update`` returns as its keys when its ``attend`` should run this step's attention: a
+    view of ``keys`` that carries the layer to the attention function (and dies with the step)."""
+    view = keys.view_as(keys)
+    view._attending_layer = layer
+    return view
 
 
 def installed(model) -> bool:
@@ -97,3 +94,47 @@ def grouped_mix(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     b, heads, n, length = probs.shape
     kv = value.shape[1]
     return (probs.reshape(b, kv, (heads // kv) * n, length) @ value).view(b, heads, n, value.shape[-1])
+
+
+# ------------------------------------------------------------------------------------------ attention kernels --
+
+
+def sink_rotated_attention(base, module, query, key, value, attention_mask, *, n_sink: int, cos, sin,
+                           scaling: float):
+    """Attention for a chunk whose keys are laid out ``[sinks | ring | chunk]`` with one copy of the sinks, each query
+    seeing the sinks from the fixed slot ``n_sink + window`` of the cache (position shift).
+
+    RoPE scores depend only on the distance, so each query is rotated once by ``cos, sin`` to that slot and scores
+    the sinks; the query as the model rotated it scores the ring and the chunk. One softmax over both: with eager
+    attention the two score blocks are joined; with sdpa the two queries are laid side by side in a head of twice
+    the width and each key fills only its half.
+    """
+    d = query.shape[-1]
+    rotated = rotate(query, cos, sin)
+    if getattr(base, "__name__", "") == "eager_attention_forward":
+        scores = torch.cat([grouped_scores(rotated, key[:, :, :n_sink]), grouped_scores(query, key[:, :, n_sink:])],
+                           dim=-1) * scaling + attention_mask
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        return grouped_mix(probs, value).transpose(1, 2).contiguous(), probs
+    wide_query = torch.cat([query, rotated], dim=-1)
+    wide_key = key.new_zeros(*key.shape[:-1], 2 * d)
+    wide_key[:, :, n_sink:, :d] = key[:, :, n_sink:]
+    wide_key[:, :, :n_sink, d:] = key[:, :, :n_sink]
+    # values as wide as the keys (zeros after them): the fused sdpa kernels want one head width
+    wide_value = torch.cat([value, torch.zeros_like(value)], dim=-1)
+    out = torch.nn.functional.scaled_dot_product_attention(wide_query, wide_key, wide_value, attn_mask=attention_mask,
+                                                           scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    return out[..., :d].transpose(1, 2).contiguous(), None
+
+
+def attention_probs(query: torch.Tensor, keys: torch.Tensor, scaling: float, first_position: int) -> torch.Tensor:
+    """Softmax probabilities (float32) of the step's queries over ``keys``, shape (B, query heads, n, L). With several
+    queries (a call that fills the cache, slot ``a`` holding token ``a``), query ``i`` at ``first_position + i`` sees
+    slots up to its own."""
+    logits = grouped_scores(query.float(), keys.float()) * scaling
+    n = query.shape[-2]
+    if n > 1:
+        lag = (first_position + torch.arange(n, device=query.device))[:, None] - torch.arange(keys.shape[-2],
+                                                                                             device=query.device)
+        logits = logits.masked_fill(lag < 0, float("-inf"))
+    return logits.softmax(dim=-1)

@@ -22,6 +22,8 @@ POLICY_STYLE = {
     "tova": ("#56B4E9", "P", "--"),
     "h2o": ("#D55E00", "X", "-"),
     "h2o-recent": ("#D55E00", "x", ":"),
+    "burst": ("#F0E442", "*", "-"),
+    "burst-noshift": ("#F0E442", "*", ":"),
     "published": ("#777777", "x", ":"),
 }
 
@@ -39,8 +41,9 @@ def apply_style() -> None:
 def kind_label(policy: str, pos_shift=True) -> str:
     """The name of a policy kind in legends: Dense, Window, StreamingLLM (no shift), Recompute, TOVA, H2O."""
     names = {"dense": "Dense", "window": "Window", "recompute": "Recompute", "streamingllm": "StreamingLLM",
-             "tova": "TOVA", "h2o": "H2O"}
-    return names.get(policy, policy) + (", no shift" if policy == "streamingllm" and _no_shift(pos_shift) else "")
+             "tova": "TOVA", "h2o": "H2O", "burst": "Burst eviction"}
+    shiftable = policy in ("streamingllm", "burst")
+    return names.get(policy, policy) + (", no shift" if shiftable and _no_shift(pos_shift) else "")
 
 
 def _no_shift(pos_shift) -> bool:
@@ -62,7 +65,7 @@ FAMILY_STYLE = {"H2O, recent-heavy": "h2o-recent"}
 
 
 def style_for(policy: str, pos_shift=True) -> dict:
-    key = "streamingllm-noshift" if policy == "streamingllm" and _no_shift(pos_shift) else policy
+    key = f"{policy}-noshift" if policy in ("streamingllm", "burst") and _no_shift(pos_shift) else policy
     colour, marker, ls = POLICY_STYLE.get(key, ("#56B4E9", "*", "-"))
     return {"color": colour, "marker": marker, "linestyle": ls}
 

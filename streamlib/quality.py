@@ -21,9 +21,9 @@ import torch
 
 import pandas as pd
 
-from .generation import check_input_ids, forward_chunks
-from .policies import Recompute
-from .results import Measurement
+from .checks import check_input_ids, check_int
+from .generation import forward_chunks
+from .records import Measurement
 
 MODES = ("chunked", "token")
 
@@ -46,15 +46,13 @@ def token_nll(model, input_ids: torch.Tensor, policy, *, mode: str = "chunked", 
     """Per-token NLL (nats) of ``input_ids[0, 1:]`` under ``policy``; a float32 CPU tensor of length ``T - 1``.
 
     ``input_ids``: shape ``(1, T)``, integer dtype, ``T >= 2``. ``mode``: ``"chunked"`` (default) or ``"token"``.
-    ``chunk_size``: tokens per forward in chunked mode (default: about the cache window).
+    ``chunk_size``: tokens per forward in chunked mode (default: 512; Recompute reads 8 windows per forward).
     """
     check_input_ids(input_ids, batch_one=True, min_len=2)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be an integer >= 1 or None; got {chunk_size!r}")
-    if isinstance(policy, Recompute):
-        return _recompute_nll(model, input_ids, policy.window, progress)
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, 1)
     cache = policy.make_cache(model)
     inputs, targets = input_ids[:, :-1], input_ids[:, 1:]
     out = torch.empty(targets.shape[1], dtype=torch.float32)
@@ -67,31 +65,6 @@ def token_nll(model, input_ids: torch.Tensor, policy, *, mode: str = "chunked", 
             bar.update(n)
     if bar is not None:
         bar.close()
-    return out
-
-
-def _recompute_nll(model, input_ids: torch.Tensor, window: int, progress: bool, batch: int = 8) -> torch.Tensor:
-    device = next(model.parameters()).device
-    ids = input_ids.to(device)
-    total = ids.shape[1]
-    targets = ids[0, 1:]
-    out = torch.empty(total - 1, dtype=torch.float32)
-    # Predictions of tokens 1..window come from prefixes, which one causal forward gives exactly.
-    head = min(window, total - 1)
-    logits = model(input_ids=ids[:, :head], use_cache=False).logits
-    out[:head] = _nll(logits, targets[None, :head]).cpu()
-    if total - 1 > window:
-        windows = ids[0, :-1].unfold(0, window, 1)[1:]  # row r: tokens r+1 .. r+window, predicting token r+window+1
-        bar = _progress(windows.shape[0], progress, f"Recompute {window}")
-        for r in range(0, windows.shape[0], batch):
-            rows = windows[r : r + batch]
-            last = model(input_ids=rows, use_cache=False, logits_to_keep=1).logits[:, -1:]
-            tgt = targets[window + r : window + r + rows.shape[0]]
-            out[window + r : window + r + rows.shape[0]] = _nll(last.transpose(0, 1), tgt[None]).cpu()
-            if bar is not None:
-                bar.update(rows.shape[0])
-        if bar is not None:
-            bar.close()
     return out
 
 

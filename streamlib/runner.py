@@ -1,5 +1,6 @@
 """Run the notebook chain with papermill into a run directory: executed notebooks, records, curves, figures, the
-report and its HTML export."""
+report and its HTML export. The chain is every ``notebooks/NN_name.py`` (jupytext py:percent) in the order of its
+number: the file a user edits is the file that runs, and a notebook added there joins the chain."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 import torch
 
 from .data import hub_reachable, repo_root
+from .config import Config, ConfigError
 from .models import is_cached
 from .report import render_html
-from .workbook import NOTEBOOKS, Config, ConfigError
 
 PROFILE_MODELS = {"paper": "EleutherAI/pythia-2.8b", "cpu": "EleutherAI/pythia-160m", "offline": "smollm2-135m"}
 # The kernel's own start-up chatter (transport notices) is not the user's business; errors still show.
@@ -33,9 +34,31 @@ def choose_profile() -> tuple[str, str]:
     return "smoke", "no CUDA GPU, no Hub and no SmolLM2 package: the embedded micro model"
 
 
+NOTEBOOKS_DIR = repo_root() / "notebooks"
+
+
+def notebook_sources(notebooks_dir: str | Path | None = None) -> list[Path]:
+    """The chain, in order: ``NN_name.py`` files (two digits, an underscore, a name) in ``notebooks_dir``."""
+    folder = Path(notebooks_dir) if notebooks_dir else NOTEBOOKS_DIR
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.py") if p.is_file())
+
+
+def read_notebook(source: Path):
+    """A py:percent source as a notebook (nbformat), ready for papermill; a source written without jupytext's header
+    runs on the python3 kernel."""
+    import jupytext
+
+    nb = jupytext.read(source, fmt="py:percent")
+    nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
+    nb.metadata.setdefault("language_info", {"name": "python"})
+    return nb
+
+
 def run_chain(profile: str = "auto", run_dir: str | None = None, only: list[str] | None = None,
-              force: bool = False, extra: dict | None = None, dry_run: bool = False) -> Path:
-    """Execute the notebooks in order; stop at the first failure, naming the notebook and the cell."""
+              force: bool = False, extra: dict | None = None, dry_run: bool = False,
+              notebooks_dir: str | Path | None = None) -> Path:
+    """Execute the notebooks in order (``only``: those whose names start with one of these, e.g. ``["02", "05"]``);
+    stop at the first failure, naming the notebook and the cell."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -48,23 +71,24 @@ def run_chain(profile: str = "auto", run_dir: str | None = None, only: list[str]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = f"{Path(profile).stem}-{'dryrun-' if dry_run else ''}{stamp}"
     run_path = (Path(run_dir) if run_dir else repo_root() / "runs" / name).resolve()
-    names = NOTEBOOKS if not only else [n for n in NOTEBOOKS if any(n.startswith(o) for o in only)]
-    if only and not names:
-        raise ConfigError(f"only must name notebooks among {NOTEBOOKS}; got {only}")
+    sources = notebook_sources(notebooks_dir)
+    chosen = [p for p in sources if not only or any(p.stem.startswith(o) for o in only)]
+    if not chosen:
+        raise ConfigError(f"only must name notebooks among {[p.stem for p in sources]}; got {only}")
     run_path.mkdir(parents=True, exist_ok=True)
     print(f"model: {cfg.model} on {cfg.torch_device()}, {str(cfg.torch_dtype()).replace('torch.', '')}\n"
           f"run directory: {run_path}", flush=True)
     parameters = {"profile": profile, "run_dir": str(run_path), "force": force, "dry_run": dry_run, **(extra or {})}
     total = time.time()
-    for i, name in enumerate(names, 1):
-        src = repo_root() / "notebooks" / f"{name}.ipynb"
+    for i, src in enumerate(chosen, 1):
+        name = src.stem
         dst = run_path / f"{name}.ipynb"
-        print(f"[{i}/{len(names)}] {name:<16}", end="", flush=True)
+        print(f"[{i}/{len(chosen)}] {name:<16}", end="", flush=True)
         started = time.time()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # papermill's and nbformat's notices about notebook metadata
-                pm.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name="python3",
+                pm.execute_notebook(read_notebook(src), str(dst), parameters=parameters, kernel_name="python3",
                                     progress_bar=False, cwd=str(src.parent), extra_arguments=KERNEL_ARGS)
         except PapermillExecutionError as err:
             print(f"failed after {time.time() - started:.0f} s", flush=True)

@@ -19,6 +19,18 @@ def kept_indices(t: int, n_sink: int, window: int) -> list[int]:
     return past[:n_sink] + past[len(past) - window :]
 
 
+def burst_kept_indices(n_tokens: int, n_sink: int, capacity: int, discard: int) -> list[list[int]]:
+    """For each token t, the tokens of 0..t-1 a burst-eviction cache holds when t arrives: when t would make the
+    cache hold more than ``capacity`` tokens, the ``discard`` oldest after the first ``n_sink`` leave first."""
+    held, out = [], []
+    for t in range(n_tokens):
+        if len(held) + 1 > capacity:
+            held = held[:n_sink] + held[n_sink + discard :]
+        out.append(list(held))
+        held.append(t)
+    return out
+
+
 class Naive:
     """One token's forward, written from each family's definition (not from the caches): the pieces the naive
     references need, with keys and queries kept *before* rotary.
@@ -93,26 +105,30 @@ class Naive:
 
 
 @torch.no_grad()
-def naive_streaming_nll(model, input_ids: torch.Tensor, n_sink: int, window: int, pos_shift: bool) -> torch.Tensor:
+def naive_streaming_nll(model, input_ids: torch.Tensor, n_sink: int, window: int, pos_shift: bool,
+                        kept: list[list[int]] | None = None) -> torch.Tensor:
+    """StreamingLLM's NLL from its definition; ``kept`` (per token, the earlier tokens in view) replaces its rule,
+    e.g. with :func:`burst_kept_indices`. With ``pos_shift`` keys sit at their index in the kept list and the query
+    after them; without it every token keeps its original position."""
     net = Naive(model)
     ids = input_ids[0]
     raw_keys = [[] for _ in net.layers]  # per layer, per token: (kv_heads, d), before rotary
     values = [[] for _ in net.layers]
     nll = []
     for t in range(ids.numel() - 1):
-        kept = kept_indices(t, n_sink, window)
+        in_view = kept[t] if kept is not None else kept_indices(t, n_sink, window)
         if pos_shift:
-            key_pos = list(range(len(kept)))
-            query_pos = len(kept)
+            key_pos = list(range(len(in_view)))
+            query_pos = len(in_view)
         else:
-            key_pos = kept
+            key_pos = in_view
             query_pos = t
         x = net.embed(ids[t : t + 1])
         for li, layer in enumerate(net.layers):
             q, k, v = net.qkv(layer, x)
             raw_keys[li].append(k)
             values[li].append(v)
-            all_idx = kept + [t]
+            all_idx = in_view + [t]
             all_pos = torch.tensor(key_pos + [query_pos], dtype=torch.long)
             keys = net.rotate(torch.stack([raw_keys[li][i] for i in all_idx], dim=1), all_pos)  # (kv, n, d)
             vals = torch.stack([values[li][i] for i in all_idx], dim=1)

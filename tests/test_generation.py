@@ -11,7 +11,7 @@ import torch
 
 from streamlib.generation import TokenStream, next_token, prefill, stream_generate
 from streamlib.policies import Dense, Recompute, StreamingLLM, Window, parse_policy
-from streamlib.speed import measure_generation_trace
+from streamlib.timing import measure_generation_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,8 +80,19 @@ def test_generation_trace_records_every_step(peaky_model):
     assert steps.kv_bytes.nunique() == 1  # preallocated: flat from the first step
     dense = measure_generation_trace(peaky_model, prompt, Dense(), 50).curve
     assert dense.kv_bytes.is_monotonic_increasing and dense.kv_bytes.iloc[-1] > dense.kv_bytes.iloc[0]
-    with pytest.raises(ValueError, match="policy"):
-        measure_generation_trace(peaky_model, prompt, Recompute(8), 5)
+
+
+@torch.inference_mode()
+def test_recompute_generates_from_a_fresh_window_each_step(peaky_model):
+    """Recompute goes through the same stream as the caches: each token from one forward over the last 8 tokens."""
+    prompt = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(5))
+    ids = prompt.clone()
+    for _ in range(12):  # the definition, written out
+        logits = peaky_model(input_ids=ids[:, -8:], use_cache=False).logits[:, -1]
+        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(stream_generate(peaky_model, prompt, Recompute(8), 12), ids[:, 20:])
+    trace = measure_generation_trace(peaky_model, prompt, Recompute(8), 12).curve
+    assert trace.token.tolist() == ids[0, 20:].tolist() and trace.kv_bytes.nunique() == 1
 
 
 def test_parse_policy_forms_and_errors():

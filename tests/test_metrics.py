@@ -14,9 +14,12 @@ import torch
 from streamlib.models import load_model
 from streamlib.policies import Dense, Recompute, StreamingLLM, Window
 from streamlib.quality import perplexity, token_nll
-from streamlib.results import ResultsStore, comparison_table, config_key, load_results, read_rows, to_latex, to_markdown
-from streamlib.speed import (calflops_forward, flops_per_token, forward_flops, peak_memory,
-                             stream_flops, stream_trace, time_generation)
+from streamlib.config import Config
+from streamlib.flops import calflops_forward, flops_per_token, forward_flops, stream_flops
+from streamlib.memory import peak_memory
+from streamlib.records import Measurement, Run, config_key, load_results, read_rows
+from streamlib.report import comparison_table, to_latex, to_markdown
+from streamlib.timing import stream_trace, time_generation
 
 
 # -------------------------------------------------------------------------------------------------- quality --
@@ -125,19 +128,29 @@ def test_flops_per_token_sum_to_a_causal_forward(peaky_model):
 
 # -------------------------------------------------------------------------------------------------- records --
 
+def _run(path, **overrides) -> Run:
+    return Run(Config.load("smoke", run_dir=str(path), **overrides))
+
+
+def _rows(*rows):
+    return lambda: Measurement(rows=list(rows))
+
+
 def test_records_append_skip_and_fail(tmp_path):
-    store = ResultsStore(tmp_path / "run1")
-    fields = {"group": "ppl", "policy": StreamingLLM(4, 252).params(), "model": "micro", "dataset": "x", "n_tokens": 10}
-    assert store.measure(fields, lambda: [("ppl", 12.5, "")]) == "ok"
-    assert store.measure(fields, lambda: [("ppl", 99.0, "")]) == "skipped"
-    assert store.measure(fields, lambda: [("ppl", 13.0, "")], force=True) == "ok"
+    run = _run(tmp_path / "run1")
+    policy = StreamingLLM(4, 252)
+    assert run.measure("ppl", policy, _rows(("ppl", 12.5, "")), dataset="x", n_tokens=10).status == "ok"
+    again = run.measure("ppl", policy, _rows(("ppl", 99.0, "")), dataset="x", n_tokens=10)
+    assert again.status == "skipped" and again["ppl"] == 12.5  # read back from memory, not measured again
+    forced = _run(tmp_path / "run1", force=True)
+    assert forced.measure("ppl", policy, _rows(("ppl", 13.0, "")), dataset="x", n_tokens=10)["ppl"] == 13.0
 
     def boom():
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    other = {**fields, "n_tokens": 20}
-    assert store.measure(other, boom) == "failed"
-    assert store.measure(other, lambda: [("ppl", 14.0, "")]) == "ok"  # a failure is not "done"
+    failed = run.measure("ppl", policy, boom, dataset="x", n_tokens=20)
+    assert failed.status == "failed" and failed.error == "RuntimeError: CUDA out of memory (simulated)"
+    assert run.measure("ppl", policy, _rows(("ppl", 14.0, "")), dataset="x", n_tokens=20).status == "ok"  # a failure is not "done"
     df = load_results(tmp_path)
     assert list(df["status"]) == ["ok", "ok", "failed", "ok"]
     assert df.loc[0, "n_sink"] == 4 and df.loc[0, "window"] == 252 and df.loc[0, "policy"] == "streamingllm"
@@ -145,21 +158,27 @@ def test_records_append_skip_and_fail(tmp_path):
     for col in ("torch", "transformers", "timestamp", "git_commit", "model", "dataset", "unit"):
         assert col in df.columns
     assert config_key(a=1, b=2) == config_key(b=2, a=1) != config_key(a=1, b=3)
+    # a new Run on the same directory knows what is recorded without measuring it
+    assert _run(tmp_path / "run1").measure("ppl", policy, boom, dataset="x", n_tokens=20)["ppl"] == 14.0
 
 
 def test_records_survive_a_killed_process(tmp_path):
     script = textwrap.dedent(f"""
         import os, time
-        from streamlib.results import ResultsStore
-        store = ResultsStore({str(tmp_path / 'run')!r})
+        from streamlib.config import Config
+        from streamlib.policies import Dense
+        from streamlib.records import Measurement, Run
+        run = Run(Config.load("smoke", run_dir={str(tmp_path / 'run')!r}))
         for i in range(10_000):
-            store.measure({{"group": "g", "i": i}}, lambda: [("m", float(i), "u")])
+            run.measure("g", Dense(), lambda: Measurement(rows=[("m", float(i), "u")]), i=i)
             if i == 20:
                 print("ready", flush=True)
             time.sleep(0.001)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
+    for line in proc.stdout:  # the run prints a line per measurement; wait for the 21st
+        if line.strip() == "ready":
+            break
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     path = tmp_path / "run" / "results.jsonl"
@@ -171,10 +190,9 @@ def test_records_survive_a_killed_process(tmp_path):
 
 
 def test_comparison_table_formats(tmp_path):
-    store = ResultsStore(tmp_path / "r")
-    store.measure({"group": "ppl", "policy": Dense().params(), "dataset": "d"}, lambda: [("ppl", 10.0, ""), ("tpot_mean", 0.02, "s")])
-    store.measure({"group": "ppl", "policy": StreamingLLM(4, 252).params(), "dataset": "d"},
-                  lambda: [("ppl", 11.0, ""), ("tpot_mean", 0.01, "s")])
+    run = _run(tmp_path / "r")
+    run.measure("ppl", Dense(), _rows(("ppl", 10.0, ""), ("tpot_mean", 0.02, "s")), dataset="d")
+    run.measure("ppl", StreamingLLM(4, 252), _rows(("ppl", 11.0, ""), ("tpot_mean", 0.01, "s")), dataset="d")
     table = comparison_table(load_results(tmp_path), {"policy": "dense"}, {"policy": "streamingllm"}, ["ppl", "tpot_mean", "absent"])
     assert table.loc[0, "change_%"] == pytest.approx(10.0)
     assert table.loc[1, "change_%"] == pytest.approx(-50.0)
@@ -190,11 +208,11 @@ def test_comparison_table_pairs_like_with_like(tmp_path):
     """The smoke report's fault: Dense over 2,048 tokens (01) against StreamingLLM over 1,024 (the 03 sweep). The
     table must pair each side with a measurement of the same text and token count, even when a later record of the
     streaming policy has another token count."""
-    store = ResultsStore(tmp_path / "r")
-    dense, streaming = Dense().params(), StreamingLLM(4, 124).params()
+    run = _run(tmp_path / "r")
+    dense, streaming = Dense(), StreamingLLM(4, 124)
 
     def record(policy, n_tokens, ppl):
-        store.measure({"group": "ppl", "policy": policy, "dataset": "d", "n_tokens": n_tokens}, lambda: [("ppl", ppl, "")])
+        run.measure("ppl", policy, _rows(("ppl", ppl, "")), dataset="d", n_tokens=n_tokens)
 
     record(dense, 2048, 79.19)
     record(streaming, 2048, 63.33)  # 02: the like-for-like record
@@ -210,10 +228,9 @@ def test_comparison_table_pairs_like_with_like(tmp_path):
 
 
 def test_comparison_table_says_when_nothing_pairs(tmp_path):
-    store = ResultsStore(tmp_path / "r")
-    store.measure({"group": "ppl", "policy": Dense().params(), "dataset": "d", "n_tokens": 2048}, lambda: [("ppl", 9.0, "")])
-    store.measure({"group": "ppl", "policy": StreamingLLM(4, 124).params(), "dataset": "d", "n_tokens": 1024},
-                  lambda: [("ppl", 10.0, "")])
+    run = _run(tmp_path / "r")
+    run.measure("ppl", Dense(), _rows(("ppl", 9.0, "")), dataset="d", n_tokens=2048)
+    run.measure("ppl", StreamingLLM(4, 124), _rows(("ppl", 10.0, "")), dataset="d", n_tokens=1024)
     row = comparison_table(load_results(tmp_path), {"policy": "dense"}, {"policy": "streamingllm"}, ["ppl"]).iloc[0]
     assert pd.isna(row["baseline"]) and pd.isna(row["streamingllm"]) and pd.isna(row["change_%"])
     assert row["measured on"] == "no like-for-like pair (baseline: d, 2048 tokens | streaming: d, 1024 tokens)"

@@ -6,6 +6,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from reference import kept_indices, naive_recompute_nll, naive_streaming_nll
 from streamlib.cache import SinkWindowCache
+from streamlib.recompute import RecomputeWindow
 from streamlib.generation import forward_chunks, prefill, stream_generate
 from streamlib.policies import Dense, Recompute, StreamingLLM, Window, from_params
 from streamlib.quality import token_nll
@@ -136,7 +137,7 @@ def test_cache_is_bounded_and_written_in_place(peaky_model):
         for t in range(ids.shape[1]):
             peaky_model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True)
             assert cache.resident_tokens() == min(t + 1, n_sink + window)
-            assert cache.seen_tokens == t + 1
+            assert cache.position == t + 1
             layer = cache.layers[0]
             assert layer.keys.shape[2] == n_sink + window + 1  # one scratch slot for the incoming token
             now = [(l.keys.data_ptr(), l.values.data_ptr()) for l in cache.layers]
@@ -183,7 +184,7 @@ def test_rebase_keeps_positions_bounded(peaky_model):
     with torch.no_grad():
         for _ in forward_chunks(peaky_model, ids, cache, chunk_size=32):
             frames.append(cache.get_seq_length())
-    assert cache.seen_tokens == 3000
+    assert cache.position == 3000
     assert max(frames) <= policy.budget + cache.rebase_interval + 32
     assert cache.layers[0].offset > 0
 
@@ -262,8 +263,8 @@ def test_policy_params_round_trip():
 def test_make_cache_types(peaky_model):
     assert isinstance(StreamingLLM(1, 4).make_cache(peaky_model), SinkWindowCache)
     assert isinstance(Window(4).make_cache(peaky_model), SinkWindowCache)
-    with pytest.raises(ValueError, match="Recompute has no cache"):
-        Recompute(8).make_cache(peaky_model)
+    window = Recompute(8).make_cache(peaky_model)
+    assert isinstance(window, RecomputeWindow) and window.kv_bytes() == (0, 0)  # token ids only, until fed
 
 
 def test_micro_model_memory_flat_over_100k_tokens():
@@ -285,7 +286,7 @@ def test_micro_model_memory_flat_over_100k_tokens():
             if start >= 10_000 and "rss" not in marks:
                 marks.update(rss=proc.memory_info().rss, kv=cache.kv_bytes(),
                              ptrs=[l.keys.data_ptr() for l in cache.layers])
-    assert cache.seen_tokens == 100_000 and cache.resident_tokens() == 256
+    assert cache.position == 100_000 and cache.resident_tokens() == 256
     assert cache.kv_bytes() == marks["kv"]
     assert [l.keys.data_ptr() for l in cache.layers] == marks["ptrs"]
     assert proc.memory_info().rss - marks["rss"] < 50 * 2**20

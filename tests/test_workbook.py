@@ -2,6 +2,7 @@
 non-profile parameters, failures, and the Run that records measurements."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,38 +14,35 @@ import pytest
 import torch
 import yaml
 
+from streamlib.config import PROFILES_DIR, Config, dry_run_values
 from streamlib.policies import Dense, StreamingLLM, Window
-from streamlib.results import Measurement, in_display_units, load_results, metrics_wide
-from streamlib.runner import run_chain
-from streamlib.workbook import (CAPTIONS, NOTEBOOKS, PROFILES_DIR, Config, Run, comparison, decode_modes_table,
-                                dry_run_values, speed_table)
+from streamlib.records import Measurement, Run, load_results, metrics_wide
+from streamlib.report import CAPTIONS, comparison, decode_modes_table, in_display_units, speed_table
+from streamlib.runner import notebook_sources, read_notebook, run_chain
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 FIGURES = list(CAPTIONS)
 EXPERIMENTS = ["01_baseline", "02_streaming", "03_sweep", "04_long_stream", "05_generation"]
+CHAIN = ["00_download", *EXPERIMENTS, "06_report"]
 
 
-def test_committed_notebooks_have_no_outputs():
-    paths = sorted(NB_DIR.glob("*.ipynb"))
-    assert [p.stem for p in paths] == NOTEBOOKS
-    for path in paths:
-        nb = nbformat.read(path, as_version=4)
-        for cell in nb.cells:
-            if cell.cell_type == "code":
-                assert cell.get("outputs") == [] and cell.get("execution_count") is None, f"{path.name} has outputs"
+def test_notebooks_are_one_source_each():
+    """The chain is the py:percent files; no notebook JSON (with outputs) is committed beside them."""
+    assert [p.stem for p in notebook_sources()][: len(CHAIN)] == CHAIN
+    if (ROOT / ".git").exists():
+        tracked = subprocess.run(["git", "ls-files", "notebooks"], cwd=ROOT, capture_output=True, text=True).stdout
+        assert ".ipynb" not in tracked
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_shape_and_parameters(name):
-    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+@pytest.mark.parametrize("source", notebook_sources(), ids=lambda p: p.stem)
+def test_notebook_shape_and_parameters(source, tmp_path):
+    nb = read_notebook(source)
     assert "parameters" in nb.cells[0].metadata.get("tags", [])
-    out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(NB_DIR / f"{name}.ipynb")],
-                         capture_output=True, text=True, check=True).stdout
+    nbformat.write(nb, tmp_path / "nb.ipynb")
     declared = [line.split("=")[0].strip() for line in nb.cells[0].source.splitlines() if "=" in line]
+    assert list(pm.inspect_notebook(str(tmp_path / "nb.ipynb"))) == declared  # what papermill can set
     assert {"profile", "run_dir", "dry_run", "force"} <= set(declared)
-    for param in declared:
-        assert param in out, f"{param} missing from papermill --help-notebook"
     assert set(declared) - {"profile", "run_dir"} <= set(Config.__dataclass_fields__)
     assert nb.cells[1].cell_type == "markdown"
     code = [c.source for c in nb.cells[1:] if c.cell_type == "code"]
@@ -132,7 +130,19 @@ def test_smoke_chain_writes_everything(smoke_run):
     assert set(ppl.policy) >= {"dense", "streamingllm"}
     speed = ok[(ok.group == "speed") & (ok.metric == "ttft")]
     assert sorted(set(speed.batch_size)) == cfg.speed_batch_sizes
-    assert set(ok[ok.group == "trace"].policy) == {"dense", "window", "recompute", "streamingllm"}
+    assert set(ok[ok.group == "trace"].policy) == {"dense", "window", "recompute", "streamingllm", "burst"}
+    # the lab's press and its tuning table, beside StreamingLLM at equal peak and equal mean memory
+    burst_ppl = ok[(ok.metric == "ppl") & (ok.policy == "burst") & (ok.n_tokens == cfg.burst_tokens)]
+    assert sorted(zip(burst_ppl.capacity, burst_ppl.discard_ratio)) == sorted(map(tuple, cfg.burst_configs))
+    assert "## The lab's press: burst eviction beside StreamingLLM" in report
+    assert "## The lab's speed metrics on our implementation" in report
+    burst_trace = pd.concat([pd.read_csv(p) for p in (smoke_run / "curves").glob("burst_trace-*.csv")])
+    lab = burst_trace[burst_trace.policy == "burst"].kv_resident_bytes
+    assert lab.max() > lab.iloc[-1] and lab.diff().min() < 0  # a sawtooth: memory falls at a burst
+    streaming = burst_trace[burst_trace.policy == "streamingllm"].groupby("label")
+    allocated = burst_trace[burst_trace.policy == "burst"].kv_bytes.max()
+    assert streaming.kv_bytes.max().max() == allocated  # equal peak: the same slots (and sink keys) allocated
+    assert streaming.kv_resident_bytes.max().min() < lab.max()  # equal mean: fewer held than the burst's peak
     swept = ok[(ok.group == "ppl") & (ok.n_tokens == cfg.sweep_tokens)]
     assert {"window", "streamingllm", "recompute", "tova", "h2o"} <= set(swept.policy)
     assert set(swept[swept.policy == "tova"].budget) == set(cfg.sweep_scored_cache_sizes)
@@ -172,7 +182,7 @@ def test_dry_run_of_a_profile_runs_offline(profile, tmp_path):
 
 def test_notebook_with_parameters_outside_any_profile(tmp_path):
     out = tmp_path / "02.ipynb"
-    pm.execute_notebook(str(NB_DIR / "02_streaming.ipynb"), str(out), kernel_name="python3", progress_bar=False,
+    pm.execute_notebook(read_notebook(NB_DIR / "02_streaming.py"), str(out), kernel_name="python3", progress_bar=False,
                         parameters={"profile": "smoke", "run_dir": str(tmp_path), "n_sink": 2, "window": 50,
                                     "pos_shift": False}, cwd=str(NB_DIR))
     df = load_results(tmp_path)
@@ -201,6 +211,39 @@ def test_failing_notebook_is_named_with_its_cell(tmp_path):
     assert "FAILED: notebook 00_download, cell" in proc.stderr
     assert "corpus must be one of" in proc.stderr
     assert not (run_dir / "01_baseline.ipynb").exists()  # stopped at the first failure
+
+
+MY_NOTEBOOK = """# %% tags=["parameters"]
+profile = "smoke"
+run_dir = "runs/notebooks"
+dry_run = False
+force = False
+
+# %% [markdown]
+# # 07 · Mine
+
+# %%
+from streamlib import workbook as wb
+
+# %%
+cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force)
+(run.path / "mine.txt").write_text(str(6 * 7))
+"""
+
+
+def test_a_notebook_added_runs_in_the_chain_and_its_edits_count(tmp_path):
+    """A user's notebook joins the chain in the order of its number; editing its source changes the next run."""
+    notebooks, run_dir = tmp_path / "notebooks", tmp_path / "run"
+    notebooks.mkdir()
+    shutil.copy(NB_DIR / "00_download.py", notebooks)
+    (notebooks / "07_mine.py").write_text(MY_NOTEBOOK)
+    (notebooks / "notes.py").write_text("raise SystemExit('not a notebook of the chain')\n")
+    run_chain("smoke", str(run_dir), notebooks_dir=notebooks)
+    assert sorted(p.name for p in run_dir.glob("*.ipynb")) == ["00_download.ipynb", "07_mine.ipynb"]
+    assert (run_dir / "mine.txt").read_text() == "42"
+    (notebooks / "07_mine.py").write_text(MY_NOTEBOOK.replace("6 * 7", "6 * 9"))
+    run_chain("smoke", str(run_dir), only=["07"], notebooks_dir=notebooks)
+    assert (run_dir / "mine.txt").read_text() == "54"
 
 
 # -------------------------------------------------------------------------------------------- Run.measure --

@@ -1,6 +1,7 @@
 """KV-cache policies. Each is a small frozen dataclass; the cache-based ones make a transformers ``Cache``."""
 
 from .base import PolicyBase
+from .burst import BurstEviction, streaming_matches
 from .dense import Dense
 from .h2o import H2O
 from .recompute import Recompute
@@ -8,12 +9,13 @@ from .streaming_llm import StreamingLLM
 from .tova import TOVA
 from .window import Window
 
-Policy = Dense | Window | StreamingLLM | Recompute | TOVA | H2O
+Policy = Dense | Window | StreamingLLM | Recompute | TOVA | H2O | BurstEviction
 
-__all__ = ["Dense", "Window", "StreamingLLM", "Recompute", "TOVA", "H2O", "Policy", "PolicyBase", "from_params", "parse_policy"]
+__all__ = ["Dense", "Window", "StreamingLLM", "Recompute", "TOVA", "H2O", "BurstEviction", "Policy", "PolicyBase", "from_params", "parse_policy",
+           "streaming_matches"]
 
 POLICY_FORMS = ("dense", "window:W", "streamingllm:S+W", "streamingllm:S+W:noshift", "recompute:W", "tova:B",
-                "h2o:H+R")
+                "h2o:H+R", "burst:S/C:R", "burst:S/C:R:noshift")
 
 
 def from_params(params: dict) -> Policy:
@@ -43,12 +45,17 @@ def _from_params(kind, params: dict) -> Policy:
         return TOVA(params["budget"])
     if kind == "h2o":
         return H2O(params["n_heavy"], params["n_recent"])
-    raise ValueError(f"policy must be one of 'dense', 'window', 'streamingllm', 'recompute', 'tova', 'h2o'; got {kind!r}")
+    if kind == "burst":
+        return BurstEviction(params["n_sink"], params["capacity"], float(params["discard_ratio"]),
+                             bool(params.get("pos_shift", True)))
+    raise ValueError("policy must be one of 'dense', 'window', 'streamingllm', 'recompute', 'tova', 'h2o', 'burst'; "
+                     f"got {kind!r}")
 
 
 def parse_policy(spec: str) -> Policy:
     """A policy from a short string, as the command line takes it: ``dense``, ``window:256``,
-    ``streamingllm:4+252``, ``streamingllm:4+252:noshift`` or ``recompute:256``."""
+    ``streamingllm:4+252``, ``streamingllm:4+252:noshift``, ``recompute:256``, ``tova:256``, ``h2o:128+128``, or
+    ``burst:4/256:0.7`` (4 sinks in 256 slots, 70 % of the rest dropped at once; ``:noshift`` keeps positions)."""
     forms = ", ".join(POLICY_FORMS)
     if not isinstance(spec, str):
         raise ValueError(f"policy must be a string of the form {forms}; got {spec!r}")
@@ -66,6 +73,11 @@ def parse_policy(spec: str) -> Policy:
                 raise ValueError(f"the third part must be 'shift' or 'noshift', got {args[1]!r}")
             n_sink, window = (int(x) for x in args[0].split("+"))
             return StreamingLLM(n_sink, window, pos_shift=len(args) == 1 or args[1] == "shift")
+        if kind == "burst" and len(args) in (2, 3) and args[0].count("/") == 1:
+            if len(args) == 3 and args[2] not in ("shift", "noshift"):
+                raise ValueError(f"the fourth part must be 'shift' or 'noshift', got {args[2]!r}")
+            n_sink, capacity = (int(x) for x in args[0].split("/"))
+            return BurstEviction(n_sink, capacity, float(args[1]), pos_shift=len(args) == 2 or args[2] == "shift")
     except ValueError as err:
         raise ValueError(f"policy {spec!r}: {err}. Accepted forms: {forms}") from None
     raise ValueError(f"policy must be one of the forms {forms}; got {spec!r}")

@@ -1,23 +1,10 @@
-"""What every cache policy shares: parameter checks and the model check."""
+"""What every cache policy shares: a name, flat parameters for records, a budget, and the model check."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
 from ..arch import family_of
-
-
-def check_int(name: str, value, minimum: int) -> None:
-    """Raise a ValueError naming ``name`` unless ``value`` is an integer >= ``minimum`` (bools are not integers)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value}")
-
-
-def check_bool(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False; got {value!r}")
 
 
 def check_model(model, policy_name: str) -> None:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import PolicyBase, check_int, check_model
+from ..memory import kv_bytes_per_token
+from ..recompute import RecomputeWindow
+from ..checks import check_int
+from .base import PolicyBase, check_model
 
 
 @dataclass(frozen=True)
 class Recompute(PolicyBase):
-    """Each token's logits come from a fresh forward over the previous ``window`` tokens (positions 0..window-1).
+    """Each token's logits come from a fresh forward over the last ``window`` tokens (positions 0..window-1).
 
     The StreamingLLM paper's "sliding window with re-computation" baseline (arXiv 2309.17453, Figure 1c): quality
-    close to the model at its trained length, cost O(window^2) per token. Evaluation only: it has no cache.
+    close to the model at its trained length, cost O(window^2) per token. It keeps token ids, not keys and values:
+    :class:`~streamlib.recompute.RecomputeWindow`.
     """
 
     window: int = 1024
@@ -26,12 +30,9 @@ class Recompute(PolicyBase):
     def budget(self) -> int:
         return self.window
 
-    def make_cache(self, model):
+    def make_cache(self, model) -> RecomputeWindow:
         check_model(model, "Recompute")
-        raise ValueError(
-            "policy: Recompute has no cache (each token re-reads its window); use it with "
-            "streamlib.quality.token_nll or the speed functions, or pick Dense, Window or StreamingLLM"
-        )
+        return RecomputeWindow(self.window, kv_bytes_per_token(model.config, next(model.parameters()).dtype))
 
     def label(self) -> str:
         return f"Recompute {self.window}"

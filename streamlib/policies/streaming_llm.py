@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from ..cache import SinkWindowCache
 from ..handover import WRAPPED, base_of, install
 from ..arch import rotary_of
-from .base import PolicyBase, check_bool, check_int, check_model
+from ..checks import check_bool, check_int
+from .base import PolicyBase, check_model
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from ..arch import rotary_of
 from ..scored_cache import TOVACache, install
-from .base import PolicyBase, check_int, check_model
+from ..checks import check_int
+from .base import PolicyBase, check_model
 
 
 @dataclass(frozen=True)

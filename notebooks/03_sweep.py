@@ -1,0 +1,150 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% tags=["parameters"]
+profile = "smoke"  # smoke | cpu | paper | path to a YAML profile
+run_dir = "runs/notebooks"  # where records, curves, figures and tables go
+dry_run = False  # the profile's chain on random weights and embedded text, on CPU, in minutes (not a result)
+force = False  # re-measure configurations already recorded
+sweep_cache_sizes = None  # cache sizes (tokens) for Window, StreamingLLM (both position modes), Recompute
+sweep_sinks = None  # sink counts at a fixed cache size
+sweep_sink_cache = None  # that cache size
+
+# %% [markdown]
+# # 03 · Sweep: quality against memory and latency
+#
+# **Question.** At a given KV-cache budget, which policy predicts best, and what does a larger cache buy? How many sinks are enough?
+#
+# **What to expect.** On a pretrained Pythia, Window collapses once the first tokens leave its cache, StreamingLLM stays close to Recompute (the slow, accurate baseline) at every size, and 1 sink already recovers most of the gap, 4 all of it (the paper's Table 2). KV memory grows linearly with the cache size. The micro model has no sink, so its sink curve is flat. TOVA and H2O (score-based eviction, decided token by token) answer the lab report's last question: does choosing what to keep by attention beat sinks plus a window at the same memory, and at what decode cost?
+
+# %%
+import pandas as pd
+
+from streamlib import plots, report, workbook as wb
+from streamlib.data import load_stream
+from streamlib.models import describe
+from streamlib.policies import H2O, TOVA, Dense, Recompute, StreamingLLM, Window, streaming_matches
+from streamlib.quality import measure_perplexity
+from streamlib.timing import measure_decode, measure_generation, measure_trace, random_prompt
+
+# %%
+cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force,
+                       sweep_cache_sizes=sweep_cache_sizes, sweep_sinks=sweep_sinks, sweep_sink_cache=sweep_sink_cache)
+
+# %% [markdown]
+# ## The model, the text and a prompt for timing
+
+# %%
+model, tokenizer = wb.model_and_tokenizer(cfg)
+pd.DataFrame([describe(model)])
+
+# %%
+ids = load_stream(cfg.datasets[0], tokenizer, max_tokens=cfg.sweep_tokens)
+prompt = random_prompt(model, 1, cfg.speed_prompt_tokens)
+print(f'{ids.shape[1]} tokens of {cfg.datasets[0]}; decode timed after a {prompt.shape[1]}-token prompt')
+
+# %% [markdown]
+# ## The grid
+# Every cache size with each policy (StreamingLLM with 4 sinks), then the sink counts at one cache size. Add a policy to the list to put it on the curves.
+
+# %%
+cache_policies = []
+for size in cfg.sweep_cache_sizes:
+    cache_policies += [Window(size), StreamingLLM(4, size - 4), StreamingLLM(4, size - 4, pos_shift=False)]
+    if cfg.sweep_recompute:
+        cache_policies.append(Recompute(size))
+for size in cfg.sweep_scored_cache_sizes:  # score-based eviction: TOVA, H2O with two heavy:recent splits
+    cache_policies += [TOVA(size), H2O(size // 2, size - size // 2), H2O(size // 4, size - size // 4)]
+sink_policies = [StreamingLLM(s, cfg.sweep_sink_cache - s) for s in cfg.sweep_sinks]
+bursts = cfg.burst_policies()  # the lab's press and its tuning table (below)
+grid = list(dict.fromkeys(cache_policies + sink_policies + bursts))
+pd.DataFrame([{'label': p.label(), 'keeps (tokens)': p.budget} for p in grid])
+
+# %% [markdown]
+# ## Perplexity of each policy on the same stream
+
+# %%
+for policy in grid:
+    run.measure('ppl', policy, lambda: measure_perplexity(model, ids, policy),
+                dataset=cfg.datasets[0], n_tokens=ids.shape[1])
+
+# %% [markdown]
+# ## Decode latency and KV memory of each policy
+
+# %%
+for policy in grid:
+    run.measure('sweep_speed', policy, lambda: measure_decode(model, policy, prompt, min(cfg.speed_new_tokens, 32)),
+                prompt_tokens=prompt.shape[1])
+sweep = report.sweep_table(run)
+sweep.query("sweep != 'sinks'").pivot_table(index='cache_size', columns='family', values='ppl').round(2)
+
+# %% [markdown]
+# ## At equal memory, which policy predicts best?
+# The lowest perplexity at each cache size, and what a decode step costs there.
+
+# %%
+best = sweep.query("sweep != 'sinks'").sort_values('ppl').groupby('cache_size').head(1)
+best[['cache_size', 'label', 'ppl', 'kv_mib', 'tpot_ms']].sort_values('cache_size').round(3)
+
+# %% [markdown]
+# ## The trade-off
+# Left: lower and further left is better; the grey band is the Pareto front. Right: what each token costs to decode.
+
+# %%
+run.figure(plots.fig_tradeoff(sweep[sweep.sweep.str.contains('cache')]), 'fig4_tradeoff')
+
+# %% [markdown]
+# ## How many sinks?
+# Perplexity at a fixed cache size as sinks replace recent tokens, beside the paper's Table 2.
+
+# %%
+published = report.published_results().query("table == 'table2'")
+sinks = sweep[sweep.sweep.str.contains('sinks')].sort_values('n_sink')
+run.figure(plots.fig_sinks(sinks, published), 'fig5_ppl_vs_sinks')
+
+# %% [markdown]
+# ## The lab's press, done right: burst eviction
+# The lab report configured `PythiaStreamingLLMPress(compression_ratio=0.7, n_sink=4, max_capacity=256)`: when the cache reaches 256 tokens, 70 % of the tokens between the sinks and the end leave at once, and the cache grows again (llama.cpp's context shift does the same with half). `BurstEviction` implements that description exactly; the lab's tuning table follows it. Each runs beside StreamingLLM with the same peak memory (the same capacity) and with the same mean memory (the middle of the burst's sawtooth), on a stream long enough for every configuration to burst. Read across a row: what does evicting in bursts cost against evicting one token at a time?
+
+# %%
+long_ids = load_stream(cfg.datasets[0], tokenizer, max_tokens=cfg.burst_tokens)
+matched = {b: streaming_matches(b) for b in bursts}
+pd.DataFrame([{'burst': b.label(), 'discards at once': b.discard, 'peak tokens': b.capacity,
+               'mean tokens': b.mean_resident, 'equal peak': peak.label(), 'equal mean': mean.label()}
+              for b, (peak, mean) in matched.items()])
+
+# %%
+for policy in dict.fromkeys([Dense()] + bursts + [p for pair in matched.values() for p in pair]):
+    run.measure('ppl', policy, lambda: measure_perplexity(model, long_ids, policy),
+                dataset=cfg.datasets[0], n_tokens=long_ids.shape[1])
+report.burst_table(run).round(2)
+
+# %% [markdown]
+# ## Burst eviction's memory: a sawtooth
+# Token by token through the lab's configuration and its two StreamingLLM matches: the KV cache held (not allocated: every policy here preallocates its peak) falls by the discarded tokens at each burst and grows back.
+
+# %%
+lab, (peak, mean) = bursts[0], matched[bursts[0]]
+n = min(long_ids.shape[1], max(cfg.trace_tokens, 2 * lab.capacity))
+for policy in (lab, peak, mean):
+    run.measure('burst_trace', policy, lambda: measure_trace(model, long_ids[:, :n], policy, every=8),
+                dataset=cfg.datasets[0], n_tokens=n, every=8)
+traces = run.curves('burst_trace').query('n_tokens == @n')
+run.figure(plots.fig_trace(traces, 'kv_resident_bytes', 'KV cache held (MiB)', 'KV-cache memory along the stream',
+           1 / 2**20), 'fig9_burst_memory')
+
+# %% [markdown]
+# ## The lab's speed claims, on our implementation
+# TTFT, TPOT, throughput and memory of greedy generation, `burst_new_tokens` past a prompt, batch 1: Dense, the lab's configuration and StreamingLLM at its peak memory. Between bursts a burst-eviction step attends to a varying number of tokens, so TPOT is given as mean and p90.
+
+# %%
+prompt = random_prompt(model, 1, cfg.speed_prompt_tokens)
+for policy in (Dense(), lab, peak):
+    run.measure('burst_speed', policy, lambda: measure_generation(model, policy, prompt, cfg.burst_new_tokens,
+                repeats=cfg.speed_repeats), batch_size=1, prompt_tokens=prompt.shape[1], new_tokens=cfg.burst_new_tokens)
+report.burst_speed_table(run).round(2)

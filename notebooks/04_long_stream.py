@@ -1,0 +1,99 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% tags=["parameters"]
+profile = "smoke"  # smoke | cpu | paper | path to a YAML profile
+run_dir = "runs/notebooks"  # where records, curves, figures and tables go
+dry_run = False  # the profile's chain on random weights and embedded text, on CPU, in minutes (not a result)
+force = False  # re-measure configurations already recorded
+long_stream_tokens = None  # tokens of the long text to stream
+trace_tokens = None  # tokens fed one by one for the memory and latency traces
+
+# %% [markdown]
+# # 04 · A long stream
+#
+# **Question.** What happens far past the trained length: to quality, to memory, to time per token?
+#
+# **What to expect.** The paper's Figure 3: Dense's NLL rises once the stream passes the trained length (dotted line), Window's rises as soon as its first tokens are evicted, StreamingLLM and Recompute stay flat. Dense's KV memory and latency grow with every token; the bounded caches stay flat; Recompute pays a whole forward over its window for each token.
+
+# %%
+import pandas as pd
+
+from streamlib import plots, workbook as wb
+from streamlib.data import load_stream
+from streamlib.models import describe
+from streamlib.policies import Dense, Recompute, Window
+from streamlib.quality import measure_perplexity
+from streamlib.timing import measure_trace
+
+# %%
+cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force,
+                       long_stream_tokens=long_stream_tokens, trace_tokens=trace_tokens)
+
+# %% [markdown]
+# ## The model and one long text
+
+# %%
+model, tokenizer = wb.model_and_tokenizer(cfg)
+pd.DataFrame([describe(model)])
+
+# %%
+ids = load_stream(cfg.long_stream_corpus, tokenizer, max_tokens=cfg.long_stream_tokens)
+print(f'{ids.shape[1]} tokens of {cfg.long_stream_corpus}: {ids.shape[1] / cfg.trained_length():.1f}x '
+      f'the trained length of {cfg.trained_length()}')
+
+# %% [markdown]
+# ## The policies
+# Dense stops at `max_dense_tokens`; Recompute, at one forward over its window per token, reads the first `recompute_tokens` only. The lab's press (burst eviction, the first of `burst_configs`) streams the whole text too.
+
+# %%
+policies = [Dense(), Window(cfg.n_sink + cfg.window), Recompute(cfg.recompute_window), cfg.streaming_policy(),
+            cfg.burst_policies()[0]]
+stretch = {p: ids[:, : cfg.max_dense_tokens] if isinstance(p, Dense)
+           else ids[:, : cfg.recompute_tokens] if isinstance(p, Recompute) else ids for p in policies}
+pd.DataFrame([{'label': p.label(), 'keeps': p.budget, 'tokens streamed': stretch[p].shape[1]} for p in policies])
+
+# %% [markdown]
+# ## NLL along the stream
+
+# %%
+for policy in policies:
+    run.measure('long_nll', policy, lambda: measure_perplexity(model, stretch[policy], policy, progress=True),
+                dataset=cfg.long_stream_corpus, n_tokens=stretch[policy].shape[1])
+labels = [p.label() for p in policies]
+nll = run.curves('long_nll').query('dataset == @cfg.long_stream_corpus and label in @labels')
+run.figure(plots.fig_nll_vs_position(nll, cfg.trained_length()), 'fig1_nll_vs_position')
+
+# %% [markdown]
+# ## Mean NLL by stretch of the stream
+# The same curves as numbers: read across a row to see a policy drift.
+
+# %%
+bins = [0, cfg.trained_length() // 2, cfg.trained_length(), 2 * cfg.trained_length(), nll.position.max() + 1]
+segment = pd.cut(nll.position, sorted(set(bins)), right=False)
+nll.groupby(['label', segment], observed=True).nll.mean().unstack().round(3)
+
+# %% [markdown]
+# ## Memory and latency along the stream, token by token
+
+# %%
+for policy in policies:
+    n = min(cfg.trace_tokens, stretch[policy].shape[1])
+    run.measure('trace', policy, lambda: measure_trace(model, ids[:, :n], policy,
+                every=cfg.trace_every, max_dense_tokens=cfg.max_dense_tokens),
+                dataset=cfg.long_stream_corpus, n_tokens=n, every=cfg.trace_every)
+traces = run.curves('trace').query('dataset == @cfg.long_stream_corpus and label in @labels')
+traces.groupby('label').tail(1)[['label', 'position', 'kv_bytes', 'kv_resident_bytes', 'step_s']]
+
+# %%
+run.figure(plots.fig_trace(traces, 'kv_resident_bytes', 'KV cache held (MiB)', 'KV-cache memory along the stream',
+           1 / 2**20), 'fig2_memory_vs_position')
+
+# %%
+run.figure(plots.fig_trace(traces, 'step_s', 'time per token (ms)', 'Per-token latency along the stream',
+           1e3), 'fig3_latency_vs_position')

@@ -1,0 +1,132 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% tags=["parameters"]
+profile = "smoke"  # smoke | cpu | paper | path to a YAML profile
+run_dir = "runs/notebooks"  # where records, curves, figures and tables go
+dry_run = False  # the profile's chain on random weights and embedded text, on CPU, in minutes (not a result)
+force = False  # re-measure configurations already recorded
+export_figures = None  # also write the report's figures to the repository's figures/
+
+# %% [markdown]
+# # 06 · Report
+#
+# Every figure and table of the lab report, rebuilt from this run's records and curves alone: no model is loaded here, so the report can be re-drawn anywhere from a copied run directory. It writes `report.md` (figures embedded, one caption each), which `python -m streamlib run` renders to a self-contained `report.html`: the page to share, with the headings, tables, figures and captions and no code.
+
+# %%
+from IPython.display import Markdown, display
+
+from streamlib import plots, report, workbook as wb
+from streamlib.report import to_markdown
+
+# %%
+cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force, export_figures=export_figures)
+
+# %% [markdown]
+# ## Baseline against StreamingLLM
+
+# %%
+comparison = run.table(report.comparison(run), 'comparison')
+display(Markdown(to_markdown(comparison)))
+
+# %% [markdown]
+# ## Along one long stream: quality, memory, latency
+
+# %%
+nll = run.curves('long_nll')
+if not nll.empty:
+    nll = nll.query('dataset == @cfg.long_stream_corpus')
+    run.figure(plots.fig_nll_vs_position(nll, cfg.trained_length()), 'fig1_nll_vs_position')
+
+# %%
+traces = run.curves('trace')
+traces = traces.query('dataset == @cfg.long_stream_corpus') if not traces.empty else traces
+if not traces.empty:
+    run.figure(plots.fig_trace(traces, 'kv_resident_bytes', 'KV cache held (MiB)', 'KV-cache memory along the stream',
+               1 / 2**20), 'fig2_memory_vs_position')
+
+# %%
+if not traces.empty:
+    run.figure(plots.fig_trace(traces, 'step_s', 'time per token (ms)', 'Per-token latency along the stream', 1e3),
+               'fig3_latency_vs_position')
+
+# %% [markdown]
+# ## The sweep
+
+# %%
+sweep = report.sweep_table(run)
+if not sweep.empty:
+    run.figure(plots.fig_tradeoff(sweep[sweep.sweep.str.contains('cache')]), 'fig4_tradeoff')
+
+# %%
+if not sweep.empty:
+    run.figure(plots.fig_sinks(sweep[sweep.sweep.str.contains('sinks')].sort_values('n_sink'),
+               report.published_results().query("table == 'table2'")), 'fig5_ppl_vs_sinks')
+
+# %% [markdown]
+# ## Speed, attention, generation
+
+# %%
+speed = report.speed_table(run)
+if not speed.empty:
+    run.figure(plots.fig_speed(speed), 'fig6_speed')
+
+# %%
+attention = run.curves('attention')
+if not attention.empty:
+    run.figure(plots.fig_attention(attention, attention['uniform'].iloc[0]), 'fig7_attention_sinks')
+
+# %%
+steps = run.curves('generation')
+if not steps.empty:
+    steps = steps.query('new_tokens == @cfg.generation_new_tokens')
+    run.figure(plots.fig_generation(steps, cfg.trained_length()), 'fig8_generation')
+
+# %% [markdown]
+# ## The lab's press, done right
+# Burst eviction with the lab's configuration and tuning table beside StreamingLLM at the same peak and the same mean memory; then the lab's speed metrics on our implementation.
+
+# %%
+bursts = report.burst_table(run)
+bursts.round(2)
+
+# %%
+burst_speed = report.burst_speed_table(run)
+burst_trace = run.curves('burst_trace')
+if not burst_trace.empty:
+    burst_trace = burst_trace[burst_trace.n_tokens == burst_trace.n_tokens.max()]
+    run.figure(plots.fig_trace(burst_trace, 'kv_resident_bytes', 'KV cache held (MiB)',
+               'KV-cache memory along the stream', 1 / 2**20), 'fig9_burst_memory')
+burst_speed.round(2)
+
+# %% [markdown]
+# ## Published numbers
+# For shape, not digits: models, data and protocols differ.
+
+# %%
+published = report.published_results()
+published[['source', 'table', 'model', 'dataset', 'n_sink', 'window', 'ppl', 'note']].astype(object).fillna('')
+
+# %% [markdown]
+# ## report.md
+
+# %%
+tables = {'Baseline against StreamingLLM': comparison}
+if not sweep.empty:
+    setting = f'{cfg.datasets[0]}, {cfg.sweep_tokens} tokens; decode after a {cfg.speed_prompt_tokens}-token prompt'
+    tables[f'Sweep ({setting})'] = sweep[['label', 'cache_size', 'ppl', 'kv_mib', 'tpot_ms']].round(3)
+modes = report.decode_modes_table(run)
+if not modes.empty:
+    tables[f'Eager and compiled decoding (batch 1, prompt {cfg.speed_prompt_tokens}, {cfg.speed_new_tokens} new)'] = modes.round(3)
+if not bursts.empty:
+    tables[f"The lab's press: burst eviction beside StreamingLLM ({cfg.datasets[0]}, {bursts.tokens.iloc[0]} tokens)"] = bursts.drop(columns='tokens').round(2)
+if not burst_speed.empty:
+    tables[f"The lab's speed metrics on our implementation (batch 1, prompt {cfg.speed_prompt_tokens}, {cfg.burst_new_tokens} new)"] = burst_speed.round(2)
+tables['Published numbers (for shape, not digits)'] = published[['source', 'model', 'dataset', 'n_sink', 'window', 'ppl']]
+report_md = report.write_report(run, tables)
+print('wrote', report_md)

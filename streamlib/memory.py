@@ -1,0 +1,98 @@
+"""Memory: the bytes a KV cache holds, and the peak memory of a piece of work (CUDA allocator, or the process's
+resident set sampled every 2 ms on a CPU)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from .arch import shapes_of
+
+
+def kv_cache_bytes(cache) -> int:
+    """Bytes of the key and value tensors a cache holds (allocated buffers for the bounded caches, one window's
+    transient keys and values for Recompute)."""
+    if hasattr(cache, "kv_bytes"):
+        return cache.kv_bytes()[0]
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+def kv_resident_bytes(cache) -> int:
+    """Bytes of the keys and values of the tokens a cache holds now (a burst-eviction cache's sawtooth; for the
+    other bounded caches the allocated slots once full)."""
+    return cache.kv_bytes()[1] if hasattr(cache, "kv_bytes") else kv_cache_bytes(cache)
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one token adds to a dense cache: 2 (K, V) x layers x kv heads x head_dim x element
+    size (kv heads x head_dim is the hidden size for Pythia, a third of it for SmolLM2)."""
+    sh = shapes_of(config)
+    return 2 * sh.layers * sh.kv_heads * sh.head_dim * torch.finfo(dtype).bits // 8
+
+
+def kv_bytes_after_prompt(model, policy, prompt_ids: torch.Tensor) -> int:
+    """KV-cache bytes once the prompt is in the cache; for Recompute, the transient KV of one window's forward."""
+    from .generation import prefill
+
+    cache = policy.make_cache(model)
+    prefill(model, prompt_ids, cache)
+    return kv_cache_bytes(cache)
+
+
+class RssSampler:
+    """The peak resident set size of this process while the ``with`` block runs, sampled every ``interval`` s."""
+
+    def __init__(self, interval: float = 0.002):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def peak_memory(fn, device: torch.device | str) -> dict[str, int]:
+    """Run ``fn()`` and return its peak memory in bytes: CUDA allocated/reserved, or CPU peak RSS."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return {"peak_allocated": torch.cuda.max_memory_allocated(device),
+                "peak_reserved": torch.cuda.max_memory_reserved(device)}
+    with RssSampler() as sampler:
+        fn()
+    return {"peak_rss": sampler.peak}
+
+
+def memory_now(device: torch.device) -> int:
+    """Bytes in use now: CUDA allocated, or the process's resident set."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    import psutil
+
+    return psutil.Process().memory_info().rss

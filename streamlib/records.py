@@ -1,0 +1,316 @@
+"""A run directory and its records: one flat row per measured metric in ``results.jsonl``, a curve per measurement
+in ``curves/``, the run's figures and tables, and the readers that turn the rows back into frames.
+
+A row is one ``write`` of one line to a file opened for appending, flushed and fsynced: a process killed mid-run
+leaves every finished row intact (at worst a torn last line, which the reader skips). A configuration (``key``) that
+already has ``ok`` rows is read back instead of measured again unless the run is forced; a failure, CUDA
+out-of-memory included, becomes a ``failed`` row and the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .data import repo_root
+
+RESULTS_FILE = "results.jsonl"
+COLUMNS = ["run", "key", "status", "metric", "value", "unit", "policy", "n_sink", "window", "pos_shift", "model",
+           "dtype", "device", "gpu", "dataset", "n_tokens", "torch", "transformers", "git_commit", "timestamp",
+           "error", "extra"]
+
+
+@dataclass
+class Measurement:
+    """What one measurement gives: ``(metric, value, unit)`` rows for the records and, optionally, a curve (a tidy
+    DataFrame, e.g. NLL per position, or the tokens of a generation). The measuring functions of the package
+    (``quality.measure_perplexity``, ``timing.measure_generation``, ...) return one; ``status`` is set by
+    :meth:`Run.measure` (``ok``, ``skipped`` when read back from an earlier run, ``failed``)."""
+
+    rows: list[tuple[str, float, str]] = field(default_factory=list)
+    curve: pd.DataFrame | None = None
+    status: str = "ok"
+    error: str = ""
+
+    def __getitem__(self, metric: str) -> float:
+        for name, value, _ in self.rows:
+            if name == metric:
+                return value
+        raise KeyError(f"metric {metric!r} not measured; have {[r[0] for r in self.rows]}")
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=["metric", "value", "unit"])
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo_root(), capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def environment() -> dict:
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "git_commit": git_commit(),
+            "host": platform.node()}
+
+
+def config_key(**fields) -> str:
+    """A short stable hash of a configuration: the same fields in any order give the same key."""
+    blob = json.dumps(fields, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+class Run:
+    """One run directory: its records (``results.jsonl``), curves (``curves/``), figures and tables.
+
+    ``run.measure(group, policy, compute, **fields)`` runs ``compute()`` once per configuration and records what it
+    returns; a configuration already recorded is read back instead (unless ``cfg.force``), so a notebook re-runs
+    in seconds and a killed run resumes where it stopped. ``cfg`` is a :class:`streamlib.config.Config`.
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.path = cfg.run_path
+        cfg.save()
+        self.results_path = self.path / RESULTS_FILE
+        device = cfg.torch_device()
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" and torch.cuda.is_available() else ""
+        self.context = {"run": self.path.name, **environment(), "model": cfg.model,
+                        "dtype": str(cfg.torch_dtype()).replace("torch.", ""), "device": device.type, "gpu": gpu,
+                        "dry_run": cfg.dry_run}
+        # metric rows of every configuration measured so far, read once: key -> {metric: (metric, value, unit)}
+        self._measured: dict[str, dict[str, tuple]] = {}
+        for row in read_rows(self.results_path):
+            if row.get("status") == "ok" and "key" in row:
+                self._measured.setdefault(row["key"], {})[row["metric"]] = (row["metric"], row["value"],
+                                                                          row.get("unit", ""))
+
+    # -- measuring --------------------------------------------------------------------------------------------
+    def fields(self, group: str, policy, **more) -> dict:
+        return {"group": group, "policy": policy.params(), "model": self.cfg.model,
+                "dtype": self.context["dtype"], "device": self.context["device"],
+                **{k: int(v) if isinstance(v, torch.Tensor) else v for k, v in more.items()}}
+
+    def measure(self, group: str, policy, compute: Callable[[], Measurement], **fields) -> Measurement:
+        """``compute()`` returns a :class:`Measurement`; its rows go to the records and its curve to
+        ``curves/<group>-<key>.csv`` with the policy's columns. A failure is recorded and returned as a
+        ``failed`` measurement with its error (``KeyboardInterrupt`` still stops the run)."""
+        full = self.fields(group, policy, **fields)
+        key = config_key(**full)
+        if not self.cfg.force and key in self._measured:
+            result = self._read_back(group, key)
+        else:
+            result = self._compute(group, policy, compute, full, key, fields)
+        print(f"{group:>10} | {policy.label():<28} | {_describe(fields):<40} | {result.status}")
+        return result
+
+    def _compute(self, group, policy, compute, full: dict, key: str, fields: dict) -> Measurement:
+        base = {"key": key, **_flatten(full)}
+        try:
+            result = compute()
+        except Exception as err:  # noqa: BLE001 - any failure, CUDA OOM included, is a record, not a crash
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            error = f"{type(err).__name__}: {err}"[:2000]
+            self.append({**base, "status": "failed", "metric": group, "value": None, "error": error,
+                         "extra": {"traceback": traceback.format_exc(limit=5)}})
+            print(f"FAILED {group} {policy.label()}: {error}", file=sys.stderr)
+            return Measurement(status="failed", error=error)
+        self._measured[key] = {}
+        for metric, value, unit in result.rows:
+            self.append({**base, "status": "ok", "metric": metric, "value": float(value), "unit": unit})
+            self._measured[key][metric] = (metric, float(value), unit)
+        if result.curve is not None:  # returned as it is read back: with the policy's columns
+            result.curve = self._save_curve(group, key, policy, fields, result.curve)
+        return result
+
+    def append(self, row: dict) -> None:
+        """One record line, written whole and synced."""
+        full = {**self.context, **row, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        line = (json.dumps(full, default=_jsonable) + "\n").encode()
+        fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _read_back(self, group: str, key: str) -> Measurement:
+        path = self.path / "curves" / f"{group}-{key}.csv"
+        curve = pd.read_csv(path) if path.exists() else None
+        return Measurement(rows=list(self._measured[key].values()), curve=curve, status="skipped")
+
+    def _save_curve(self, group, key, policy, fields, curve: pd.DataFrame) -> pd.DataFrame:
+        p = policy.params()
+        columns = {"key": key, "label": policy.label(), "policy": p["policy"], "n_sink": p.get("n_sink"),
+                   "window": p.get("window"), "pos_shift": p.get("pos_shift", True),
+                   **{k: v for k, v in fields.items() if not isinstance(v, (list, dict))}}
+        out = curve.copy()
+        for name, value in reversed(list(columns.items())):
+            if name not in out:
+                out.insert(0, name, value)
+        path = self.path / "curves" / f"{group}-{key}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out.to_csv(path, index=False)
+        return out
+
+    # -- reading back -----------------------------------------------------------------------------------------
+    def records(self) -> pd.DataFrame:
+        return load_results(self.path)
+
+    def metrics(self, group: str) -> pd.DataFrame:
+        """One row per measurement of ``group``, one column per metric (see :func:`metrics_wide`)."""
+        return metrics_wide(self.records(), group)
+
+    def curves(self, group: str) -> pd.DataFrame:
+        """Every curve recorded for ``group``, concatenated (empty when there is none)."""
+        frames = [pd.read_csv(p) for p in sorted((self.path / "curves").glob(f"{group}-*.csv"))
+                  if p.stem.rsplit("-", 1)[1] in self._measured]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    # -- writing figures and tables ---------------------------------------------------------------------------
+    def figure(self, fig, name: str) -> None:
+        """Save ``fig`` as ``figures/<name>.pdf`` and ``.png`` in the run; the report's figures (``fig*``) go to the
+        repository's ``figures/`` too when ``export_figures``. A dry run's figures say so across the top. In a
+        notebook the figure then shows inline, below the cell."""
+        from . import plots
+
+        if self.cfg.dry_run:
+            plots.mark_dry_run(fig)
+        export = self.cfg.export_figures and name.startswith("fig")
+        dirs = [self.path / "figures"] + ([repo_root() / "figures"] if export else [])
+        plots.save_figure(fig, name, *dirs, close="ipykernel" not in sys.modules)
+
+    def table(self, table: pd.DataFrame, name: str) -> pd.DataFrame:
+        """Write ``tables/<name>.md`` and ``.tex``; returns the table for display."""
+        from .report import to_latex, to_markdown
+
+        out = self.path / "tables"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.md").write_text(to_markdown(table) + "\n")
+        (out / f"{name}.tex").write_text(to_latex(table) + "\n")
+        return table
+
+
+def _describe(fields: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in fields.items())[:40]
+
+
+def _jsonable(value):
+    if isinstance(value, torch.dtype):
+        return str(value).replace("torch.", "")
+    if isinstance(value, (Path, torch.device)):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _flatten(fields: dict) -> dict:
+    """Policy params and other dicts are spread into the row; known columns keep their names."""
+    out = {}
+    for name, value in fields.items():
+        if isinstance(value, dict):
+            out.update(value)
+        else:
+            out[name] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ reading --
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    rows = []
+    p = Path(path)
+    if not p.exists():
+        return rows
+    with open(p, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line from a killed process
+    return rows
+
+
+def load_results(*paths: str | os.PathLike) -> pd.DataFrame:
+    """All rows under the given run directories, results files or roots (searched recursively), as a DataFrame."""
+    files: list[Path] = []
+    for p in paths or (repo_root() / "runs",):
+        p = Path(p)
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            files.extend(sorted(p.rglob(RESULTS_FILE)))
+    rows = [r for f in files for r in read_rows(f)]
+    df = pd.DataFrame(rows)
+    for col in COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
+
+
+def metrics_wide(df: pd.DataFrame, group: str | None = None) -> pd.DataFrame:
+    """One row per measurement (record key): its descriptive columns plus one column per metric. The tidy form the
+    figures and tables are built from."""
+    ok = df[df["status"] == "ok"]
+    if group is not None:
+        ok = ok[ok["group"] == group] if "group" in ok else ok.iloc[0:0]
+    if ok.empty:
+        return pd.DataFrame()
+    drop = {"run", "metric", "value", "unit", "status", "error", "extra", "torch", "transformers", "git_commit",
+            "host"}
+    # ``timestamp`` stays: the time of the measurement's last row, so a table can keep the latest of equals
+    ordered = ok.sort_values("timestamp", kind="stable")
+    described = ordered.drop(columns=[c for c in ok.columns if c in drop]).groupby("key", sort=False).last()
+    values = ordered.pivot_table(index="key", columns="metric", values="value", aggfunc="last")
+    wide = described.join(values).reset_index()
+    wide = wide.dropna(axis=1, how="all")
+    for col in ("n_sink", "window", "pos_shift"):  # Dense has none of them, but every frame has the columns
+        if col not in wide:
+            wide[col] = pd.NA
+    for col in ("n_sink", "window", "batch_size", "n_tokens", "prompt_tokens", "new_tokens", "n_heavy", "n_recent", "budget",
+                "capacity"):
+        if col in wide:
+            wide[col] = wide[col].astype("Int64")
+    if "policy" in wide:
+        wide.insert(1, "label", [policy_label(r) for r in wide.to_dict("records")])
+    return wide
+
+
+def policy_from_row(row: dict):
+    """The policy a record row (or a row of :func:`metrics_wide`) describes."""
+    from .policies import from_params
+
+    params = {k: (None if v is pd.NA or (isinstance(v, float) and v != v) else v) for k, v in row.items()}
+    if params.get("pos_shift") is None:
+        params["pos_shift"] = True
+    return from_params(params)
+
+
+def policy_label(row: dict) -> str:
+    """The display label of the policy a record row describes."""
+    try:
+        return policy_from_row(row).label()
+    except (ValueError, KeyError, TypeError):
+        return str(row.get("policy"))
