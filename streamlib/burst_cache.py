@@ -87,6 +87,13 @@ class BurstCache(StreamingCache):
         at its slot, so the sinks come ``evicted`` positions closer; without it they keep their positions."""
         return (evicted if self.pos_shift else 0) - offset
 
+    def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
+        """Stream positions of the tokens held, shape (1, n): the sinks, then the recent tokens in stream order."""
+        layer = self.layers[layer_idx]
+        sinks = min(self.n_sink, layer.held)
+        recent = torch.arange(layer.position - (layer.held - sinks), layer.position)
+        return torch.cat([torch.arange(sinks), recent])[None]
+
     def plain_room_of(self, held: int) -> int:
         return self.capacity - held if held < self.capacity else self.discard
 

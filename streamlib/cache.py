@@ -16,7 +16,8 @@ from .rotary import RotaryInfo, rotate, rotation_tables
 
 @dataclass
 class ChunkPlan:
-    """Where the keys of a chunk fed into a full cache go, and what each of its queries sees (:meth:`SinkWindowCache.chunk`)."""
+    """Where the keys of a chunk fed into a full cache go, and what each of its queries sees
+    (:meth:`SinkWindowCache.chunk`)."""
 
     first: int  # absolute stream position of the chunk's first token
     n: int  # chunk length
@@ -163,6 +164,13 @@ class SinkWindowCache(StreamingCache):
     def budget(self) -> int:
         """Tokens kept between steps: ``n_sink + window``."""
         return self.n_sink + self.window
+
+    def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
+        """Stream positions of the tokens the next query sees besides itself, shape (1, n): the sinks and the last
+        ``window`` tokens."""
+        position = self.layers[layer_idx].position
+        sinks = torch.arange(min(self.n_sink, position))
+        return torch.cat([sinks, torch.arange(max(self.n_sink, position - self.window), position)])[None]
 
     def ring_slot(self, t: int) -> int:
         return self.n_sink + (t - self.n_sink) % (self.window + 1)

@@ -20,7 +20,7 @@ PROFILES_DIR = repo_root() / "profiles"
 TOKEN_COUNTS = ("ppl_tokens", "speed_prompt_tokens", "speed_new_tokens", "flops_tokens", "sweep_tokens",
                 "long_stream_tokens", "trace_tokens", "trace_every", "max_dense_tokens", "recompute_window",
                 "sweep_sink_cache", "generation_prompt_tokens", "generation_new_tokens", "recompute_tokens",
-                "burst_tokens", "burst_new_tokens")
+                "burst_tokens", "burst_new_tokens", "retrieval_cache")
 
 # A dry run: the profile's chain, every notebook and code path, offline on CPU in a few minutes.
 DRY_RUN_MODEL = "random:pythia-14m"  # random weights of the smallest Pythia shape
@@ -85,6 +85,11 @@ class Config:
     burst_configs: list = field(default_factory=lambda: [[256, 0.7], [1024, 0.3], [512, 0.5], [128, 0.8]])
     burst_tokens: int = 4096  # the stream 03 compares burst eviction and StreamingLLM on (long enough for bursts)
     burst_new_tokens: int = 256  # tokens generated for its speed metrics (TPOT and memory vary between bursts)
+    retrieval_cache: int = 128  # 06: the KV budget (tokens) of every bounded policy in the pass-key trials
+    retrieval_context_tokens: list = field(default_factory=lambda: [512])  # prompt lengths
+    retrieval_depths: list = field(default_factory=lambda: [0.0, 0.33, 0.67, 1.0])  # where the key sits, 0 to 1
+    retrieval_seeds: int = 2  # trials per length and depth (a seed fixes the key)
+    retrieval_new_tokens: int = 8  # the answer's length
     export_figures: bool = False
     dry_run: bool = False
     force: bool = False
@@ -124,6 +129,15 @@ class Config:
         check_int("speed_repeats", self.speed_repeats, 1)
         check_int("chat_turns", self.chat_turns, 0)
         check_int("chat_new_tokens", self.chat_new_tokens, 1)
+        check_int("retrieval_seeds", self.retrieval_seeds, 1)
+        check_int("retrieval_new_tokens", self.retrieval_new_tokens, 1)
+        check_ints("retrieval_context_tokens", self.retrieval_context_tokens, 64)
+        for depth in self.retrieval_depths:
+            if isinstance(depth, bool) or not isinstance(depth, (int, float)) or not 0 <= depth <= 1:
+                raise ValueError(f"retrieval_depths must hold numbers in [0, 1]; got {depth!r}")
+        if self.retrieval_cache <= self.n_sink + 1:
+            raise ValueError(f"retrieval_cache must be an integer > n_sink + 1 = {self.n_sink + 1}; "
+                             f"got {self.retrieval_cache}")
         for entry in self.burst_configs:
             if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
                 raise ValueError(f"burst_configs must hold [capacity, discard_ratio] pairs; got {entry!r}")
@@ -205,6 +219,9 @@ def dry_run_values(values: dict) -> dict:
     v["sweep_sink_cache"] = max(16, v.get("sweep_sink_cache", 64) // div)
     v["sweep_sinks"] = [s for s in v.get("sweep_sinks", []) if s < v["sweep_sink_cache"]]
     v["recompute_window"] = max(16, v.get("recompute_window", 256) // div)
+    v["retrieval_cache"] = max(16, v.get("retrieval_cache", 128) // div)
+    v["retrieval_context_tokens"] = sorted({min(256, n) for n in v.get("retrieval_context_tokens", [512])})
+    v["retrieval_seeds"] = 1
     v["burst_configs"] = [[max(16, capacity // div), ratio] for capacity, ratio in v.get("burst_configs", [[256, 0.7]])]
     for name, cap in DRY_RUN_CAPS.items():
         v[name] = min(v.get(name, cap), cap)

@@ -266,3 +266,34 @@ def fig_generation(steps: pd.DataFrame, trained_length: int | None = None):
     b.set_title("Latency while generating")
     a.legend()
     return fig
+
+
+def fig_retrieval(trials: pd.DataFrame, budget: int | None = None):
+    """Pass-key retrieval: accuracy (left) and the share of trials whose key was still cached when the question came
+    (right) against the key's distance from the question, one line per policy. ``trials``: one row per trial with
+    label, policy, pos_shift, distance, correct, key_cached."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True, sharey=True)
+    points = trials.groupby(["label", "policy", "depth", "prompt_tokens"], sort=False, as_index=False).agg(
+        distance=("distance", "mean"), correct=("correct", "mean"), key_cached=("key_cached", "mean"))
+    for (label, policy), df in points.groupby(["label", "policy"], sort=False):
+        df = df.sort_values("distance")
+        style = style_for(FAMILY_STYLE["H2O, recent-heavy"] if policy == "h2o" and _h2o_recent_heavy(label)
+                          else policy)
+        a.plot(df["distance"], df["correct"], label=label, **style)
+        b.plot(df["distance"], df["key_cached"], label=label, **style)
+    for ax, title in ((a, "Pass key answered correctly"), (b, "Pass key still cached at the question")):
+        if budget:
+            ax.axvline(budget, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("tokens from the key to the question")
+        ax.set_title(title)
+        ax.set_ylim(-0.05, 1.05)
+    a.set_ylabel("share of trials")
+    handles, labels = a.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncols=min(len(labels), 6), bbox_to_anchor=(0.5, -0.08))
+    return fig
+
+
+def _h2o_recent_heavy(label: str) -> bool:
+    """``H2O 32+96``: fewer heavy hitters than recent tokens."""
+    heavy, recent = (int(x) for x in label.split(" ")[1].split("+"))
+    return heavy < recent

@@ -66,6 +66,10 @@ class RecomputeWindow:
             return logits.view(len(windows), batch, -1).transpose(0, 1)
         return torch.cat([model(input_ids=x, use_cache=False, logits_to_keep=1).logits for x in windows], dim=1)
 
+    def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
+        """Stream positions of the tokens the next token is read with, shape (1, n)."""
+        return torch.arange(max(0, self.position - self.window + 1), self.position)[None]
+
     def kv_bytes(self) -> tuple[int, int]:
         """The keys and values of one window's forward, made and dropped for every token: (allocated, resident)."""
         rows = 0 if self.ids is None else self.ids.shape[0]

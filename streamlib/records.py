@@ -289,8 +289,8 @@ def metrics_wide(df: pd.DataFrame, group: str | None = None) -> pd.DataFrame:
     for col in ("n_sink", "window", "pos_shift"):  # Dense has none of them, but every frame has the columns
         if col not in wide:
             wide[col] = pd.NA
-    for col in ("n_sink", "window", "batch_size", "n_tokens", "prompt_tokens", "new_tokens", "n_heavy", "n_recent", "budget",
-                "capacity"):
+    for col in ("n_sink", "window", "batch_size", "n_tokens", "prompt_tokens", "new_tokens", "n_heavy", "n_recent",
+                "budget", "capacity"):
         if col in wide:
             wide[col] = wide[col].astype("Int64")
     if "policy" in wide:

@@ -312,7 +312,8 @@ def burst_speed_table(run) -> pd.DataFrame:
     if wide.empty or "Dense" not in set(wide["label"]):
         return pd.DataFrame()
     memory = "gen_peak_allocated_mem" if "gen_peak_allocated_mem" in wide else "gen_peak_rss_mem"
-    metrics = [("ttft", "TTFT", "ms", 1e3), ("tpot_mean", "TPOT (mean)", "ms", 1e3), ("tpot_p90", "TPOT (p90)", "ms", 1e3),
+    metrics = [("ttft", "TTFT", "ms", 1e3), ("tpot_mean", "TPOT (mean)", "ms", 1e3),
+               ("tpot_p90", "TPOT (p90)", "ms", 1e3),
                ("decode_throughput", "decode throughput", "tok/s", 1.0), (memory, "peak memory", "MiB", 2**-20),
                ("kv_bytes_after_prompt", "KV cache after the prompt", "MiB", 2**-20)]
     values = wide.set_index("label")
@@ -326,6 +327,34 @@ def burst_speed_table(run) -> pd.DataFrame:
         row["lab report's claim"] = LAB_CLAIMS.get("gen_peak_mem" if metric == memory else metric, "")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def retrieval_trials(run) -> pd.DataFrame:
+    """Every pass-key trial of the run's retrieval setting (06), one row per trial and policy."""
+    cfg = run.cfg
+    trials = run.curves("retrieval")
+    if trials.empty:
+        return trials
+    setting = (trials["new_tokens"] == cfg.retrieval_new_tokens) & (trials["seeds"] == cfg.retrieval_seeds)
+    return trials[setting].reset_index(drop=True)
+
+
+def retrieval_table(run) -> pd.DataFrame:
+    """Accuracy and the share of trials whose key was still cached, per policy and distance from key to question;
+    Dense (the model's own ceiling) first."""
+    trials = retrieval_trials(run)
+    if trials.empty:
+        return trials
+    table = trials.groupby(["policy", "label", "prompt_tokens", "depth"], sort=False).agg(
+        distance=("distance", "mean"), trials=("correct", "size"), accuracy=("correct", "mean"),
+        key_cached=("key_cached", "mean")).reset_index()
+    order = {kind: i for i, kind in enumerate(KIND_ORDER)}
+    table["kind"] = table["policy"].map(lambda kind: order.get(kind, len(order)))
+    table = table.sort_values(["kind", "label", "prompt_tokens", "distance"], kind="stable")
+    return table.drop(columns=["kind", "policy", "depth"]).reset_index(drop=True)
+
+
+KIND_ORDER = ("dense", "window", "streamingllm", "burst", "tova", "h2o", "recompute")
 
 
 # ---------------------------------------------------------------------------------------------- report.md --
@@ -348,6 +377,8 @@ CAPTIONS = {
                        "StreamingLLM.",
     "fig9_burst_memory": "KV cache held along the stream: the lab's burst eviction (0.7, 4, 256) as the sawtooth it "
                          "is, beside StreamingLLM at its peak and at its mean memory.",
+    "fig10_retrieval": "Pass-key retrieval at one KV budget: accuracy and the share of keys still cached at the "
+                       "question, against the key's distance from it (Dense is the model's own ceiling).",
 }
 
 STYLE = """body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;

@@ -124,6 +124,17 @@ class ScoredCache(StreamingCache):
     def budget(self) -> int:
         return self._budget
 
+    def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
+        """Stream positions of the tokens the layer holds for the first row of the batch, one row per kv head for
+        H2O (one row for TOVA), shape (rows, n); the slot freed for the next token is left out."""
+        layer = self.layers[layer_idx]
+        if not layer.is_initialized:
+            return torch.zeros(1, 0, dtype=torch.long)
+        positions = layer.positions[0].clone()  # (rows, slots)
+        if layer.position > self.budget:  # full: the free slot's token has been evicted
+            positions.scatter_(1, layer.free[0][:, None], -1)
+        return torch.stack([row[row >= 0].sort().values for row in positions.cpu()])
+
     def score(self, layer: ScoredLayer, probs: torch.Tensor, length: int) -> None:
         """Add this step's weights to the slots' scores (nothing for TOVA)."""
 

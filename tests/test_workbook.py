@@ -23,8 +23,8 @@ from streamlib.runner import notebook_sources, read_notebook, run_chain
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 FIGURES = list(CAPTIONS)
-EXPERIMENTS = ["01_baseline", "02_streaming", "03_sweep", "04_long_stream", "05_generation"]
-CHAIN = ["00_download", *EXPERIMENTS, "06_report"]
+EXPERIMENTS = ["01_baseline", "02_streaming", "03_sweep", "04_long_stream", "05_generation", "06_retrieval"]
+CHAIN = ["00_download", *EXPERIMENTS, "07_report"]
 
 
 def test_notebooks_are_one_source_each():
@@ -104,7 +104,7 @@ def test_smoke_chain_writes_everything(smoke_run):
         code = [c for c in executed.cells[1:] if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
         assert len(code) >= 5, f"{name}: {len(code)} code cells besides the parameters"
         assert _inline_images(executed) >= 1, f"{name} shows no figure inline"
-    report_nb = nbformat.read(smoke_run / "06_report.ipynb", as_version=4)
+    report_nb = nbformat.read(smoke_run / "07_report.ipynb", as_version=4)
     assert _inline_images(report_nb) == len(FIGURES)
     for fig in FIGURES:
         for ext in ("pdf", "png"):
@@ -139,6 +139,9 @@ def test_smoke_chain_writes_everything(smoke_run):
     burst_trace = pd.concat([pd.read_csv(p) for p in (smoke_run / "curves").glob("burst_trace-*.csv")])
     lab = burst_trace[burst_trace.policy == "burst"].kv_resident_bytes
     assert lab.max() > lab.iloc[-1] and lab.diff().min() < 0  # a sawtooth: memory falls at a burst
+    retrieval = ok[(ok.group == "retrieval") & (ok.metric == "trials")]
+    assert set(retrieval.policy) == {"dense", "window", "streamingllm", "tova", "h2o"} and len(retrieval) == 6
+    assert "## Pass-key retrieval (KV budget" in report
     streaming = burst_trace[burst_trace.policy == "streamingllm"].groupby("label")
     allocated = burst_trace[burst_trace.policy == "burst"].kv_bytes.max()
     assert streaming.kv_bytes.max().max() == allocated  # equal peak: the same slots (and sink keys) allocated

@@ -14,7 +14,7 @@ force = False  # re-measure configurations already recorded
 export_figures = None  # also write the report's figures to the repository's figures/
 
 # %% [markdown]
-# # 06 · Report
+# # 07 · Report
 #
 # Every figure and table of the lab report, rebuilt from this run's records and curves alone: no model is loaded here, so the report can be re-drawn anywhere from a copied run directory. It writes `report.md` (figures embedded, one caption each), which `python -m streamlib run` renders to a self-contained `report.html`: the page to share, with the headings, tables, figures and captions and no code.
 
@@ -105,6 +105,16 @@ if not burst_trace.empty:
 burst_speed.round(2)
 
 # %% [markdown]
+# ## What each policy remembers
+# Pass-key retrieval at one KV budget (06): accuracy and whether the key was still cached, against its distance from the question.
+
+# %%
+retrieval = report.retrieval_table(run)
+if not retrieval.empty:
+    run.figure(plots.fig_retrieval(report.retrieval_trials(run), cfg.retrieval_cache), 'fig10_retrieval')
+retrieval.round(2)
+
+# %% [markdown]
 # ## Published numbers
 # For shape, not digits: models, data and protocols differ.
 
@@ -123,10 +133,14 @@ if not sweep.empty:
 modes = report.decode_modes_table(run)
 if not modes.empty:
     tables[f'Eager and compiled decoding (batch 1, prompt {cfg.speed_prompt_tokens}, {cfg.speed_new_tokens} new)'] = modes.round(3)
+
+# %%
 if not bursts.empty:
     tables[f"The lab's press: burst eviction beside StreamingLLM ({cfg.datasets[0]}, {bursts.tokens.iloc[0]} tokens)"] = bursts.drop(columns='tokens').round(2)
 if not burst_speed.empty:
     tables[f"The lab's speed metrics on our implementation (batch 1, prompt {cfg.speed_prompt_tokens}, {cfg.burst_new_tokens} new)"] = burst_speed.round(2)
+if not retrieval.empty:
+    tables[f'Pass-key retrieval (KV budget {cfg.retrieval_cache} tokens; accuracy and key still cached)'] = retrieval.round(2)
 tables['Published numbers (for shape, not digits)'] = published[['source', 'model', 'dataset', 'n_sink', 'window', 'ppl']]
 report_md = report.write_report(run, tables)
 print('wrote', report_md)
