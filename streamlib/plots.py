@@ -269,8 +269,8 @@ def fig_generation(steps: pd.DataFrame, trained_length: int | None = None):
 
 
 def fig_retrieval(trials: pd.DataFrame, budget: int | None = None):
-    """Pass-key retrieval: accuracy (left) and the share of trials whose key was still cached when the question came
-    (right) against the key's distance from the question, one line per policy. ``trials``: one row per trial with
+    """Pass-key retrieval: accuracy (left) and the share of the key's tokens still cached when the question came
+    (right, mean over layers and trials) against the key's distance from the question, one line per policy. ``trials``: one row per trial with
     label, policy, pos_shift, distance, correct, key_cached."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True, sharey=True)
     points = trials.groupby(["label", "policy", "depth", "prompt_tokens"], sort=False, as_index=False).agg(
@@ -281,13 +281,13 @@ def fig_retrieval(trials: pd.DataFrame, budget: int | None = None):
                           else policy)
         a.plot(df["distance"], df["correct"], label=label, **style)
         b.plot(df["distance"], df["key_cached"], label=label, **style)
-    for ax, title in ((a, "Pass key answered correctly"), (b, "Pass key still cached at the question")):
+    for ax, title in ((a, "Pass key answered correctly (share of trials)"),
+                      (b, "Key's tokens still cached at the question (share)")):
         if budget:
             ax.axvline(budget, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("tokens from the key to the question")
         ax.set_title(title)
         ax.set_ylim(-0.05, 1.05)
-    a.set_ylabel("share of trials")
     handles, labels = a.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncols=min(len(labels), 6), bbox_to_anchor=(0.5, -0.08))
     return fig

@@ -377,8 +377,8 @@ CAPTIONS = {
                        "StreamingLLM.",
     "fig9_burst_memory": "KV cache held along the stream: the lab's burst eviction (0.7, 4, 256) as the sawtooth it "
                          "is, beside StreamingLLM at its peak and at its mean memory.",
-    "fig10_retrieval": "Pass-key retrieval at one KV budget: accuracy and the share of keys still cached at the "
-                       "question, against the key's distance from it (Dense is the model's own ceiling).",
+    "fig10_retrieval": "Pass-key retrieval at one KV budget: accuracy, and the share of the key's tokens still cached "
+                       "at the question, against the key's distance from it (Dense is the model's own ceiling).",
 }
 
 STYLE = """body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
