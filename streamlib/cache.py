@@ -22,12 +22,14 @@ class ChunkPlan:
     first: int  # absolute stream position of the chunk's first token
     n: int  # chunk length
     n_sink_keys: int  # keys in the sink block of the workspace
+    ring_keys: int  # keys in the ring block: window + 1, or 0 for a chunk that starts the stream
     kv_length: int  # keys returned for the chunk
     cos: torch.Tensor  # rotation tables for the sinks or the queries (see SinkWindowCache.chunk)
     sin: torch.Tensor
     ring_index: torch.Tensor  # ring slots that receive the chunk's last tokens
     ring_src_start: int  # first chunk token that is written to the ring
     rotate_queries: bool = False  # position shift through the hand-over: rotate each query, one copy of the sinks
+    plain_queries: int = 0  # leading queries that see every chunk token before them, sinks unrotated (a first chunk)
     _copies: dict | None = None  # the tables on each other device (layers spread over GPUs)
 
     def tables_on(self, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,8 +108,12 @@ class SinkWindowLayer(SinkLayer):
                 f"{max(self.capacity - first, 1)} tokens at once"
             )
         batch, heads, _, k_dim = key_states.shape
+        if first < owner.n_sink:  # a chunk that starts the stream brings its own sinks
+            self.store_sinks(first, key_states)
+            self.values[:, :, first : owner.n_sink] = value_states[:, :, : owner.n_sink - first]
+            self._sink_delta = None  # the sink slots get their keys at the next step
         ws_k, ws_v = owner.workspace(batch, heads, k_dim, value_states.shape[-1], plan.kv_length, key_states)
-        s, ring = plan.n_sink_keys, owner.window + 1
+        s, ring = plan.n_sink_keys, plan.ring_keys
         if owner.n_sink:
             if plan.rotate_queries:
                 # one copy of the sinks as first rotated; attend() rotates the queries instead
@@ -122,8 +128,9 @@ class SinkWindowLayer(SinkLayer):
             else:
                 rotate(self.sink_keys, *plan.tables_on(self.device), out=ws_k[:, :, :s])
                 ws_v[:, :, :s] = self.values[:, :, : owner.n_sink]
-        ws_k[:, :, s : s + ring] = self.keys[:, :, owner.n_sink :]
-        ws_v[:, :, s : s + ring] = self.values[:, :, owner.n_sink :]
+        if ring:
+            ws_k[:, :, s : s + ring] = self.keys[:, :, owner.n_sink :]
+            ws_v[:, :, s : s + ring] = self.values[:, :, owner.n_sink :]
         ws_k[:, :, s + ring :] = key_states
         ws_v[:, :, s + ring :] = value_states
         ring_index = plan.ring_index.to(self.device)
@@ -137,8 +144,10 @@ class SinkWindowLayer(SinkLayer):
     def attend(self, base, module, query, key, value, attention_mask, **kwargs):
         """The chunk's attention with one copy of the sinks (:func:`streamlib.handover.sink_rotated_attention`)."""
         cos, sin = self.owner.plan.tables_on(query.device)
+        plan = self.owner.plan
         return sink_rotated_attention(base, module, query, key, value, attention_mask, n_sink=self.owner.n_sink,
-                                      cos=cos, sin=sin, scaling=kwargs.get("scaling", module.scaling))
+                                      cos=cos, sin=sin, scaling=kwargs.get("scaling", module.scaling),
+                                      plain_queries=plan.plain_queries)
 
 
 class SinkWindowCache(StreamingCache):
@@ -149,6 +158,7 @@ class SinkWindowCache(StreamingCache):
     """
 
     name = "StreamingLLM"
+    starts_in_chunk = True  # a prompt longer than the cache can start the stream in one chunk (no filling call)
 
     def __init__(self, num_layers: int, n_sink: int, window: int, pos_shift: bool, rotary: RotaryInfo,
                  rebase_interval: int = 256):
@@ -195,8 +205,9 @@ class SinkWindowCache(StreamingCache):
     # -- the two modes of a step, each for the length of a `with` block -----------------------------------------
     @contextmanager
     def chunk(self, n: int, dtype: torch.dtype, device, rotate_queries: bool = False):
-        """Feed the next ``n`` tokens of a full cache in one call: yields the ``position_ids`` and the 4D additive
-        attention mask to pass to the model, and the layers follow the chunk's plan inside the block.
+        """Feed the next ``n`` tokens of a full cache, or the first ``n`` of the stream, in one call: yields the
+        ``position_ids`` and the 4D additive attention mask to pass to the model, and the layers follow the chunk's
+        plan inside the block.
 
         Keys of the chunk are laid out ``[sink block | ring of window+1 slots | chunk]``. Query ``i`` (absolute
         ``t = first + i``) sees its sinks, the ring tokens ``a`` with ``t - a <= window`` and the chunk tokens at
@@ -205,37 +216,55 @@ class SinkWindowCache(StreamingCache):
         model's attention goes through :mod:`streamlib.handover`) one copy of the sinks serves all and each query is
         rotated to the sinks' distance (tables ``(n, rotary_ndims)``); otherwise each query gets its own rotated copy
         of the sinks (tables ``(n, 1, rotary_ndims)``, ``n * n_sink`` sink keys).
+
+        A chunk that starts the stream (an empty cache) has no ring block: its own first ``n_sink`` tokens fill the
+        sink block (and are hidden in the chunk block, so no query counts them twice), and its queries up to
+        ``budget`` see their sinks where they are, as a filling cache shows them. Its prompt then costs one forward,
+        not a filling call and a chunk (each reads every weight once).
         """
-        if not self.is_full:
-            raise ValueError(f"a chunk needs a full cache ({self.budget + 1} tokens seen); it has {self.position}")
+        empty = self.position == 0
+        if not (self.is_full or empty):
+            raise ValueError(f"a chunk needs an empty or a full cache ({self.budget + 1} tokens seen); it has "
+                             f"{self.position}")
+        if empty and n <= self.budget + 1:
+            raise ValueError(f"n: a chunk that starts the stream must be longer than the cache ({self.budget + 1} "
+                             f"slots); {n} tokens fit one plain call")
         first_layer = self.layers[0]
         first, offset, ring = first_layer.position, first_layer.offset, self.window + 1
         t = first + torch.arange(n)
-        ring_tokens = torch.arange(first - ring, first)
-        token_in_slot = torch.empty(ring, dtype=torch.long)
-        token_in_slot[(ring_tokens - self.n_sink) % ring] = ring_tokens
-        ring_visible = (t[:, None] - token_in_slot[None, :]) <= self.window
+        if empty:
+            ring_visible = torch.zeros(n, 0, dtype=torch.bool)
+        else:
+            ring_tokens = torch.arange(first - ring, first)
+            token_in_slot = torch.empty(ring, dtype=torch.long)
+            token_in_slot[(ring_tokens - self.n_sink) % ring] = ring_tokens
+            ring_visible = (t[:, None] - token_in_slot[None, :]) <= self.window
         lag = t[:, None] - t[None, :]
-        chunk_visible = (lag >= 0) & (lag <= self.window)
+        # the sinks are seen through the sink block only
+        chunk_visible = (lag >= 0) & (lag <= self.window) & (t[None, :] >= self.n_sink)
+        sink_seen = torch.arange(self.n_sink)[None, :] <= t[:, None]  # all of them once the stream is past them
         rotate_queries = rotate_queries and self.n_sink > 0 and self.pos_shift
         if rotate_queries:
-            sink_visible = torch.ones(n, self.n_sink, dtype=torch.bool)
-            cos, sin = rotation_tables(self.budget - (t - offset), self.rotary, device)  # query -> slot n_sink+window
+            sink_visible = sink_seen
+            # each query to where it sees the sinks from: slot n_sink + window once full, its own position before
+            cos, sin = rotation_tables(t.clamp(max=self.budget) - (t - offset), self.rotary, device)
         elif self.n_sink and self.pos_shift:
-            sink_visible = torch.eye(n, dtype=torch.bool).repeat_interleave(self.n_sink, dim=1)
-            cos, sin = rotation_tables((t - self.budget) - offset, self.rotary, device)
+            sink_visible = torch.eye(n, dtype=torch.bool).repeat_interleave(self.n_sink, dim=1) \
+                & sink_seen.repeat(1, n)
+            cos, sin = rotation_tables((t - self.budget).clamp(min=0) - offset, self.rotary, device)
             cos, sin = cos[:, None, :], sin[:, None, :]
         else:
-            sink_visible = torch.ones(n, self.n_sink, dtype=torch.bool)
+            sink_visible = sink_seen
             cos, sin = rotation_tables(torch.tensor(float(-offset)), self.rotary, device)
         visible = torch.cat([sink_visible, ring_visible, chunk_visible], dim=1)
         mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
         m = min(n, ring)
         new_tokens = torch.arange(first + n - m, first + n)
         self.plan = ChunkPlan(
-            first=first, n=n, n_sink_keys=sink_visible.shape[1], kv_length=visible.shape[1], cos=cos, sin=sin,
+            first=first, n=n, n_sink_keys=sink_visible.shape[1], ring_keys=ring_visible.shape[1],
+            kv_length=visible.shape[1], cos=cos, sin=sin,
             ring_index=(self.n_sink + (new_tokens - self.n_sink) % ring).to(device), ring_src_start=n - m,
-            rotate_queries=rotate_queries,
+            rotate_queries=rotate_queries, plain_queries=min(n, self.budget + 1) if empty else 0,
         )
         try:
             yield (t - offset)[None].to(device), mask[None, None].to(device)

@@ -59,7 +59,8 @@ def forward_chunks(model, input_ids: torch.Tensor, cache, chunk_size: int | None
 
     Exactly the result of feeding one token at a time. ``chunk_size=1`` *is* one token at a time. Otherwise a
     streaming cache is first filled with one plain call (no token needs an eviction yet), then each chunk gets its
-    own positions and mask inside ``with cache.chunk(...)``; other caches take plain causal chunks, and Recompute
+    own positions and mask inside ``with cache.chunk(...)``; a StreamingLLM cache takes a stream longer than itself
+    in a chunk from the start instead, with no filling call. Other caches take plain causal chunks, and Recompute
     its windows. With ``all_logits=False`` only the last position's logits are computed.
     """
     device = next(model.parameters()).device
@@ -77,7 +78,10 @@ def forward_chunks(model, input_ids: torch.Tensor, cache, chunk_size: int | None
         if isinstance(cache, StreamingCache):
             cache.maybe_rebase()
             room = cache.plain_room()
-            if room > 0:  # filling: a plain causal call is exact
+            # a prompt longer than the cache starts the stream in one chunk where the cache can take it
+            first_chunk = cache.position == 0 and getattr(cache, "starts_in_chunk", False) \
+                and min(chunk_size, total) > room
+            if room > 0 and not first_chunk:  # filling: a plain causal call is exact
                 n = min(room, chunk_size, total - start)
             elif chunk_size == 1 or total - start == 1 or not cache.chunkable:
                 n = 1

@@ -100,7 +100,7 @@ def grouped_mix(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
 
 
 def sink_rotated_attention(base, module, query, key, value, attention_mask, *, n_sink: int, cos, sin,
-                           scaling: float):
+                           scaling: float, plain_queries: int = 0):
     """Attention for a chunk whose keys are laid out ``[sinks | ring | chunk]`` with one copy of the sinks, each query
     seeing the sinks from the fixed slot ``n_sink + window`` of the cache (position shift).
 
@@ -108,23 +108,39 @@ def sink_rotated_attention(base, module, query, key, value, attention_mask, *, n
     the sinks; the query as the model rotated it scores the ring and the chunk. One softmax over both: with eager
     attention the two score blocks are joined; with sdpa the two queries are laid side by side in a head of twice
     the width and each key fills only its half.
+
+    ``plain_queries``: in a chunk that starts the stream (``[sinks | chunk]``, no ring), the leading queries that
+    see every chunk token before them with the sinks where they are (the cache was still filling for them). With
+    sdpa they take a plain causal attention over the chunk's keys, and only the rest pay for the wide heads.
     """
     d = query.shape[-1]
-    rotated = rotate(query, cos, sin)
     if getattr(base, "__name__", "") == "eager_attention_forward":
+        rotated = rotate(query, cos, sin)
         scores = torch.cat([grouped_scores(rotated, key[:, :, :n_sink]), grouped_scores(query, key[:, :, n_sink:])],
                            dim=-1) * scaling + attention_mask
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
         return grouped_mix(probs, value).transpose(1, 2).contiguous(), probs
-    wide_query = torch.cat([query, rotated], dim=-1)
-    wide_key = key.new_zeros(*key.shape[:-1], 2 * d)
-    wide_key[:, :, n_sink:, :d] = key[:, :, n_sink:]
-    wide_key[:, :, :n_sink, d:] = key[:, :, :n_sink]
-    # values as wide as the keys (zeros after them): the fused sdpa kernels want one head width
-    wide_value = torch.cat([value, torch.zeros_like(value)], dim=-1)
-    out = torch.nn.functional.scaled_dot_product_attention(wide_query, wide_key, wide_value, attn_mask=attention_mask,
-                                                           scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
-    return out[..., :d].transpose(1, 2).contiguous(), None
+    gqa = query.shape[1] != key.shape[1]
+    parts = []
+    p = plain_queries
+    if p:
+        chunk_k, chunk_v = key[:, :, n_sink : n_sink + p], value[:, :, n_sink : n_sink + p]
+        parts.append(torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, :p], chunk_k, chunk_v, is_causal=True, scale=scaling, enable_gqa=gqa))
+    if p < query.shape[2]:
+        rest = query[:, :, p:]
+        wide_query = torch.cat([rest, rotate(rest, cos[p:], sin[p:])], dim=-1)
+        wide_key = key.new_zeros(*key.shape[:-1], 2 * d)
+        wide_key[:, :, n_sink:, :d] = key[:, :, n_sink:]
+        wide_key[:, :, :n_sink, d:] = key[:, :, :n_sink]
+        # values as wide as the keys (zeros after them): the fused sdpa kernels want one head width
+        wide_value = torch.cat([value, torch.zeros_like(value)], dim=-1)
+        out = torch.nn.functional.scaled_dot_product_attention(wide_query, wide_key, wide_value,
+                                                               attn_mask=attention_mask[..., p:, :], scale=scaling,
+                                                               enable_gqa=gqa)
+        parts.append(out[..., :d])
+    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def attention_probs(query: torch.Tensor, keys: torch.Tensor, scaling: float, first_position: int) -> torch.Tensor:

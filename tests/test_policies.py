@@ -330,3 +330,33 @@ def test_both_sink_layouts_match_the_reference(stream, attn):
     assert installed(model)
     torch.testing.assert_close(copies, expected, atol=1e-4, rtol=0)
     torch.testing.assert_close(turned, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "llama"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("n_sink,window,pos_shift", [(4, 16, True), (4, 16, False), (0, 12, True), (1, 30, True)])
+def test_a_stream_longer_than_the_cache_starts_in_one_chunk(family, attn, n_sink, window, pos_shift, stream):
+    """No filling call: the first chunk (longer than the cache) is one forward whose first budget + 1 queries see
+    their sinks unrotated and the rest see them from the cache's last slot; equal to the naive reference."""
+    from conftest import make_peaky_llama, make_peaky_model
+
+    model = make_peaky_model(attn) if family == "gpt_neox" else make_peaky_llama("llama", attn)
+    expected = naive_streaming_nll(model.double(), stream, n_sink, window, pos_shift).float()
+    model.float()
+    calls = []
+    hook = model.register_forward_hook(lambda module, args, kwargs, out: calls.append(1), with_kwargs=True)
+    got = token_nll(model, stream, StreamingLLM(n_sink, window, pos_shift), chunk_size=64)
+    hook.remove()
+    assert len(calls) == 2  # 95 inputs in chunks of 64: two forwards, the first one past the cache's size
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_a_chunk_into_a_cache_that_is_filling_is_refused(peaky_model):
+    cache = StreamingLLM(4, 16).make_cache(peaky_model)
+    prefill(peaky_model, torch.zeros(1, 5, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="empty or a full cache"):
+        with cache.chunk(30, torch.float32, "cpu"):
+            pass
+    with pytest.raises(ValueError, match="must be longer than the cache"):
+        with StreamingLLM(4, 16).make_cache(peaky_model).chunk(21, torch.float32, "cpu"):
+            pass
