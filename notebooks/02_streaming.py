@@ -32,7 +32,8 @@ from streamlib.models import describe
 from streamlib.quality import measure_perplexity
 from streamlib.report import to_markdown
 from streamlib.flops import measure_flops
-from streamlib.timing import measure_generation, random_prompt
+from streamlib.policies import Dense
+from streamlib.timing import measure_generation, measure_interleaved, random_prompt
 
 # %%
 cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force,
@@ -70,15 +71,16 @@ run.figure(plots.fig_nll_vs_position(curves, cfg.trained_length()), 'nll_streami
 
 # %% [markdown]
 # ## FLOPs, speed and memory
+# Dense and StreamingLLM are timed in turns (Dense, StreamingLLM, StreamingLLM, Dense, ...), `speed_repeats` rounds after a warm-up round, so whatever slows the machine down slows both alike. Each time is the median over rounds with its interquartile range; `vs Dense` is the median of the per-round ratios. Read a difference as real only where the ratio's range excludes 1. On a CPU a decode step mostly reads the weights (SmolLM2: 538 MB per token), so a smaller cache saves little time; on a GPU at long contexts the attention over the cache is what a bounded cache saves.
 
 # %%
 run.measure('flops', policy, lambda: measure_flops(model.config, policy, prompt_tokens=cfg.speed_prompt_tokens,
             stream_tokens=cfg.long_stream_tokens), tokens=cfg.long_stream_tokens)
 for batch in cfg.speed_batch_sizes:
     prompt = random_prompt(model, batch, cfg.speed_prompt_tokens)
-    run.measure('speed', policy, lambda: measure_generation(model, policy, prompt, cfg.speed_new_tokens,
-                repeats=cfg.speed_repeats), batch_size=batch, prompt_tokens=cfg.speed_prompt_tokens,
-                new_tokens=cfg.speed_new_tokens)
+    run.measure_all('speed', [Dense(), policy], lambda: measure_interleaved(model, [Dense(), policy], prompt,
+                    cfg.speed_new_tokens, rounds=cfg.speed_repeats), batch_size=batch, interleaved=True,
+                    prompt_tokens=cfg.speed_prompt_tokens, new_tokens=cfg.speed_new_tokens, rounds=cfg.speed_repeats)
 speed = report.speed_table(run)
 speed.round(2)
 

@@ -24,7 +24,7 @@ trace_tokens = None  # tokens fed one by one for the memory and latency traces
 # %%
 import pandas as pd
 
-from streamlib import plots, workbook as wb
+from streamlib import plots, report, workbook as wb
 from streamlib.data import load_stream
 from streamlib.models import describe
 from streamlib.policies import Dense, Recompute, Window
@@ -71,12 +71,11 @@ run.figure(plots.fig_nll_vs_position(nll, cfg.trained_length()), 'fig1_nll_vs_po
 
 # %% [markdown]
 # ## Mean NLL by stretch of the stream
-# The same curves as numbers: read across a row to see a policy drift.
+# The same curves as numbers, each mean with its 95 % interval (block bootstrap inside the stretch): read across a row to see a policy drift, and compare two policies' stretches only where their intervals are apart.
 
 # %%
 bins = [0, cfg.trained_length() // 2, cfg.trained_length(), 2 * cfg.trained_length(), nll.position.max() + 1]
-segment = pd.cut(nll.position, sorted(set(bins)), right=False)
-nll.groupby(['label', segment], observed=True).nll.mean().unstack().round(3)
+report.stretch_table(nll, [b for b in bins if b <= nll.position.max() + 1])
 
 # %% [markdown]
 # ## Memory and latency along the stream, token by token

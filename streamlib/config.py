@@ -89,6 +89,7 @@ class Config:
     retrieval_context_tokens: list = field(default_factory=lambda: [512])  # prompt lengths
     retrieval_depths: list = field(default_factory=lambda: [0.0, 0.33, 0.67, 1.0])  # where the key sits, 0 to 1
     retrieval_seeds: int = 2  # trials per length and depth (a seed fixes the key)
+    retrieval_scored_seeds: int = 1  # the same for TOVA and H2O, which read the prompt token by token
     retrieval_new_tokens: int = 8  # the answer's length
     export_figures: bool = False
     dry_run: bool = False
@@ -130,6 +131,7 @@ class Config:
         check_int("chat_turns", self.chat_turns, 0)
         check_int("chat_new_tokens", self.chat_new_tokens, 1)
         check_int("retrieval_seeds", self.retrieval_seeds, 1)
+        check_int("retrieval_scored_seeds", self.retrieval_scored_seeds, 1, self.retrieval_seeds)
         check_int("retrieval_new_tokens", self.retrieval_new_tokens, 1)
         check_ints("retrieval_context_tokens", self.retrieval_context_tokens, 64)
         for depth in self.retrieval_depths:
@@ -221,7 +223,7 @@ def dry_run_values(values: dict) -> dict:
     v["recompute_window"] = max(16, v.get("recompute_window", 256) // div)
     v["retrieval_cache"] = max(16, v.get("retrieval_cache", 128) // div)
     v["retrieval_context_tokens"] = sorted({min(256, n) for n in v.get("retrieval_context_tokens", [512])})
-    v["retrieval_seeds"] = 1
+    v["retrieval_seeds"] = v["retrieval_scored_seeds"] = 1
     v["burst_configs"] = [[max(16, capacity // div), ratio] for capacity, ratio in v.get("burst_configs", [[256, 0.7]])]
     for name, cap in DRY_RUN_CAPS.items():
         v[name] = min(v.get(name, cap), cap)

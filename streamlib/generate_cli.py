@@ -169,7 +169,7 @@ def run_generate(args, parser: argparse.ArgumentParser) -> int:
     if prompt:
         stream.feed(encode(prompt))
     tty = sys.stdin.isatty()
-    turn = 0
+    turn, busy = 0, 0.0  # busy: seconds spent reading turns and replying, not waiting for the user to type
     while True:
         if tty:
             print("> ", end="", file=sys.stderr, flush=True)
@@ -177,6 +177,7 @@ def run_generate(args, parser: argparse.ArgumentParser) -> int:
         if not line:
             break
         turn += 1
+        before, turn_started = generated, time.perf_counter()
         if transcript is None:
             stream.feed(encode(line if line.endswith("\n") else line + "\n"))
             answer(stop_at_newline=True)
@@ -184,7 +185,9 @@ def run_generate(args, parser: argparse.ArgumentParser) -> int:
             stream.feed(encode(transcript.user(line.rstrip("\n"))))
             writer.line, writer.printed = [], 0
             transcript.assistant(*answer(stop_at_newline=False))
-        print(f"[turn {turn}] " + _stats(stream, policy, generated, time.perf_counter() - started), file=sys.stderr,
-              flush=True)
-    print(_stats(stream, policy, generated, time.perf_counter() - started), file=sys.stderr)
+        seconds = time.perf_counter() - turn_started
+        busy += seconds
+        print(f"[turn {turn}] " + _stats(stream, policy, generated - before, seconds), file=sys.stderr, flush=True)
+    print(f"[all {turn} turns] " + _stats(stream, policy, generated, busy)
+          + f" | {time.perf_counter() - started:.2f} s wall, waiting for input included", file=sys.stderr)
     return 0

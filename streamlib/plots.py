@@ -115,21 +115,43 @@ def _binned(x: np.ndarray, y: np.ndarray, width: int):
     return np.array([x[idx == k].mean() for k in keys]), np.array([y[idx == k].mean() for k in keys])
 
 
-def fig_nll_vs_position(curves: pd.DataFrame, trained_length: int | None = None):
-    """Figure 1: NLL (log scale) against token position, one line per policy. ``curves``: label, policy,
-    pos_shift, position, nll."""
+def _binned_band(x: np.ndarray, y: np.ndarray, width: int):
+    """Per bin of ``width`` positions: the mean's 95 % interval, a block bootstrap inside the bin (blocks of an
+    eighth of the bin, at least 8 tokens)."""
+    from .stats import mean_interval
+
+    idx = (x - 1) // width
+    block = max(8, width // 8)
+    lows, highs = [], []
+    for k in np.unique(idx):
+        values = y[idx == k]
+        if values.size < 2:
+            lows.append(values.mean()), highs.append(values.mean())
+            continue
+        iv = mean_interval(values, block=min(block, values.size), resamples=200, seed=int(k))
+        lows.append(iv.low), highs.append(iv.high)
+    return np.array(lows), np.array(highs)
+
+
+def fig_nll_vs_position(curves: pd.DataFrame, trained_length: int | None = None, bands: bool = True):
+    """Figure 1: NLL (log scale) against token position, one line per policy, with the 95 % interval of each bin's
+    mean as a band. ``curves``: label, policy, pos_shift, position, nll."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     width = max(1, int(curves["position"].max()) // 64)  # one bin width for every policy
     for label, df in curves.groupby("label", sort=False):
         x, y = _binned(df["position"].to_numpy(), df["nll"].to_numpy(), width)
-        ax.plot(x, y, label=label, markevery=_markevery(len(x)), **style_for(df["policy"].iloc[0], df["pos_shift"].iloc[0]))
+        style = style_for(df["policy"].iloc[0], df["pos_shift"].iloc[0])
+        ax.plot(x, y, label=label, markevery=_markevery(len(x)), **style)
+        if bands and width > 1:
+            low, high = _binned_band(df["position"].to_numpy(), df["nll"].to_numpy(), width)
+            ax.fill_between(x, low, high, color=style["color"], alpha=0.15, lw=0)
     if trained_length:
         ax.axvline(trained_length, color="grey", lw=0.8, ls=":")
         ax.text(trained_length, ax.get_ylim()[1], " trained length", va="top", fontsize=7, color="grey")
     plain_log_axis(ax)
     ax.set_xlabel("token position in the stream")
     ax.set_ylabel(f"NLL (nats, mean per {width} tokens)")
-    ax.set_title("Language modelling along a long stream")
+    ax.set_title("Language modelling along a long stream" + (" (bands: 95 % CI)" if bands and width > 1 else ""))
     ax.legend(ncols=2, loc="lower right")
     return fig
 
@@ -137,14 +159,31 @@ def fig_nll_vs_position(curves: pd.DataFrame, trained_length: int | None = None)
 def fig_trace(traces: pd.DataFrame, column: str, ylabel: str, title: str, scale: float = 1.0):
     """Figures 2 and 3: a per-position trace (memory or latency) of each policy."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
+    seen: dict[tuple, int] = {}
     for label, df in traces.groupby("label", sort=False):
-        ax.plot(df["position"], df[column] * scale, label=label, markevery=_markevery(len(df)),
-                **style_for(df["policy"].iloc[0], df["pos_shift"].iloc[0]))
+        style = style_for(df["policy"].iloc[0], df["pos_shift"].iloc[0])
+        style = _distinct(style, seen)
+        ax.plot(df["position"], df[column] * scale, label=label, markevery=_markevery(len(df)), **style)
     ax.set_xlabel("token position in the stream")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(ncols=2)
     return fig
+
+
+ALTERNATES = [("#56B4E9", "o", "--"), ("#009E73", "s", ":"), ("#CC79A7", "^", "-.")]
+
+
+def _distinct(style: dict, seen: dict) -> dict:
+    """The policy's style the first time it is used in a figure; another colour, marker and line for each further
+    line of the same kind (e.g. StreamingLLM at two cache sizes)."""
+    key = (style["color"], style["marker"], style["linestyle"])
+    n = seen.get(key, 0)
+    seen[key] = n + 1
+    if n == 0:
+        return style
+    colour, marker, ls = ALTERNATES[(n - 1) % len(ALTERNATES)]
+    return {"color": colour, "marker": marker, "linestyle": ls}
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -158,28 +197,47 @@ def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return pd.DataFrame(front)
 
 
-def fig_tradeoff(sweep: pd.DataFrame):
-    """Figure 4: perplexity against KV-cache memory for the sweep, Pareto front marked; TPOT in a second panel.
-    ``sweep``: family, policy, pos_shift, kv_mib, ppl, tpot_ms, cache_size (``workbook.sweep_table``)."""
+def _yerr(df: pd.DataFrame, value: str, low: str, high: str):
+    """Asymmetric error bars from interval columns, or None when the frame has none."""
+    if low not in df or high not in df:
+        return None
+    return np.vstack([(df[value] - df[low]).clip(lower=0).to_numpy(), (df[high] - df[value]).clip(lower=0).to_numpy()])
+
+
+def fig_tradeoff(sweep: pd.DataFrame, latency: pd.DataFrame | None = None):
+    """Figure 4: perplexity (95 % interval bars) against KV-cache memory for the sweep, Pareto front marked; in a
+    second panel the decode step of each timed policy against Dense's in the same round (median, IQR bars).
+    ``sweep``: family, policy, pos_shift, kv_mib, ppl, ppl_low, ppl_high, cache_size (``report.sweep_table``);
+    ``latency``: label, policy, pos_shift, cache_size, tpot_vs_dense and its quartiles (``report.latency_table``)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(8.5, 3.4))
     for name, df in sweep.groupby("family", sort=False):
         df = df.sort_values("cache_size")
         first = df.iloc[0]
         st = style_for(FAMILY_STYLE.get(name, first["policy"]), first["pos_shift"])
-        a.plot(df["kv_mib"], df["ppl"], label=name, **st)
-        b.plot(df["cache_size"], df["tpot_ms"], label=name, **st)
+        a.errorbar(df["kv_mib"], df["ppl"], yerr=_yerr(df, "ppl", "ppl_low", "ppl_high"), label=name, capsize=2, **st)
     front = pareto_front(sweep.dropna(subset=["ppl"]), "kv_mib", "ppl")
     if not front.empty:
         a.plot(front["kv_mib"], front["ppl"], color="grey", lw=4, alpha=0.25, zorder=0, label="Pareto front")
     a.set_xlabel("KV-cache memory (MiB)")
-    a.set_ylabel("perplexity")
+    a.set_ylabel("perplexity (bars: 95 % CI)")
     plain_log_axis(a)
     a.set_title("Quality vs memory")
-    b.set_xlabel("cache size (tokens)")
-    b.set_ylabel("TPOT (ms)")
-    b.set_title("Latency vs cache size")
+    if latency is not None and not latency.empty:
+        timed = latency[latency["policy"] != "dense"].reset_index(drop=True)
+        seen: dict[tuple, int] = {}
+        for i, row in timed.iterrows():
+            st = _distinct(style_for(row["policy"], row["pos_shift"]), seen)
+            yerr = [[row["tpot_vs_dense"] - row["tpot_vs_dense_q1"]], [row["tpot_vs_dense_q3"] - row["tpot_vs_dense"]]]
+            b.errorbar([i], [row["tpot_vs_dense"]], yerr=yerr, color=st["color"], marker=st["marker"], capsize=3,
+                       linestyle="none")
+        b.axhline(1.0, color="black", lw=0.8, ls=":")
+        b.set_xticks(range(len(timed)), timed["label"], rotation=30, ha="right", fontsize=7)
+        b.set_ylabel("TPOT / Dense's, same round")
+        b.set_title("Decode step against Dense (median, IQR)")
+    else:
+        b.set_visible(False)
     handles, labels = a.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=4, frameon=False)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.05), ncols=4, frameon=False)
     return fig
 
 
@@ -189,10 +247,11 @@ def fig_sinks(ours: pd.DataFrame, published: pd.DataFrame | None = None):
     ncols = 2 if published is not None and not published.empty else 1
     fig, axes = plt.subplots(1, ncols, figsize=(4 * ncols, 3.2), squeeze=False)
     ax = axes[0, 0]
-    ax.plot(ours["n_sink"], ours["ppl"], **style_for("streamingllm"))
+    ax.errorbar(ours["n_sink"], ours["ppl"], yerr=_yerr(ours, "ppl", "ppl_low", "ppl_high"), capsize=3,
+                **style_for("streamingllm"))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("attention sinks (cache size fixed)")
-    ax.set_ylabel("perplexity")
+    ax.set_ylabel("perplexity (bars: 95 % CI)")
     ax.set_title(f"This run, cache {int(ours['cache_size'].iloc[0])}")
     if ncols == 2:
         ax2 = axes[0, 1]
@@ -220,8 +279,10 @@ def fig_speed(table: pd.DataFrame):
         for i, label in enumerate(labels):
             df = table[table["label"] == label].set_index("batch_size").reindex(batches)
             st = style_for(df["policy"].dropna().iloc[0], df["pos_shift"].dropna().iloc[0])
+            name = col.split("_")[0]
+            yerr = _yerr(df, col, f"{name}_q1", f"{name}_q3") if col != "throughput" else None
             ax.bar(np.arange(len(batches)) + i * width, df[col], width, label=label, color=st["color"],
-                   hatch=hatches[i % len(hatches)], edgecolor="white")
+                   hatch=hatches[i % len(hatches)], edgecolor="white", yerr=yerr, capsize=2)
         ax.set_xticks(np.arange(len(batches)) + width * (len(labels) - 1) / 2, [f"batch {b}" for b in batches])
         ax.set_title(title)
     # below the panels, where it covers no bar
@@ -273,15 +334,24 @@ def fig_retrieval(trials: pd.DataFrame, budget: int | None = None):
     (right, mean over layers and trials) against the key's distance from the question, one line per policy. ``trials``: one row per trial with
     label, policy, pos_shift, distance, correct, key_cached."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True, sharey=True)
+    from .stats import wilson_interval
+
     points = trials.groupby(["label", "policy", "depth", "prompt_tokens"], sort=False, as_index=False).agg(
-        distance=("distance", "mean"), correct=("correct", "mean"), key_cached=("key_cached", "mean"))
-    for (label, policy), df in points.groupby(["label", "policy"], sort=False):
+        distance=("distance", "mean"), correct=("correct", "mean"), hits=("correct", "sum"), n=("correct", "size"),
+        key_cached=("key_cached", "mean"))
+    groups = list(points.groupby(["label", "policy"], sort=False))
+    nudge = 0.012 * (points["distance"].max() - points["distance"].min() or 1)  # bars side by side, not on top
+    for i, ((label, policy), df) in enumerate(groups):
         df = df.sort_values("distance")
         style = style_for(FAMILY_STYLE["H2O, recent-heavy"] if policy == "h2o" and _h2o_recent_heavy(label)
                           else policy)
-        a.plot(df["distance"], df["correct"], label=label, **style)
+        wilson = [wilson_interval(int(k), int(n)) for k, n in zip(df["hits"], df["n"])]
+        yerr = np.array([[c - w.low for c, w in zip(df["correct"], wilson)],
+                         [w.high - c for c, w in zip(df["correct"], wilson)]]).clip(min=0)
+        a.errorbar(df["distance"] + (i - (len(groups) - 1) / 2) * nudge, df["correct"], yerr=yerr, label=label,
+                   capsize=2, **style)
         b.plot(df["distance"], df["key_cached"], label=label, **style)
-    for ax, title in ((a, "Pass key answered correctly (share of trials)"),
+    for ax, title in ((a, "Pass key answered correctly (bars: Wilson 95 % CI)"),
                       (b, "Key's tokens still cached at the question (share)")):
         if budget:
             ax.axvline(budget, color="grey", lw=0.8, ls=":")

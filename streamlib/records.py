@@ -120,6 +120,29 @@ class Run:
         print(f"{group:>10} | {policy.label():<28} | {_describe(fields):<40} | {result.status}")
         return result
 
+    def measure_all(self, group: str, policies: list, compute: Callable[[], dict], **fields) -> dict:
+        """One measurement of several policies together (e.g. timings interleaved round by round): ``compute()``
+        returns ``{policy: Measurement}`` and each policy's is recorded as :meth:`measure` would. It runs only when
+        some policy's configuration is not yet recorded (or the run is forced); a failure is recorded for each."""
+        keys = {p: config_key(**self.fields(group, p, **fields)) for p in policies}
+        if self.cfg.force or any(k not in self._measured for k in keys.values()):
+            try:
+                results = compute()
+            except Exception as err:  # noqa: BLE001 - recorded for every policy below, the run goes on
+                results, failure = {}, err
+
+                def compute_one(err=failure):
+                    raise err
+            else:
+                compute_one = None
+            out = {}
+            for policy in policies:
+                out[policy] = self._compute(group, policy, compute_one or (lambda p=policy: results[p]),
+                                            self.fields(group, policy, **fields), keys[policy], fields)
+                print(f"{group:>10} | {policy.label():<28} | {_describe(fields):<40} | {out[policy].status}")
+            return out
+        return {p: self.measure(group, p, lambda: None, **fields) for p in policies}
+
     def _compute(self, group, policy, compute, full: dict, key: str, fields: dict) -> Measurement:
         base = {"key": key, **_flatten(full)}
         try:

@@ -8,10 +8,18 @@ import html
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .plots import family_label
 from .records import policy_from_row
+from .stats import BLOCK, RESAMPLES, paired_ratio_interval, perplexity_interval, wilson_interval
+
+CI = "95 % CI"
+INTERVALS_NOTE = (f"Perplexity intervals: {CI}, circular block bootstrap over the per-token NLL ({BLOCK}-token blocks, "
+                  f"{RESAMPLES} resamples); comparisons on the same tokens are paired (the same blocks for both). "
+                  "Accuracies: Wilson 95 % interval. Timings: median over interleaved rounds, with the interquartile "
+                  "range (IQR); a change against Dense is the median of the per-round ratios.")
 
 # Display units: what people expect to read in a table (records keep SI units: seconds and bytes).
 DISPLAY_UNITS = {"s": ("ms", 1e3), "bytes": ("MiB", 1 / 2**20), "FLOP": ("GFLOP", 1e-9)}
@@ -124,9 +132,31 @@ def _fmt(value) -> str:
     return str(value)
 
 
+# Column names as a reader reads them (frames keep short names for code and plots).
+READER_NAMES = {"change_%": "change", "cache_size": "cache (tokens)", "kv_mib": "KV (MiB)", "tpot_ms": "TPOT (ms)",
+                "ttft_ms": "TTFT (ms)", "peak_mem_mib": "peak memory (MiB)", "throughput": "decode tokens/s",
+                "batch_size": "batch", "pos_shift": "position shift", "ppl": "perplexity", "label": "policy",
+                "n_sink": "sinks", "key_cached": "key still cached", "prompt_tokens": "prompt (tokens)",
+                "distance": "key to question (tokens)", "compiled": "compiled", "key_held": "key wholly cached",
+                "correct_when_held": "correct when cached"}
+
+
+def reader_names(table: pd.DataFrame) -> list[str]:
+    return [READER_NAMES.get(c, c) for c in table.columns]
+
+
+def format_interval(low, high, percent: bool = False) -> str:
+    """``[a, b]`` for a table cell; ``percent`` shows a ratio's interval as a change in percent."""
+    if any(v is None or v is pd.NA or (isinstance(v, float) and v != v) for v in (low, high)):
+        return "–"
+    if percent:
+        return f"[{(low - 1) * 100:+.1f} %, {(high - 1) * 100:+.1f} %]"
+    return f"[{_fmt(float(low))}, {_fmt(float(high))}]"
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     cols = list(table.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines = ["| " + " | ".join(reader_names(table)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for _, row in table.iterrows():
         cells = []
         for c in cols:
@@ -143,7 +173,7 @@ def to_latex(table: pd.DataFrame) -> str:
         return s.replace("_", r"\_").replace("%", r"\%")
 
     lines = [r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}", r"\toprule",
-             " & ".join(esc(c) for c in cols) + r" \\", r"\midrule"]
+             " & ".join(esc(c) for c in reader_names(table)) + r" \\", r"\midrule"]
     for _, row in table.iterrows():
         cells = []
         for c in cols:
@@ -187,11 +217,45 @@ def comparison(run) -> pd.DataFrame:
     tables.append(comparison_table(df[df["group"] == "flops"], {"policy": "dense"}, streaming,
                                    ["flops_stream_per_token"], prefer={"tokens": cfg.long_stream_tokens}))
     table = in_display_units(pd.concat(tables, ignore_index=True))
+    _comparison_intervals(run, table, streaming)
     names = {"ttft": "TTFT", "tpot_mean": "TPOT (mean)", "decode_throughput": "decode throughput",
              "kv_bytes_after_prompt": "KV cache after the prompt", "gen_peak_allocated_mem": "peak GPU memory",
              "gen_peak_rss_mem": "peak RSS", "flops_stream_per_token": "FLOPs per token (long stream)"}
     table["metric"] = [names.get(m, m) for m in table["metric"]]
-    return table.rename(columns={"streamingllm": cfg.streaming_policy().label()})
+    label = cfg.streaming_policy().label()
+    table = table[["metric", "unit", "baseline", f"baseline {CI}", "streamingllm", f"streaming {CI}", "change_%",
+                   f"change {CI}", "change IQR (timings)", "measured on"]]
+    return table.rename(columns={"streamingllm": label, f"streaming {CI}": f"{label} {CI}"})
+
+
+def _comparison_intervals(run, table: pd.DataFrame, streaming: dict) -> None:
+    """Fill the comparison's interval columns: perplexity rows get each side's 95 % CI and the paired change's
+    (on the run's own token count); TTFT and TPOT rows the IQR of the per-round ratios of the interleaved timing."""
+    cfg = run.cfg
+    for col in (f"baseline {CI}", f"streaming {CI}", f"change {CI}", "change IQR (timings)"):
+        table[col] = "–"
+    label = cfg.streaming_policy().label()
+    for corpus in cfg.datasets:
+        wide = latest_of_each(_same_setting(run.metrics("ppl"), dataset=corpus, n_tokens=cfg.ppl_tokens), ["label"])
+        nll = nll_curves(run, "ppl", wide[wide["label"].isin(["Dense", label])]) if not wide.empty else {}
+        rows = table.index[table["metric"] == f"ppl ({corpus})"]
+        if rows.empty:
+            continue
+        row = rows[0]
+        table.loc[row, f"baseline {CI}"] = format_interval(*_pair(ppl_interval(nll, "Dense")))
+        table.loc[row, f"streaming {CI}"] = format_interval(*_pair(ppl_interval(nll, label)))
+        iv = paired_interval(nll, label, "Dense")
+        table.loc[row, f"change {CI}"] = _resolved(iv.value, iv.low, iv.high) if iv else "–"
+    speed = latest_of_each(_same_setting(run.metrics("speed"), batch_size=cfg.speed_batch_sizes[0],
+                                         prompt_tokens=cfg.speed_prompt_tokens, new_tokens=cfg.speed_new_tokens),
+                           ["label"])
+    if speed.empty or "ttft_vs_baseline" not in speed or label not in set(speed["label"]):
+        return
+    v = speed.set_index("label").loc[label]
+    for metric, ratio in (("ttft", "ttft_vs_baseline"), ("tpot_mean", "tpot_vs_baseline")):
+        if v[ratio] == v[ratio]:
+            table.loc[table["metric"] == metric, "change IQR (timings)"] = format_interval(
+                v[ratio + "_q1"], v[ratio + "_q3"], percent=True)
 
 
 def latest_of_each(wide: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -208,6 +272,54 @@ def _same_setting(wide: pd.DataFrame, **setting) -> pd.DataFrame:
     return wide
 
 
+def nll_curves(run, group: str, wide: pd.DataFrame) -> dict[str, np.ndarray]:
+    """``label -> per-token NLL`` (in position order) of the measurement each row of ``wide`` records (its ``key``)."""
+    curves = run.curves(group)
+    if curves.empty or wide.empty:
+        return {}
+    out = {}
+    for label, key in zip(wide["label"], wide["key"]):
+        c = curves[curves["key"] == key]
+        if not c.empty:
+            out[label] = c.sort_values("position")["nll"].to_numpy()
+    return out
+
+
+def ppl_interval(nll: dict, label: str):
+    """The perplexity interval of ``label``'s NLL, or None when it has no curve."""
+    return perplexity_interval(nll[label]) if label in nll else None
+
+
+def paired_interval(nll: dict, label: str, reference: str):
+    """The paired ratio of perplexities ``label / reference`` on the same tokens, or None when either curve is
+    missing or they cover different tokens."""
+    if label not in nll or reference not in nll or len(nll[label]) != len(nll[reference]):
+        return None
+    return paired_ratio_interval(nll[label], nll[reference])
+
+
+def _bounds(intervals) -> tuple[list, list]:
+    return ([iv.low if iv else np.nan for iv in intervals], [iv.high if iv else np.nan for iv in intervals])
+
+
+def stretch_table(curves: pd.DataFrame, edges: list[int]) -> pd.DataFrame:
+    """Mean NLL per stretch of the stream (``[edges[i], edges[i+1])`` positions) for each policy, with its 95 %
+    interval (block bootstrap inside the stretch), as table cells ``mean [low, high]``."""
+    from .stats import mean_interval
+
+    edges = sorted(set(edges))
+    out = {}
+    for label, df in curves.groupby("label", sort=False):
+        row = {}
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            values = df.loc[(df["position"] >= lo) & (df["position"] < hi), "nll"].to_numpy()
+            if values.size >= 2:
+                iv = mean_interval(values, block=min(BLOCK, max(1, values.size // 4)), resamples=500)
+                row[f"{lo}-{hi - 1}"] = f"{iv.value:.3f} [{iv.low:.3f}, {iv.high:.3f}]"
+        out[label] = row
+    return pd.DataFrame.from_dict(out, orient="index").fillna("–")
+
+
 def speed_table(run) -> pd.DataFrame:
     """TTFT, TPOT (ms), decode throughput (tok/s), peak memory and KV cache (MiB) per policy and batch size, all on
     the run's prompt and generation lengths."""
@@ -221,10 +333,40 @@ def speed_table(run) -> pd.DataFrame:
     out["pos_shift"] = out["pos_shift"].fillna(True).astype(bool)
     out["ttft_ms"] = wide["ttft"] * 1e3
     out["tpot_ms"] = wide["tpot_mean"] * 1e3
+    for name, metric in (("ttft", "ttft"), ("tpot", "tpot_mean")):  # interleaved timings: quartiles over rounds
+        if f"{metric}_q1" in wide:
+            out[f"{name}_q1"], out[f"{name}_q3"] = wide[f"{metric}_q1"] * 1e3, wide[f"{metric}_q3"] * 1e3
     out["throughput"] = wide["decode_throughput"]
     out["peak_mem_mib"] = wide[mem] / 2**20
     out["kv_mib"] = wide["kv_bytes_after_prompt"] / 2**20
     return out.sort_values(["batch_size", "label"]).reset_index(drop=True)
+
+
+def latency_table(run, group: str, new_tokens: int) -> pd.DataFrame:
+    """Interleaved timings of ``group`` (e.g. 03's ``sweep_speed``) on the run's prompt: per policy its budget, TTFT
+    and TPOT (ms, median and IQR over rounds) and TPOT against Dense in the same round (median and IQR of the
+    per-round ratios)."""
+    cfg = run.cfg
+    wide = latest_of_each(_same_setting(run.metrics(group), prompt_tokens=cfg.speed_prompt_tokens,
+                                        new_tokens=new_tokens), ["label"])
+    if wide.empty or "tpot_vs_baseline" not in wide:
+        return pd.DataFrame()
+    policies = [policy_from_row(r) for r in wide.to_dict("records")]
+    out = pd.DataFrame({"label": wide["label"].to_numpy(), "policy": wide["policy"].to_numpy(),
+                        "pos_shift": wide["pos_shift"].fillna(True).astype(bool).to_numpy(),
+                        "cache_size": pd.array([p.budget for p in policies], dtype="Int64")})
+    for name, metric in (("ttft", "ttft"), ("tpot", "tpot_mean")):
+        out[f"{name}_ms"] = (wide[metric] * 1e3).to_numpy()
+        out[f"{name.upper()} IQR (ms)"] = [format_interval(a * 1e3, b * 1e3)
+                                           for a, b in zip(wide[f"{metric}_q1"], wide[f"{metric}_q3"])]
+    out["tpot_vs_dense"] = wide["tpot_vs_baseline"].to_numpy()
+    out["tpot_vs_dense_q1"] = wide["tpot_vs_baseline_q1"].to_numpy()
+    out["tpot_vs_dense_q3"] = wide["tpot_vs_baseline_q3"].to_numpy()
+    out["TPOT vs Dense (IQR)"] = [
+        "(baseline)" if p == "dense" else f"{(v - 1) * 100:+.1f} % " + format_interval(a, b, percent=True)
+        for p, v, a, b in zip(out.policy, out.tpot_vs_dense, out.tpot_vs_dense_q1, out.tpot_vs_dense_q3)]
+    out["rounds"] = wide["rounds"].astype(int).to_numpy()
+    return out.sort_values("cache_size", na_position="first").reset_index(drop=True)
 
 
 def decode_modes_table(run) -> pd.DataFrame:
@@ -247,30 +389,61 @@ SWEEP_SINKS = 4  # the sink count of the cache-size sweep (the paper's choice)
 
 
 def sweep_table(run) -> pd.DataFrame:
-    """One row per swept policy: perplexity on the sweep stream, KV bytes after the prompt (MiB), TPOT (ms) and the
-    cache size in tokens; ``sweep`` says whether the row belongs to the cache-size sweep, the sink sweep or both."""
+    """One row per swept policy: perplexity on the sweep stream with its 95 % interval (``ppl_low``, ``ppl_high``),
+    the paired ratio against StreamingLLM with 4 sinks at the same cache size on the same tokens (``vs_streamingllm``,
+    ``vs_low``, ``vs_high``; 1 for itself), KV bytes after the prompt (MiB) and the cache size in tokens; ``sweep``
+    says whether the row belongs to the cache-size sweep, the sink sweep or both."""
+    from .policies import StreamingLLM
+
     cfg = run.cfg
     ppl = latest_of_each(_same_setting(run.metrics("ppl"), n_tokens=cfg.sweep_tokens, dataset=cfg.datasets[0]),
                          ["label"])
-    speed = latest_of_each(_same_setting(run.metrics("sweep_speed"), prompt_tokens=cfg.speed_prompt_tokens), ["label"])
-    if ppl.empty or speed.empty:
+    kv = latest_of_each(_same_setting(run.metrics("sweep_kv"), prompt_tokens=cfg.speed_prompt_tokens), ["label"])
+    if ppl.empty or kv.empty:
         return pd.DataFrame()
     cols = ["policy", "n_sink", "window", "pos_shift"]
-    speed = speed[["label", "tpot_mean", "kv_bytes_after_prompt"]]
-    out = ppl[["label"] + cols + ["ppl"]].merge(speed, on="label", how="inner")
+    out = ppl[["label", "key"] + cols + ["ppl"]].merge(kv[["label", "kv_bytes_after_prompt"]], on="label", how="inner")
     policies = [policy_from_row(r) for r in ppl.set_index("label").loc[out["label"]].reset_index().to_dict("records")]
     out["pos_shift"] = out["pos_shift"].fillna(True).astype(bool)
     out["n_sink"] = out["n_sink"].fillna(0).astype(int)
     out["cache_size"] = [p.budget for p in policies]
     out["kv_mib"] = out["kv_bytes_after_prompt"] / 2**20
-    out["tpot_ms"] = out["tpot_mean"] * 1e3
     out.insert(1, "family", [family_label(p) for p in policies])
+    nll = nll_curves(run, "ppl", out)
+    out["ppl_low"], out["ppl_high"] = _bounds([ppl_interval(nll, label) for label in out["label"]])
+    references = [StreamingLLM(SWEEP_SINKS, size - SWEEP_SINKS).label() if size > SWEEP_SINKS + 1 else None
+                  for size in out["cache_size"]]
+    paired = [paired_interval(nll, label, ref) if ref else None for label, ref in zip(out["label"], references)]
+    out["vs_streamingllm"] = [iv.value if iv else np.nan for iv in paired]
+    out["vs_low"], out["vs_high"] = _bounds(paired)
     in_cache = (out["cache_size"].isin(cfg.sweep_cache_sizes) & ((out["policy"] != "streamingllm")
                                                                   | (out["n_sink"] == SWEEP_SINKS))) \
         | (out["policy"] == "burst")  # the lab's tuning table: its own capacities
     in_sinks = (out["policy"] == "streamingllm") & out["pos_shift"] & (out["cache_size"] == cfg.sweep_sink_cache)
     out["sweep"] = ["cache+sinks" if a and b else "cache" if a else "sinks" if b else "" for a, b in zip(in_cache, in_sinks)]
-    return out[out["sweep"] != ""].drop(columns=["tpot_mean", "kv_bytes_after_prompt"]).reset_index(drop=True)
+    return out[out["sweep"] != ""].drop(columns=["kv_bytes_after_prompt", "key"]).reset_index(drop=True)
+
+
+def sweep_report(sweep: pd.DataFrame) -> pd.DataFrame:
+    """The sweep as report.md shows it: perplexity and its 95 % CI, the paired change against StreamingLLM with 4
+    sinks at the same size (and its 95 % CI; "not resolved" where it includes zero), KV memory."""
+    out = sweep[["label", "cache_size", "ppl"]].copy()
+    out[f"ppl {CI}"] = [format_interval(a, b) for a, b in zip(sweep["ppl_low"], sweep["ppl_high"])]
+    out["vs StreamingLLM 4 sinks"] = [f"{(v - 1) * 100:+.1f} %" if v == v else "–" for v in sweep["vs_streamingllm"]]
+    out[f"vs StreamingLLM {CI}"] = [_resolved(v, a, b) for v, a, b in zip(sweep["vs_streamingllm"], sweep["vs_low"],
+                                                                          sweep["vs_high"])]
+    out["kv_mib"] = sweep["kv_mib"]
+    return out
+
+
+def _resolved(value, low, high) -> str:
+    """A paired ratio's interval as a change in percent, saying when it includes no change."""
+    if value != value or low != low:
+        return "–"
+    if low == high == 1:
+        return "(itself)"
+    cell = format_interval(low, high, percent=True)
+    return cell if (low > 1 or high < 1) else cell + " not resolved"
 
 
 # The lab report's speed claims for its press (0.7, 4, 256) against its baseline on Pythia-2.8b, 1,024-token tests.
@@ -279,7 +452,8 @@ LAB_CLAIMS = {"gen_peak_mem": "-10 %", "decode_throughput": "+21.6 %", "ttft": "
 
 def burst_table(run) -> pd.DataFrame:
     """Each burst-eviction configuration of the run beside StreamingLLM at its peak and at its mean memory, and
-    Dense: perplexity on 03's burst stream (the longest one recorded up to ``burst_tokens``)."""
+    Dense: perplexity on 03's burst stream (the longest one recorded up to ``burst_tokens``) with the burst's 95 %
+    interval, and the paired change of burst eviction against each StreamingLLM match on the same tokens."""
     from .policies import streaming_matches
 
     cfg = run.cfg
@@ -289,33 +463,45 @@ def burst_table(run) -> pd.DataFrame:
     lengths = wide.loc[(wide["policy"] == "burst") & (wide["n_tokens"] <= cfg.burst_tokens), "n_tokens"]
     if lengths.empty:
         return pd.DataFrame()
-    ppl = latest_of_each(wide[wide["n_tokens"] == lengths.max()], ["label"]).set_index("label")["ppl"]
+    latest = latest_of_each(wide[wide["n_tokens"] == lengths.max()], ["label"])
+    ppl = latest.set_index("label")["ppl"]
+    nll = nll_curves(run, "ppl", latest)
     rows = []
     for burst in cfg.burst_policies():
         peak, mean = streaming_matches(burst)
-        rows.append({"burst eviction": burst.label(), "peak tokens": burst.capacity, "mean tokens": burst.mean_resident,
-                     "ppl": ppl.get(burst.label()), "StreamingLLM, equal peak": ppl.get(peak.label()),
-                     "StreamingLLM, equal mean": ppl.get(mean.label()), "Dense": ppl.get("Dense"),
-                     "tokens": int(lengths.max())})
-    out = pd.DataFrame(rows)
-    out["burst vs equal mean %"] = (out["ppl"] / out["StreamingLLM, equal mean"] - 1) * 100
-    return out
+        row = {"burst eviction": burst.label(), "peak tokens": burst.capacity, "mean tokens": burst.mean_resident,
+               "ppl": ppl.get(burst.label()), f"ppl {CI}": format_interval(*_pair(ppl_interval(nll, burst.label()))),
+               "StreamingLLM, equal peak": ppl.get(peak.label()), "StreamingLLM, equal mean": ppl.get(mean.label()),
+               "Dense": ppl.get("Dense")}
+        for name, match in (("equal peak", peak), ("equal mean", mean)):
+            iv = paired_interval(nll, burst.label(), match.label())
+            row[f"burst vs {name}"] = f"{(iv.value - 1) * 100:+.1f} %" if iv else "–"
+            row[f"vs {name} {CI}"] = _resolved(iv.value, iv.low, iv.high) if iv else "–"
+        row["tokens"] = int(lengths.max())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pair(interval) -> tuple:
+    return (interval.low, interval.high) if interval else (None, None)
 
 
 def burst_speed_table(run) -> pd.DataFrame:
     """The lab's five speed metrics on our implementation: Dense, the lab's configuration and StreamingLLM at its
-    peak memory, greedy generation of ``burst_new_tokens`` at batch 1 (TPOT as mean and p90), with the change
-    against Dense and the lab report's claim beside it."""
+    peak memory, greedy generation of ``burst_new_tokens`` at batch 1, timed in turns (medians over rounds; TPOT
+    also as p90 over every step), with the change against Dense (TTFT and TPOT: the median of the per-round ratios
+    and their IQR) and the lab report's claim beside it."""
     cfg = run.cfg
     wide = latest_of_each(_same_setting(run.metrics("burst_speed"), prompt_tokens=cfg.speed_prompt_tokens,
                                         new_tokens=cfg.burst_new_tokens), ["label"])
     if wide.empty or "Dense" not in set(wide["label"]):
         return pd.DataFrame()
     memory = "gen_peak_allocated_mem" if "gen_peak_allocated_mem" in wide else "gen_peak_rss_mem"
-    metrics = [("ttft", "TTFT", "ms", 1e3), ("tpot_mean", "TPOT (mean)", "ms", 1e3),
+    metrics = [("ttft", "TTFT", "ms", 1e3), ("tpot_mean", "TPOT (median of runs)", "ms", 1e3),
                ("tpot_p90", "TPOT (p90)", "ms", 1e3),
                ("decode_throughput", "decode throughput", "tok/s", 1.0), (memory, "peak memory", "MiB", 2**-20),
                ("kv_bytes_after_prompt", "KV cache after the prompt", "MiB", 2**-20)]
+    ratios = {"ttft": "ttft_vs_baseline", "tpot_mean": "tpot_vs_baseline"}
     values = wide.set_index("label")
     dense = values.loc["Dense"]
     rows = []
@@ -323,7 +509,13 @@ def burst_speed_table(run) -> pd.DataFrame:
         row = {"metric": name, "unit": unit, "Dense": dense[metric] * scale}
         for label in values.index.drop("Dense"):
             row[label] = values.loc[label, metric] * scale
-            row[f"{label} vs Dense"] = f"{(values.loc[label, metric] / dense[metric] - 1) * 100:+.1f} %"
+            paired = ratios.get(metric)
+            if paired and paired in values and values.loc[label, paired] == values.loc[label, paired]:
+                v = values.loc[label]
+                row[f"{label} vs Dense"] = (f"{(v[paired] - 1) * 100:+.1f} % IQR "
+                                            + format_interval(v[paired + "_q1"], v[paired + "_q3"], percent=True))
+            else:
+                row[f"{label} vs Dense"] = f"{(values.loc[label, metric] / dense[metric] - 1) * 100:+.1f} %"
         row["lab report's claim"] = LAB_CLAIMS.get("gen_peak_mem" if metric == memory else metric, "")
         rows.append(row)
     return pd.DataFrame(rows)
@@ -335,23 +527,54 @@ def retrieval_trials(run) -> pd.DataFrame:
     trials = run.curves("retrieval")
     if trials.empty:
         return trials
-    setting = (trials["new_tokens"] == cfg.retrieval_new_tokens) & (trials["seeds"] == cfg.retrieval_seeds)
+    setting = (trials["new_tokens"] == cfg.retrieval_new_tokens) \
+        & trials["seeds"].isin([cfg.retrieval_seeds, cfg.retrieval_scored_seeds])
     return trials[setting].reset_index(drop=True)
 
 
 def retrieval_table(run) -> pd.DataFrame:
-    """Accuracy and the share of trials whose key was still cached, per policy and distance from key to question;
-    Dense (the model's own ceiling) first."""
+    """Accuracy with its Wilson 95 % interval and the share of trials whose key was still cached, per policy and
+    distance from key to question; Dense (the model's own ceiling) first."""
     trials = retrieval_trials(run)
     if trials.empty:
         return trials
     table = trials.groupby(["policy", "label", "prompt_tokens", "depth"], sort=False).agg(
-        distance=("distance", "mean"), trials=("correct", "size"), accuracy=("correct", "mean"),
-        key_cached=("key_cached", "mean")).reset_index()
+        distance=("distance", "mean"), trials=("correct", "size"), correct=("correct", "sum"),
+        accuracy=("correct", "mean"), key_cached=("key_cached", "mean")).reset_index()
+    return _with_wilson(_in_kind_order(table, ["label", "prompt_tokens", "distance"])).drop(columns=["policy", "depth"])
+
+
+def retrieval_summary(run) -> pd.DataFrame:
+    """Per policy, every trial pooled: accuracy with its Wilson 95 % interval, and the same over the trials whose
+    key was wholly cached at the question (can the policy answer when it still holds the key?)."""
+    trials = retrieval_trials(run)
+    if trials.empty:
+        return trials
+    held = trials.assign(held=trials["key_cached"] >= 1.0)
+    table = held.groupby(["policy", "label"], sort=False).agg(
+        trials=("correct", "size"), correct=("correct", "sum"), accuracy=("correct", "mean"),
+        key_held=("held", "sum"), correct_when_held=("correct", lambda c: int(c[held.loc[c.index, "held"]].sum()))
+    ).reset_index()
+    table = _with_wilson(_in_kind_order(table, ["label"]))
+    table[f"when key held {CI}"] = [
+        f"{k}/{n}: " + format_interval(*_pair(wilson_interval(int(k), int(n)))) if n else "–"
+        for k, n in zip(table["correct_when_held"], table["key_held"])]
+    return table.drop(columns=["policy"])
+
+
+def _in_kind_order(table: pd.DataFrame, then: list[str]) -> pd.DataFrame:
     order = {kind: i for i, kind in enumerate(KIND_ORDER)}
-    table["kind"] = table["policy"].map(lambda kind: order.get(kind, len(order)))
-    table = table.sort_values(["kind", "label", "prompt_tokens", "distance"], kind="stable")
-    return table.drop(columns=["kind", "policy", "depth"]).reset_index(drop=True)
+    table = table.assign(kind=table["policy"].map(lambda kind: order.get(kind, len(order))))
+    return table.sort_values(["kind"] + then, kind="stable").drop(columns="kind").reset_index(drop=True)
+
+
+def _with_wilson(table: pd.DataFrame) -> pd.DataFrame:
+    intervals = [wilson_interval(int(k), int(n)) for k, n in zip(table["correct"], table["trials"])]
+    table = table.copy()
+    table["accuracy_low"], table["accuracy_high"] = _bounds(intervals)
+    table[f"accuracy {CI}"] = [format_interval(iv.low, iv.high) for iv in intervals]
+    table["correct"] = table["correct"].astype(int)
+    return table
 
 
 KIND_ORDER = ("dense", "window", "streamingllm", "burst", "tova", "h2o", "recompute")
@@ -360,16 +583,16 @@ KIND_ORDER = ("dense", "window", "streamingllm", "burst", "tova", "h2o", "recomp
 # ---------------------------------------------------------------------------------------------- report.md --
 
 CAPTIONS = {
-    "fig1_nll_vs_position": "NLL along one long stream: Dense past its trained length (dotted line) against the "
-                            "bounded caches.",
+    "fig1_nll_vs_position": "NLL along one long stream (bands: 95 % CI of each stretch's mean): Dense past its "
+                            "trained length (dotted line) against the bounded caches.",
     "fig2_memory_vs_position": "KV-cache memory along the stream: Dense grows with every token, the bounded caches "
                                "stay flat.",
     "fig3_latency_vs_position": "Time per token along the stream: Recompute pays a forward over its whole window "
                                 "for each token.",
-    "fig4_tradeoff": "Perplexity against KV-cache memory over the cache-size sweep (Pareto front in grey), and "
-                     "decode latency against cache size.",
-    "fig5_ppl_vs_sinks": "Perplexity against the number of attention sinks at a fixed cache size, beside the "
-                         "paper's Table 2.",
+    "fig4_tradeoff": "Perplexity (95 % CI bars) against KV-cache memory over the cache-size sweep (Pareto front in "
+                     "grey), and each timed policy's decode step against Dense's in the same round (median, IQR).",
+    "fig5_ppl_vs_sinks": "Perplexity (95 % CI bars) against the number of attention sinks at a fixed cache size, "
+                         "beside the paper's Table 2.",
     "fig6_speed": "TTFT, TPOT and decode throughput, Dense against StreamingLLM, per batch size.",
     "fig7_attention_sinks": "Mean attention weight on each of the first four tokens, per layer, against uniform "
                             "attention.",
@@ -377,7 +600,7 @@ CAPTIONS = {
                        "StreamingLLM.",
     "fig9_burst_memory": "KV cache held along the stream: the lab's burst eviction (0.7, 4, 256) as the sawtooth it "
                          "is, beside StreamingLLM at its peak and at its mean memory.",
-    "fig10_retrieval": "Pass-key retrieval at one KV budget: accuracy, and the share of the key's tokens still cached "
+    "fig10_retrieval": "Pass-key retrieval at one KV budget: accuracy (Wilson 95 % CI bars), and the share of the key's tokens still cached "
                        "at the question, against the key's distance from it (Dense is the model's own ceiling).",
 }
 
@@ -391,14 +614,17 @@ blockquote { border-left: 4px solid #c33; margin-left: 0; padding-left: 1rem; }
 em { color: #555; }"""
 
 
-def write_report(run, tables: dict[str, pd.DataFrame]) -> Path:
-    """``report.md`` in the run directory: the tables given, then every report figure the run has, embedded as a PNG
-    with its one-line caption. A dry run says so at the top. ``run`` is a :class:`streamlib.workbook.Run`."""
+def write_report(run, tables: dict[str, pd.DataFrame], note: str = "") -> Path:
+    """``report.md`` in the run directory: ``note`` (e.g. how the intervals are made), the tables given, then every
+    report figure the run has, embedded as a PNG with its one-line caption. A dry run says so at the top. ``run`` is
+    a :class:`streamlib.records.Run`."""
     cfg = run.cfg
     lines = [f"# streamlib run `{run.path.name}`: profile {cfg.profile}, model {cfg.model}", ""]
     if cfg.dry_run:
         lines += ["> **DRY RUN.** Random weights, embedded text and scaled-down token counts: this checks that the "
                   f"`{cfg.profile}` chain runs end to end. None of its numbers is a result.", ""]
+    if note:
+        lines += [note, ""]
     for title, table in tables.items():
         lines += [f"## {title}", "", to_markdown(table), ""]
     lines += ["## Figures", ""]

@@ -16,9 +16,10 @@ import pandas as pd
 import torch
 
 from .checks import check_input_ids, check_int, check_sampling
-from .generation import TokenStream, cache_for, decode_step
+from .generation import TokenStream, cache_for, decode_step, forward_chunks
 from .memory import kv_bytes_after_prompt, kv_cache_bytes, kv_resident_bytes, memory_now, peak_memory
 from .records import Measurement
+from .stats import median_spread
 
 
 def random_prompt(model, batch: int, tokens: int, seed: int = 0) -> torch.Tensor:
@@ -134,10 +135,13 @@ def time_generation(model, policy, prompt_ids: torch.Tensor, new_tokens: int, *,
 
 
 @torch.inference_mode()
-def stream_trace(model, input_ids: torch.Tensor, policy, *, every: int = 64, max_dense_tokens: int | None = None):
+def stream_trace(model, input_ids: torch.Tensor, policy, *, every: int = 64, max_dense_tokens: int | None = None,
+                 timed: bool = True):
     """Feed a stream token by token and record, every ``every`` tokens: position, KV bytes, memory in use and the
     step latency (seconds, mean over the last ``every`` steps). Dense stops at ``max_dense_tokens`` if given (it runs
-    out of memory or past its trained length); a CUDA OOM ends the trace where it happened.
+    out of memory or past its trained length); a CUDA OOM ends the trace where it happened. With ``timed=False``
+    (a memory trace) the stream goes in chunks of ``every`` tokens, which hold the same tokens at every boundary as
+    one token at a time does, and ``step_s`` is NaN.
 
     Returns a list of dicts with keys ``position``, ``kv_bytes`` (allocated), ``kv_resident_bytes`` (held),
     ``memory_bytes``, ``step_s``.
@@ -148,6 +152,15 @@ def stream_trace(model, input_ids: torch.Tensor, policy, *, every: int = 64, max
     ids = input_ids.to(device)
     cache = cache_for(model, policy)
     limit = ids.shape[1] if max_dense_tokens is None or policy.budget is not None else min(ids.shape[1], max_dense_tokens)
+    if not timed:
+        rows = []
+        for start in range(0, limit - limit % every, every):
+            for _ in forward_chunks(model, ids[:, start : start + every], cache, every, all_logits=False):
+                pass
+            rows.append({"position": start + every, "kv_bytes": kv_cache_bytes(cache),
+                         "kv_resident_bytes": kv_resident_bytes(cache), "memory_bytes": memory_now(device),
+                         "step_s": float("nan")})
+        return rows
     rows, window_steps = [], []
     try:
         for t in range(limit):
@@ -186,20 +199,76 @@ def measure_generation(model, policy, prompt_ids: torch.Tensor, new_tokens: int,
     return Measurement(rows=rows)
 
 
-def measure_decode(model, policy, prompt_ids: torch.Tensor, new_tokens: int = 32, *,
-                   compile: bool = False) -> Measurement:
-    """A quick decode-latency point for sweeps: one timed generation (after a warm-up); TPOT and KV bytes."""
-    r = time_generation(model, policy, prompt_ids, new_tokens, repeats=1, compile=compile)
-    kv_bytes = r.runs[-1].kv_bytes_after_prompt
-    if compile:  # compiled Dense runs on a preallocated cache: report the policy's own
-        kv_bytes = kv_bytes_after_prompt(model, policy, prompt_ids.to(next(model.parameters()).device))
-    return Measurement(rows=[("tpot_mean", r.summary()["tpot_mean"][0], "s"), ("kv_bytes_after_prompt", kv_bytes, "bytes")])
+@torch.inference_mode()
+def time_interleaved(model, policies: list, prompt_ids, new_tokens: int, *, rounds: int = 5,
+                     warmup: int = 1) -> tuple[dict, dict]:
+    """Greedy generation of ``new_tokens`` after ``prompt_ids`` under each policy, interleaved: round ``r`` runs
+    every policy once, starting from policy ``r mod k`` (A B C, B C A, ...), so drift in the machine's speed (heat,
+    other work) hits every policy alike and each round gives a paired comparison. ``warmup`` rounds come first and
+    are not kept. ``prompt_ids``: one prompt for all, or ``{policy: prompt}``. Returns
+    ``({policy: SpeedResult}, {policy: peak memory dict})`` (peak over that policy's runs)."""
+    if not policies:
+        raise ValueError("policies must hold at least one policy")
+    prompts = prompt_ids if isinstance(prompt_ids, dict) else {p: prompt_ids for p in policies}
+    for p in policies:
+        check_input_ids(prompts[p])
+    check_int("rounds", rounds, 1)
+    check_int("warmup", warmup, 0)
+    device = next(model.parameters()).device
+    results = {p: SpeedResult() for p in policies}
+    peaks: dict = {p: {} for p in policies}
+    for r in range(warmup + rounds):
+        start = r % len(policies)
+        for policy in policies[start:] + policies[:start]:
+            holder = {}
+            mem = peak_memory(lambda: holder.setdefault("r", time_generation(
+                model, policy, prompts[policy], new_tokens, warmup=0, repeats=1)), device)
+            if r >= warmup:
+                results[policy].runs += holder["r"].runs
+                peaks[policy] = {k: max(v, peaks[policy].get(k, 0)) for k, v in mem.items()}
+    return results, peaks
+
+
+def measure_interleaved(model, policies: list, prompt_ids, new_tokens: int, *, rounds: int = 5,
+                        warmup: int = 1) -> dict:
+    """:func:`time_interleaved` as one record per policy: TTFT, TPOT (each run's mean step), decode throughput and
+    end-to-end time as the median over rounds with their quartiles (``_q1``, ``_q3``), TPOT's p50 and p90 over every
+    step, peak memory, KV bytes after the prompt; and against the first policy (the baseline, e.g. Dense) the
+    median and quartiles of the per-round ratios ``ttft_vs_baseline`` and ``tpot_vs_baseline`` (1 for itself).
+    Returns ``{policy: Measurement}``."""
+    timed, peaks = time_interleaved(model, policies, prompt_ids, new_tokens, rounds=rounds, warmup=warmup)
+    base = timed[policies[0]].runs
+    out = {}
+    for policy in policies:
+        runs = timed[policy].runs
+        rows = []
+        for metric, values, unit in (("ttft", [x.ttft_s for x in runs], "s"), ("tpot_mean", [x.tpot_s for x in runs], "s"),
+                                     ("decode_throughput", [x.throughput_tok_s for x in runs], "tok/s"),
+                                     ("e2e_time", [x.e2e_s for x in runs], "s")):
+            med, q1, q3 = median_spread(values)
+            rows += [(metric, med, unit), (metric + "_q1", q1, unit), (metric + "_q3", q3, unit)]
+        steps = [s for x in runs for s in x.step_s]
+        rows += [("tpot_p50", percentile(steps, 0.5), "s"), ("tpot_p90", percentile(steps, 0.9), "s")]
+        for metric, pick in (("ttft", lambda x: x.ttft_s), ("tpot", lambda x: x.tpot_s)):
+            med, q1, q3 = median_spread([pick(a) / pick(b) for a, b in zip(runs, base)])
+            rows += [(f"{metric}_vs_baseline", med, ""), (f"{metric}_vs_baseline_q1", q1, ""),
+                     (f"{metric}_vs_baseline_q3", q3, "")]
+        rows += [(f"gen_{k}_mem", v, "bytes") for k, v in peaks[policy].items()]
+        rows.append(("kv_bytes_after_prompt", runs[-1].kv_bytes_after_prompt, "bytes"))
+        out[policy] = Measurement(rows=rows)
+    return out
+
+
+def measure_kv(model, policy, prompt_ids: torch.Tensor) -> Measurement:
+    """KV bytes once ``prompt_ids`` is in the cache, without timing anything. A bounded cache allocates its whole
+    budget on its first call, so a prompt of ``budget`` tokens gives the bytes of any longer one (tested)."""
+    return Measurement(rows=[("kv_bytes_after_prompt", kv_bytes_after_prompt(model, policy, prompt_ids), "bytes")])
 
 
 def measure_trace(model, input_ids: torch.Tensor, policy, *, every: int = 64,
-                  max_dense_tokens: int | None = None) -> Measurement:
+                  max_dense_tokens: int | None = None, timed: bool = True) -> Measurement:
     """:func:`stream_trace` as a record: the per-position curve, and the first and last step times and KV bytes."""
-    rows = stream_trace(model, input_ids, policy, every=every, max_dense_tokens=max_dense_tokens)
+    rows = stream_trace(model, input_ids, policy, every=every, max_dense_tokens=max_dense_tokens, timed=timed)
     if not rows:
         raise ValueError(f"input_ids: the trace needs at least every={every} tokens; got {input_ids.shape[1]}")
     return Measurement(rows=[("trace_final_kv_bytes", rows[-1]["kv_bytes"], "bytes"),

@@ -157,3 +157,29 @@ def test_interactive_memory_is_flat_over_fifty_turns():
     # the same conversation with a dense cache grows with every turn: the check above can fail
     dense = _kv_per_turn(_cli("--policy", "dense", "--max-new-tokens", "12", "--interactive", stdin=turns).stderr)
     assert float(dense[50]) > 5 * float(dense[5])
+
+
+def test_interactive_stats_are_per_turn_and_exclude_waiting_for_input():
+    """Two piped turns with a 3 s pause between them: each turn's line counts that turn's tokens over that turn's
+    time; the closing line adds them up, and only its wall time includes the pause."""
+    import os
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "streamlib", "generate", "--model", "micro", "--policy",
+                             "streamingllm:4+60", "--max-new-tokens", "20", "--interactive"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc.stdin.write("And God said\n")
+    proc.stdin.flush()
+    time.sleep(3.0)
+    proc.stdin.write("Let there be light\n")
+    proc.stdin.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, stderr
+    turns = [(int(n), float(s)) for n, s in re.findall(r"\[turn \d+\] (\d+) tokens in ([\d.]+) s", stderr)]
+    assert len(turns) == 2 and all(1 <= n <= 20 for n, _ in turns)
+    assert turns[1][1] < 2.5  # the second turn's time does not hold the 3 s spent waiting for it
+    total = re.search(r"\[all 2 turns\] (\d+) tokens in ([\d.]+) s .* ([\d.]+) s wall", stderr)
+    assert int(total.group(1)) == turns[0][0] + turns[1][0]
+    assert float(total.group(2)) == pytest.approx(turns[0][1] + turns[1][1], abs=0.02)
+    assert float(total.group(3)) >= 3.0

@@ -234,3 +234,75 @@ def test_comparison_table_says_when_nothing_pairs(tmp_path):
     row = comparison_table(load_results(tmp_path), {"policy": "dense"}, {"policy": "streamingllm"}, ["ppl"]).iloc[0]
     assert pd.isna(row["baseline"]) and pd.isna(row["streamingllm"]) and pd.isna(row["change_%"])
     assert row["measured on"] == "no like-for-like pair (baseline: d, 2048 tokens | streaming: d, 1024 tokens)"
+
+
+def test_interleaved_timings_alternate_and_pair_each_round(peaky_model, monkeypatch):
+    """Rounds start from a different policy each time (A B, B A, ...), the warm-up round is dropped, and the
+    baseline's per-round ratio against itself is exactly 1."""
+    import streamlib.timing as timing
+
+    order = []
+    real = timing.time_generation
+
+    def spy(model, policy, *args, **kwargs):
+        order.append(policy.label())
+        return real(model, policy, *args, **kwargs)
+
+    monkeypatch.setattr(timing, "time_generation", spy)
+    prompt = torch.randint(0, 97, (1, 40))
+    policies = [Dense(), StreamingLLM(2, 16)]
+    out = timing.measure_interleaved(peaky_model, policies, prompt, 6, rounds=3, warmup=1)
+    assert order == ["Dense", "StreamingLLM 2+16", "StreamingLLM 2+16", "Dense", "Dense", "StreamingLLM 2+16",
+                     "StreamingLLM 2+16", "Dense"]
+    dense, streaming = out[policies[0]], out[policies[1]]
+    assert dense["ttft_vs_baseline"] == dense["ttft_vs_baseline_q1"] == dense["tpot_vs_baseline_q3"] == 1.0
+    assert streaming["ttft_q1"] <= streaming["ttft"] <= streaming["ttft_q3"]
+    assert streaming["tpot_vs_baseline_q1"] <= streaming["tpot_vs_baseline"] <= streaming["tpot_vs_baseline_q3"]
+    assert streaming["kv_bytes_after_prompt"] < dense["kv_bytes_after_prompt"]
+    with pytest.raises(ValueError, match="rounds"):
+        timing.measure_interleaved(peaky_model, policies, prompt, 6, rounds=0)
+
+
+def test_measure_all_records_each_policy_once_and_fails_for_all(tmp_path):
+    run = Run(Config.load("smoke", run_dir=str(tmp_path)))
+    policies = [Dense(), Window(8)]
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {p: Measurement(rows=[("ttft", 0.1 * (i + 1), "s")]) for i, p in enumerate(policies)}
+
+    first = run.measure_all("speed", policies, compute, batch_size=1)
+    again = run.measure_all("speed", policies, compute, batch_size=1)
+    assert len(calls) == 1 and [m.status for m in again.values()] == ["skipped", "skipped"]
+    assert again[policies[1]]["ttft"] == first[policies[1]]["ttft"] == 0.2
+
+    def boom():
+        raise RuntimeError("out of memory")
+
+    failed = run.measure_all("speed", policies, boom, batch_size=4)
+    assert {m.status for m in failed.values()} == {"failed"}
+    assert len(run.metrics("speed")) == 2  # the earlier results stay
+
+
+@pytest.mark.parametrize("policy", [StreamingLLM(4, 28), Window(24)])
+def test_kv_bytes_of_a_budget_long_prompt_equal_any_longer_one(peaky_model, policy):
+    from streamlib.policies import BurstEviction  # the burst cache preallocates its capacity too
+    from streamlib.timing import measure_kv
+
+    ids = torch.randint(0, 97, (1, 200))
+    for p in (policy, BurstEviction(4, 40, 0.5)):
+        assert measure_kv(peaky_model, p, ids[:, : p.budget])["kv_bytes_after_prompt"] == \
+            measure_kv(peaky_model, p, ids)["kv_bytes_after_prompt"]
+
+
+def test_memory_trace_in_chunks_equals_the_token_by_token_one(peaky_model):
+    from streamlib.policies import BurstEviction
+
+    ids = torch.randint(0, 97, (1, 160))
+    for policy in (BurstEviction(4, 48, 0.7), StreamingLLM(4, 20), Dense()):
+        timed = stream_trace(peaky_model, ids, policy, every=8)
+        chunked = stream_trace(peaky_model, ids, policy, every=8, timed=False)
+        keep = ["position", "kv_bytes", "kv_resident_bytes"]
+        assert [{k: r[k] for k in keep} for r in chunked] == [{k: r[k] for k in keep} for r in timed]
+        assert all(math.isnan(r["step_s"]) for r in chunked)

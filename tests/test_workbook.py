@@ -141,7 +141,16 @@ def test_smoke_chain_writes_everything(smoke_run):
     assert lab.max() > lab.iloc[-1] and lab.diff().min() < 0  # a sawtooth: memory falls at a burst
     retrieval = ok[(ok.group == "retrieval") & (ok.metric == "trials")]
     assert set(retrieval.policy) == {"dense", "window", "streamingllm", "tova", "h2o"} and len(retrieval) == 6
-    assert "## Pass-key retrieval (KV budget" in report
+    assert "## Pass-key retrieval per policy (KV budget" in report
+    # intervals beside every quality number, and how they were made
+    assert "circular block bootstrap" in report
+    comparison_md = (smoke_run / "tables" / "comparison.md").read_text()
+    assert "baseline 95 % CI" in comparison_md and "change 95 % CI" in comparison_md
+    ppl_row = next(line for line in comparison_md.splitlines() if line.startswith("| ppl ("))
+    assert ppl_row.count("[") >= 3  # baseline, StreamingLLM and the paired change each with an interval
+    assert "| perplexity | ppl 95 % CI | vs StreamingLLM 4 sinks | vs StreamingLLM 95 % CI |" in report
+    assert "accuracy 95 % CI" in report and "TPOT vs Dense (IQR)" in report
+    assert "change_%" not in report and "kv_mib" not in report and "tpot_ms" not in report
     streaming = burst_trace[burst_trace.policy == "streamingllm"].groupby("label")
     allocated = burst_trace[burst_trace.policy == "burst"].kv_bytes.max()
     assert streaming.kv_bytes.max().max() == allocated  # equal peak: the same slots (and sink keys) allocated
