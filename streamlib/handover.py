@@ -106,8 +106,9 @@ def sink_rotated_attention(base, module, query, key, value, attention_mask, *, n
 
     RoPE scores depend only on the distance, so each query is rotated once by ``cos, sin`` to that slot and scores
     the sinks; the query as the model rotated it scores the ring and the chunk. One softmax over both: with eager
-    attention the two score blocks are joined; with sdpa the two queries are laid side by side in a head of twice
-    the width and each key fills only its half.
+    attention the two score blocks are joined; with sdpa in single precision the difference of the two sink scores
+    is added to the sinks' columns of the mask (one attention of the usual width); in half precision the two queries
+    are laid side by side in a head of twice the width and each key fills only its half.
 
     ``plain_queries``: in a chunk that starts the stream (``[sinks | chunk]``, no ring), the leading queries that
     see every chunk token before them with the sinks where they are (the cache was still filling for them). With
@@ -127,7 +128,19 @@ def sink_rotated_attention(base, module, query, key, value, attention_mask, *, n
         chunk_k, chunk_v = key[:, :, n_sink : n_sink + p], value[:, :, n_sink : n_sink + p]
         parts.append(torch.nn.functional.scaled_dot_product_attention(
             query[:, :, :p], chunk_k, chunk_v, is_causal=True, scale=scaling, enable_gqa=gqa))
-    if p < query.shape[2]:
+    if p < query.shape[2] and query.dtype in (torch.float32, torch.float64):
+        # one attention of the usual width: the sinks' columns of an additive mask, per head, turn each sink's score
+        # into the rotated query's (exact up to rounding, which single precision keeps far below the tests' 1e-4)
+        rest = query[:, :, p:]
+        sinks = key[:, :, :n_sink]
+        turn = (grouped_scores(rotate(rest, cos[p:], sin[p:]), sinks) - grouped_scores(rest, sinks)) * scaling
+        bias = attention_mask[..., p:, :].expand(rest.shape[0], rest.shape[1], -1, -1).clone()
+        bias[..., :n_sink] += turn.to(bias.dtype)
+        parts.append(torch.nn.functional.scaled_dot_product_attention(rest, key, value, attn_mask=bias, scale=scaling,
+                                                                      enable_gqa=gqa))
+    elif p < query.shape[2]:
+        # half precision: the mask's resolution would blur the sinks' scores; lay the rotated and the unrotated query
+        # side by side in a head of twice the width instead, each key filling its half
         rest = query[:, :, p:]
         wide_query = torch.cat([rest, rotate(rest, cos[p:], sin[p:])], dim=-1)
         wide_key = key.new_zeros(*key.shape[:-1], 2 * d)

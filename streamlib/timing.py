@@ -206,7 +206,8 @@ def time_interleaved(model, policies: list, prompt_ids, new_tokens: int, *, roun
     every policy once, starting from policy ``r mod k`` (A B C, B C A, ...), so drift in the machine's speed (heat,
     other work) hits every policy alike and each round gives a paired comparison. ``warmup`` rounds come first and
     are not kept. ``prompt_ids``: one prompt for all, or ``{policy: prompt}``. Returns
-    ``({policy: SpeedResult}, {policy: peak memory dict})`` (peak over that policy's runs)."""
+    ``({policy: SpeedResult}, {policy: peak memory dict})``, the peak memory read during the first round (the
+    warm-up when there is one), so that no sampler runs beside the timed rounds."""
     if not policies:
         raise ValueError("policies must hold at least one policy")
     prompts = prompt_ids if isinstance(prompt_ids, dict) else {p: prompt_ids for p in policies}
@@ -216,16 +217,21 @@ def time_interleaved(model, policies: list, prompt_ids, new_tokens: int, *, roun
     check_int("warmup", warmup, 0)
     device = next(model.parameters()).device
     results = {p: SpeedResult() for p in policies}
-    peaks: dict = {p: {} for p in policies}
+    peaks: dict = {}
     for r in range(warmup + rounds):
         start = r % len(policies)
         for policy in policies[start:] + policies[:start]:
-            holder = {}
-            mem = peak_memory(lambda: holder.setdefault("r", time_generation(
-                model, policy, prompts[policy], new_tokens, warmup=0, repeats=1)), device)
+            run = lambda: time_generation(model, policy, prompts[policy], new_tokens, warmup=0, repeats=1)  # noqa: E731
+            if r == 0:
+                # peak memory from the first round (the warm-up, if any): its sampler thread would slow the timed
+                # rounds down on a CPU
+                holder = {}
+                peaks[policy] = peak_memory(lambda: holder.setdefault("r", run()), device)
+                timed = holder["r"]
+            else:
+                timed = run()
             if r >= warmup:
-                results[policy].runs += holder["r"].runs
-                peaks[policy] = {k: max(v, peaks[policy].get(k, 0)) for k, v in mem.items()}
+                results[policy].runs += timed.runs
     return results, peaks
 
 
