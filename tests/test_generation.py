@@ -171,10 +171,14 @@ def test_interactive_stats_are_per_turn_and_exclude_waiting_for_input():
                             cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     proc.stdin.write("And God said\n")
     proc.stdin.flush()
+    seen = []
+    while not (seen and seen[-1].startswith("[turn 1]")):  # the first reply is out: now the user takes 3 s to type
+        seen.append(proc.stderr.readline())
+        assert seen[-1], "".join(seen)
     time.sleep(3.0)
     proc.stdin.write("Let there be light\n")
     proc.stdin.close()
-    stderr = proc.stderr.read()
+    stderr = "".join(seen) + proc.stderr.read()
     assert proc.wait(timeout=120) == 0, stderr
     turns = [(int(n), float(s)) for n, s in re.findall(r"\[turn \d+\] (\d+) tokens in ([\d.]+) s", stderr)]
     assert len(turns) == 2 and all(1 <= n <= 20 for n, _ in turns)

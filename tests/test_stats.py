@@ -20,28 +20,25 @@ def ar1(reps: int, n: int, phi: float, mean: float, seed: int) -> np.ndarray:
     return x + mean
 
 
-def test_block_bootstrap_covers_a_known_mean_at_its_nominal_rate():
-    # AR(1) with phi = 0.5: neighbouring values correlated, as per-token NLL along a text is; the true mean is 3.
-    # An i.i.d. bootstrap would cover it about 75 % of the time here (its variance misses the factor (1+phi)/(1-phi) = 3).
-    reps = 1000
-    series = ar1(reps, 2048, 0.5, 3.0, seed=11)
+def coverage(reps: int, block: int, resamples: int, seed: int) -> float:
+    """The share of ``reps`` AR(1) series (phi = 0.5, length 2048, true mean 3) whose interval covers the mean."""
+    series = ar1(reps, 2048, 0.5, 3.0, seed=seed)
     hits = 0
     for i, x in enumerate(series):
-        iv = mean_interval(x, block=128, resamples=1000, seed=i)
+        iv = mean_interval(x, block=block, resamples=resamples, seed=i)
         hits += iv.low <= 3.0 <= iv.high
-    assert 0.92 <= hits / reps <= 0.98, hits / reps
+    return hits / reps
+
+
+def test_block_bootstrap_covers_a_known_mean_at_its_nominal_rate():
+    # AR(1) with phi = 0.5: neighbouring values correlated, as per-token NLL along a text is
+    assert 0.92 <= coverage(1000, block=128, resamples=1000, seed=11) <= 0.98
 
 
 def test_iid_blocks_undercover_correlated_data():
-    # the same check with blocks of one token: the interval ignores the correlation and is too narrow, so the
-    # block is what makes the coverage right (and this test can tell the difference)
-    reps = 300
-    series = ar1(reps, 2048, 0.5, 3.0, seed=12)
-    hits = 0
-    for i, x in enumerate(series):
-        iv = mean_interval(x, block=1, resamples=500, seed=i)
-        hits += iv.low <= 3.0 <= iv.high
-    assert hits / reps < 0.85
+    # blocks of one token ignore the correlation (the variance misses the factor (1+phi)/(1-phi) = 3): the interval
+    # is too narrow, so the block is what makes the coverage right, and the test above can tell the difference
+    assert coverage(300, block=1, resamples=500, seed=12) < 0.85
 
 
 def test_bootstrap_means_centre_on_the_sample_mean_and_are_deterministic():
