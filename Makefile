@@ -2,13 +2,18 @@
 PY := .venv/bin/python
 PROFILE ?= auto
 
-.PHONY: run test env bench gpu-check clean-runs
+.PHONY: run test env lab bench gpu-check clean-runs
 
 env:
 	@bash scripts/setup_env.sh
 
 run: env
 	@$(PY) -m streamlib run --profile $(PROFILE)
+
+# JupyterLab on notebooks/ with the project's kernel; a double click opens a notebook as a notebook. As root (a
+# container) JupyterLab wants --allow-root.
+lab: env
+	.venv/bin/jupyter lab --ServerApp.root_dir=notebooks $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 test: env
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

