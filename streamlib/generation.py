@@ -221,6 +221,6 @@ def stream_generate(model, input_ids: torch.Tensor, policy_or_cache, max_new_tok
 
 def excerpt(tokenizer, steps, position: int, n_tokens: int = 40) -> str:
     """The text of ``n_tokens`` generated tokens from stream ``position`` on. ``steps``: a generation trace (a
-    DataFrame with ``position`` and ``token`` columns, see ``speed.measure_generation_trace``)."""
+    DataFrame with ``position`` and ``token`` columns, see ``timing.measure_generation_trace``)."""
     tokens = steps.loc[steps["position"] >= position, "token"].head(n_tokens).tolist()
     return tokenizer.decode(tokens) if tokens else ""

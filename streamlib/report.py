@@ -200,7 +200,7 @@ def comparison(run) -> pd.DataFrame:
     """The lab report's table, baseline (Dense) vs the run's StreamingLLM: perplexity per dataset, TTFT, TPOT,
     throughput, KV bytes and peak memory at the first batch size, FLOPs per token over the long stream. In the units
     people read: ms, MiB or GiB, GFLOP. Each row pairs measurements of the same setting (``measured on``), the run's
-    own setting first (``results.comparison_table``)."""
+    own setting first (:func:`comparison_table`)."""
     cfg, df = run.cfg, run.records()
     streaming = cfg.streaming_policy().params()
     tables = []
