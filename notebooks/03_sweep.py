@@ -99,7 +99,7 @@ sweep.query("sweep != 'sinks'")[['label', 'cache_size', 'ppl', 'ppl_low', 'ppl_h
 # %%
 timed = [Dense()] + [StreamingLLM(4, size - 4) for size in (min(cfg.sweep_cache_sizes), max(cfg.sweep_cache_sizes))]
 timed += [TOVA(size) for size in cfg.sweep_scored_cache_sizes[:1]] + [H2O(size // 2, size - size // 2) for size in cfg.sweep_scored_cache_sizes[:1]]
-prompts = {p: prompt[:, : p.budget] if isinstance(p, (TOVA, H2O)) else prompt for p in timed}
+prompts = {p: prompt[:, : p.budget] if p.token_mode else prompt for p in timed}
 run.measure_all('sweep_speed', timed, lambda: measure_interleaved(model, timed, prompts, 16, rounds=cfg.speed_repeats),
                 prompt_tokens=prompt.shape[1], new_tokens=16, rounds=cfg.speed_repeats)
 report.latency_table(run, 'sweep_speed', new_tokens=16).round(3)

@@ -54,8 +54,8 @@ print(f'{ids.shape[1]} tokens of {cfg.long_stream_corpus}: {ids.shape[1] / cfg.t
 # %%
 policies = [Dense(), Window(cfg.n_sink + cfg.window), Recompute(cfg.recompute_window), cfg.streaming_policy(),
             cfg.burst_policies()[0]]
-stretch = {p: ids[:, : cfg.max_dense_tokens] if isinstance(p, Dense)
-           else ids[:, : cfg.recompute_tokens] if isinstance(p, Recompute) else ids for p in policies}
+stretch = {p: ids[:, : cfg.max_dense_tokens] if p.budget is None  # Dense: keeps everything
+           else ids[:, : cfg.recompute_tokens] if p.token_mode else ids for p in policies}
 pd.DataFrame([{'label': p.label(), 'keeps': p.budget, 'tokens streamed': stretch[p].shape[1]} for p in policies])
 
 # %% [markdown]

@@ -63,7 +63,7 @@ policies = [Dense(), Window(budget), StreamingLLM(cfg.n_sink, budget - cfg.n_sin
 
 # %%
 for policy in policies:
-    seeds = cfg.retrieval_scored_seeds if isinstance(policy, (TOVA, H2O)) else cfg.retrieval_seeds
+    seeds = cfg.retrieval_scored_seeds if policy.token_mode else cfg.retrieval_seeds
     mine = [t for t in trials if t.seed < seeds]
     run.measure('retrieval', policy, lambda: measure_retrieval(model, tokenizer, policy, mine,
                 cfg.retrieval_new_tokens), context_tokens=cfg.retrieval_context_tokens, depths=cfg.retrieval_depths,

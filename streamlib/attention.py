@@ -11,7 +11,7 @@ import torch
 
 from .checks import check_input_ids
 from .handover import base_of
-from .records import Measurement
+from .measurement import Measurement
 
 
 @torch.inference_mode()

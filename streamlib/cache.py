@@ -6,21 +6,79 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from .cache_base import SinkLayer, StreamingCache
 from .handover import hand_over, sink_rotated_attention
-from .rotary import RotaryInfo, rotate, rotation_tables
+from .rotary import Rotations, RotaryInfo, angle_tables, rotate, rotation_tables
+
+
+@dataclass(frozen=True)
+class SinkWindowSpec:
+    """A StreamingLLM cache's settings, and the formulas every part of it (layers, chunk plans, the compiled step)
+    takes its slots and rotations from. ``t`` may be a stream position or a tensor of them."""
+
+    n_sink: int
+    window: int
+    pos_shift: bool
+
+    name: ClassVar[str] = "StreamingLLM"
+
+    @property
+    def budget(self) -> int:
+        """Tokens kept between steps: ``n_sink + window``."""
+        return self.n_sink + self.window
+
+    @property
+    def slots(self) -> int:
+        """Slots per layer: the sinks and a ring of ``window + 1`` (the incoming token takes the extra one)."""
+        return self.budget + 1
+
+    def ring_slot(self, t):
+        """The slot of token ``t >= n_sink``: the ring after the sinks, in turn. While the cache fills it is ``t``."""
+        return self.n_sink + (t - self.n_sink) % (self.window + 1)
+
+    def sink_delta(self, t, offset):
+        """How far the stored sinks (keys as the model rotated them at positions ``0..n_sink-1``) must rotate for the
+        query at absolute position ``t`` in a frame moved back by ``offset``. With position shift the query sits at
+        slot ``budget`` once the cache is full, so the sinks come ``t - budget`` positions closer; without it they
+        keep their positions."""
+        over = t - self.budget
+        if not self.pos_shift:
+            return 0 * over - offset
+        return (over.clamp(min=0) if torch.is_tensor(over) else max(over, 0)) - offset
+
+
+class Workspace:
+    """Scratch keys and values for a chunk, shared by the layers that sit on one device (layers may be spread over
+    GPUs): one buffer of the chunk's keys per device, not per layer."""
+
+    def __init__(self):
+        self._buffers: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, batch, heads, k_dim, v_dim, length, like: torch.Tensor):
+        ws = self._buffers.get(like.device)
+        if ws is None or ws[0].shape[:2] != (batch, heads) or ws[0].shape[2] < length or ws[0].dtype != like.dtype \
+                or ws[0].shape[3] != k_dim:
+            ws = (
+                torch.empty(batch, heads, length, k_dim, dtype=like.dtype, device=like.device),
+                torch.empty(batch, heads, length, v_dim, dtype=like.dtype, device=like.device),
+            )
+            self._buffers[like.device] = ws
+        return ws[0][:, :, :length], ws[1][:, :, :length]
 
 
 @dataclass
 class ChunkPlan:
     """Where the keys of a chunk fed into a full cache go, and what each of its queries sees
-    (:meth:`SinkWindowCache.chunk`)."""
+    (:meth:`SinkWindowCache.chunk`). Every layer follows the same plan; with ``rotate_queries`` the plan also runs
+    their attention (:meth:`attend`, through :mod:`streamlib.handover`)."""
 
     first: int  # absolute stream position of the chunk's first token
     n: int  # chunk length
+    n_sink: int
     n_sink_keys: int  # keys in the sink block of the workspace
     ring_keys: int  # keys in the ring block: window + 1, or 0 for a chunk that starts the stream
     kv_length: int  # keys returned for the chunk
@@ -28,8 +86,10 @@ class ChunkPlan:
     sin: torch.Tensor
     ring_index: torch.Tensor  # ring slots that receive the chunk's last tokens
     ring_src_start: int  # first chunk token that is written to the ring
+    workspace: Workspace
     rotate_queries: bool = False  # position shift through the hand-over: rotate each query, one copy of the sinks
     plain_queries: int = 0  # leading queries that see every chunk token before them, sinks unrotated (a first chunk)
+    attended: bool = False  # whether attend ran: the model's attention went through the hand-over
     _copies: dict | None = None  # the tables on each other device (layers spread over GPUs)
 
     def tables_on(self, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,23 +102,31 @@ class ChunkPlan:
             self._copies[device] = (self.cos.to(device), self.sin.to(device))
         return self._copies[device]
 
+    def attend(self, base, module, query, key, value, attention_mask, **kwargs):
+        """The chunk's attention with one copy of the sinks (:func:`streamlib.handover.sink_rotated_attention`)."""
+        self.attended = True
+        cos, sin = self.tables_on(query.device)
+        return sink_rotated_attention(base, module, query, key, value, attention_mask, n_sink=self.n_sink,
+                                      cos=cos, sin=sin, scaling=kwargs.get("scaling", module.scaling),
+                                      plain_queries=self.plain_queries)
+
 
 class SinkWindowLayer(SinkLayer):
-    """One layer's keys and values: ``n_sink`` sink slots, then a ring of ``window + 1`` recent slots."""
+    """One layer's keys and values: ``n_sink`` sink slots, then a ring of ``window + 1`` recent slots. The step's
+    mode comes with each call: ``None`` (a plain call), a :class:`ChunkPlan`, or a compiled step's
+    :class:`StaticState`."""
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+    def get_mask_sizes(self, query_length: int, step=None) -> tuple[int, int]:
         if self.position + query_length <= self.capacity:
             return self.position + query_length, 0
         if query_length == 1:
             return self.capacity, 0
-        plan = self.owner.plan
-        return (plan.kv_length if plan is not None else self.position + query_length), 0
+        return (step.kv_length if isinstance(step, ChunkPlan) else self.position + query_length), 0
 
     # -- update -----------------------------------------------------------------------------------------------
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        owner = self.owner
-        if owner.static is not None:
-            return self._update_static(key_states, value_states, owner.static)
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, step=None):
+        if isinstance(step, StaticState):
+            return self._update_static(key_states, value_states, step)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         self.check_batch(key_states)
@@ -68,18 +136,17 @@ class SinkWindowLayer(SinkLayer):
             self.keys[:, :, first : first + n] = key_states
             self.values[:, :, first : first + n] = value_states
             self.store_sinks(first, key_states)
-            self._sink_delta = 0
+            self.sink_delta = 0
             self.position += n
             return self.keys[:, :, : first + n], self.values[:, :, : first + n]
-        plan = owner.plan
-        if n == 1 and (plan is None or plan.first != first):
-            slot = owner.ring_slot(first)
+        if n == 1 and (step is None or step.first != first):
+            slot = self.spec.ring_slot(first)
             self.keys[:, :, slot] = key_states[:, :, 0]
             self.values[:, :, slot] = value_states[:, :, 0]
-            self.place_sinks(owner.sink_delta(first, self.offset))
+            self.place_sinks(self.spec.sink_delta(first, self.offset))
             self.position += 1
             return self.keys, self.values
-        return self._update_chunk(key_states, value_states, plan)
+        return self._update_chunk(key_states, value_states, step)
 
     def _update_static(self, key_states: torch.Tensor, value_states: torch.Tensor, state: "StaticState"):
         """One token with tensor-only bookkeeping, for a compiled step: the slot and the sink rotation come from device
@@ -87,7 +154,7 @@ class SinkWindowLayer(SinkLayer):
         mask hides the empty ones while the cache fills (token ``t >= n_sink`` then sits in slot ``t``, which the
         ring formula gives too)."""
         slot, cos, sin = state.slot_and_sink_tables()
-        if self.owner.n_sink:
+        if self.n_sink:
             # one scatter for the rotated sinks and the new key: a slice assignment here would make the compiler
             # rewrite the whole buffer every step
             slots = torch.cat([state.sink_slots, slot])
@@ -98,82 +165,84 @@ class SinkWindowLayer(SinkLayer):
         return self.keys, self.values
 
     def _update_chunk(self, key_states: torch.Tensor, value_states: torch.Tensor, plan: ChunkPlan | None):
-        owner, n, first = self.owner, key_states.shape[-2], self.position
+        spec, n_sink, n, first = self.spec, self.n_sink, key_states.shape[-2], self.position
         if plan is None or plan.first != first or plan.n != n:
             raise ValueError(
-                f"input_ids: {n} tokens at stream position {first} do not fit a cache of {owner.n_sink} sinks + "
-                f"{owner.window} recent tokens in one plain call (each would need its own mask). Use "
+                f"input_ids: {n} tokens at stream position {first} do not fit a cache of {n_sink} sinks + "
+                f"{spec.window} recent tokens in one plain call (each would need its own mask). Use "
                 "streamlib.generation.prefill(model, input_ids, cache) or streamlib.quality.token_nll, which chunk "
                 "the input; with model.generate pass prefill_chunk_size=1; or feed at most "
                 f"{max(self.capacity - first, 1)} tokens at once"
             )
         batch, heads, _, k_dim = key_states.shape
-        if first < owner.n_sink:  # a chunk that starts the stream brings its own sinks
+        if first < n_sink:  # a chunk that starts the stream brings its own sinks
             self.store_sinks(first, key_states)
-            self.values[:, :, first : owner.n_sink] = value_states[:, :, : owner.n_sink - first]
-            self._sink_delta = None  # the sink slots get their keys at the next step
-        ws_k, ws_v = owner.workspace(batch, heads, k_dim, value_states.shape[-1], plan.kv_length, key_states)
+            self.values[:, :, first:n_sink] = value_states[:, :, : n_sink - first]
+            self.sink_delta = None  # the sink slots get their keys at the next step
+        ws_k, ws_v = plan.workspace(batch, heads, k_dim, value_states.shape[-1], plan.kv_length, key_states)
         s, ring = plan.n_sink_keys, plan.ring_keys
-        if owner.n_sink:
+        if n_sink:
             if plan.rotate_queries:
-                # one copy of the sinks as first rotated; attend() rotates the queries instead
+                # one copy of the sinks as first rotated; the plan's attend rotates the queries instead
                 ws_k[:, :, :s] = self.sink_keys
                 ws_v[:, :, :s] = self.values[:, :, :s]
-            elif owner.pos_shift:
+            elif spec.pos_shift:
                 # each query gets its own copy of the sinks, rotated to sit n_sink + window - j before it
-                out = ws_k[:, :, :s].view(batch, heads, n, owner.n_sink, k_dim)
+                out = ws_k[:, :, :s].view(batch, heads, n, n_sink, k_dim)
                 rotate(self.sink_keys.unsqueeze(2), *plan.tables_on(self.device), out=out)
-                sink_values = self.values[:, :, : owner.n_sink].unsqueeze(2)
-                ws_v[:, :, :s].view(batch, heads, n, owner.n_sink, -1).copy_(sink_values.expand(-1, -1, n, -1, -1))
+                sink_values = self.values[:, :, :n_sink].unsqueeze(2)
+                ws_v[:, :, :s].view(batch, heads, n, n_sink, -1).copy_(sink_values.expand(-1, -1, n, -1, -1))
             else:
                 rotate(self.sink_keys, *plan.tables_on(self.device), out=ws_k[:, :, :s])
-                ws_v[:, :, :s] = self.values[:, :, : owner.n_sink]
+                ws_v[:, :, :s] = self.values[:, :, :n_sink]
         if ring:
-            ws_k[:, :, s : s + ring] = self.keys[:, :, owner.n_sink :]
-            ws_v[:, :, s : s + ring] = self.values[:, :, owner.n_sink :]
+            ws_k[:, :, s : s + ring] = self.keys[:, :, n_sink:]
+            ws_v[:, :, s : s + ring] = self.values[:, :, n_sink:]
         ws_k[:, :, s + ring :] = key_states
         ws_v[:, :, s + ring :] = value_states
         ring_index = plan.ring_index.to(self.device)
         self.keys.index_copy_(2, ring_index, key_states[:, :, plan.ring_src_start :])
         self.values.index_copy_(2, ring_index, value_states[:, :, plan.ring_src_start :])
         self.position += n
-        if owner.n_sink and plan.rotate_queries:
-            return hand_over(self, ws_k), ws_v
+        if n_sink and plan.rotate_queries:
+            return hand_over(plan, ws_k), ws_v
         return ws_k, ws_v
-
-    def attend(self, base, module, query, key, value, attention_mask, **kwargs):
-        """The chunk's attention with one copy of the sinks (:func:`streamlib.handover.sink_rotated_attention`)."""
-        cos, sin = self.owner.plan.tables_on(query.device)
-        plan = self.owner.plan
-        return sink_rotated_attention(base, module, query, key, value, attention_mask, n_sink=self.owner.n_sink,
-                                      cos=cos, sin=sin, scaling=kwargs.get("scaling", module.scaling),
-                                      plain_queries=plan.plain_queries)
 
 
 class SinkWindowCache(StreamingCache):
     """StreamingLLM cache: ``n_sink`` attention sinks plus the last ``window`` tokens, per layer and kv head.
 
     Made by :meth:`streamlib.policies.StreamingLLM.make_cache`; use it in ``model(input_ids=..., cache=c)`` loops or
-    ``model.generate(..., past_key_values=c)``.
+    ``model.generate(..., past_key_values=c)``. ``rotate_queries``: chunks with position shift turn each query to the
+    sinks (one copy of the sinks for all; the model's attention must go through :mod:`streamlib.handover`, which
+    ``make_cache`` sees to) instead of giving each query its own rotated copy of them.
     """
 
-    name = "StreamingLLM"
     starts_in_chunk = True  # a prompt longer than the cache can start the stream in one chunk (no filling call)
+    fixed_shape = True  # one shape for the whole stream: a compiled decode step can run on it
 
     def __init__(self, num_layers: int, n_sink: int, window: int, pos_shift: bool, rotary: RotaryInfo,
-                 rebase_interval: int = 256):
-        self.n_sink, self.window, self.pos_shift = n_sink, window, pos_shift
-        self.plan: ChunkPlan | None = None  # set only inside `with cache.chunk(...)`
-        self.static: StaticState | None = None  # set only inside `with cache.compiled_step(...)`
+                 rebase_interval: int = 256, rotate_queries: bool = False):
+        spec = SinkWindowSpec(n_sink, window, pos_shift)
+        self.rotate_queries = rotate_queries and n_sink > 0 and pos_shift
         self.static_state: StaticState | None = None  # made by the first compiled decode step
-        self._workspaces: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # one per device
-        super().__init__([SinkWindowLayer(self, i) for i in range(num_layers)], rotary, rebase_interval)
+        self._workspace = Workspace()
+        rotations = Rotations(rotary)
+        super().__init__(spec, [SinkWindowLayer(i, spec, rotations) for i in range(num_layers)], rotations,
+                         rebase_interval)
 
-    # -- geometry shared by the layers ------------------------------------------------------------------------
+    # -- the spec, as users read it --------------------------------------------------------------------------
     @property
-    def budget(self) -> int:
-        """Tokens kept between steps: ``n_sink + window``."""
-        return self.n_sink + self.window
+    def n_sink(self) -> int:
+        return self.spec.n_sink
+
+    @property
+    def window(self) -> int:
+        return self.spec.window
+
+    @property
+    def pos_shift(self) -> bool:
+        return self.spec.pos_shift
 
     def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
         """Stream positions of the tokens the next query sees besides itself, shape (1, n): the sinks and the last
@@ -182,29 +251,20 @@ class SinkWindowCache(StreamingCache):
         sinks = torch.arange(min(self.n_sink, position))
         return torch.cat([sinks, torch.arange(max(self.n_sink, position - self.window), position)])[None]
 
-    def ring_slot(self, t: int) -> int:
-        return self.n_sink + (t - self.n_sink) % (self.window + 1)
+    def default_chunk_size(self) -> int:
+        """512 (:meth:`StreamingCache.default_chunk_size`); with position shift but no hand-over every query brings
+        its own copy of the sinks: about the window."""
+        if self.pos_shift and self.n_sink and not self.rotate_queries:
+            return max(16, min(self.window, 512))
+        return 512
 
-    def sink_delta(self, t: int, offset: int) -> int:
-        """How far the stored sinks must rotate for the query at absolute position ``t``."""
-        shift = max(t - self.budget, 0) if self.pos_shift else 0
-        return shift - offset
-
-    def workspace(self, batch, heads, k_dim, v_dim, length, like: torch.Tensor):
-        """Scratch keys and values for a chunk, shared by the layers that sit on ``like``'s device."""
-        ws = self._workspaces.get(like.device)
-        if ws is None or ws[0].shape[:2] != (batch, heads) or ws[0].shape[2] < length or ws[0].dtype != like.dtype \
-                or ws[0].shape[3] != k_dim:
-            ws = (
-                torch.empty(batch, heads, length, k_dim, dtype=like.dtype, device=like.device),
-                torch.empty(batch, heads, length, v_dim, dtype=like.dtype, device=like.device),
-            )
-            self._workspaces[like.device] = ws
-        return ws[0][:, :, :length], ws[1][:, :, :length]
+    def ready_for_compiled_step(self) -> bool:
+        """Whether the next step can be a compiled one: the buffers exist (a prompt was fed) and hold the sinks."""
+        return self.layers[0].is_initialized and self.position >= self.n_sink
 
     # -- the two modes of a step, each for the length of a `with` block -----------------------------------------
     @contextmanager
-    def chunk(self, n: int, dtype: torch.dtype, device, rotate_queries: bool = False):
+    def chunk(self, n: int, dtype: torch.dtype, device):
         """Feed the next ``n`` tokens of a full cache, or the first ``n`` of the stream, in one call: yields the
         ``position_ids`` and the 4D additive attention mask to pass to the model, and the layers follow the chunk's
         plan inside the block.
@@ -222,79 +282,85 @@ class SinkWindowCache(StreamingCache):
         ``budget`` see their sinks where they are, as a filling cache shows them. Its prompt then costs one forward,
         not a filling call and a chunk (each reads every weight once).
         """
+        spec = self.spec
         empty = self.position == 0
         if not (self.is_full or empty):
-            raise ValueError(f"a chunk needs an empty or a full cache ({self.budget + 1} tokens seen); it has "
+            raise ValueError(f"a chunk needs an empty or a full cache ({spec.slots} tokens seen); it has "
                              f"{self.position}")
-        if empty and n <= self.budget + 1:
-            raise ValueError(f"n: a chunk that starts the stream must be longer than the cache ({self.budget + 1} "
+        if empty and n <= spec.slots:
+            raise ValueError(f"n: a chunk that starts the stream must be longer than the cache ({spec.slots} "
                              f"slots); {n} tokens fit one plain call")
         first_layer = self.layers[0]
-        first, offset, ring = first_layer.position, first_layer.offset, self.window + 1
+        first, offset, ring = first_layer.position, first_layer.offset, spec.window + 1
         t = first + torch.arange(n)
         if empty:
             ring_visible = torch.zeros(n, 0, dtype=torch.bool)
         else:
             ring_tokens = torch.arange(first - ring, first)
             token_in_slot = torch.empty(ring, dtype=torch.long)
-            token_in_slot[(ring_tokens - self.n_sink) % ring] = ring_tokens
-            ring_visible = (t[:, None] - token_in_slot[None, :]) <= self.window
+            token_in_slot[spec.ring_slot(ring_tokens) - spec.n_sink] = ring_tokens
+            ring_visible = (t[:, None] - token_in_slot[None, :]) <= spec.window
         lag = t[:, None] - t[None, :]
         # the sinks are seen through the sink block only
-        chunk_visible = (lag >= 0) & (lag <= self.window) & (t[None, :] >= self.n_sink)
-        sink_seen = torch.arange(self.n_sink)[None, :] <= t[:, None]  # all of them once the stream is past them
-        rotate_queries = rotate_queries and self.n_sink > 0 and self.pos_shift
-        if rotate_queries:
+        chunk_visible = (lag >= 0) & (lag <= spec.window) & (t[None, :] >= spec.n_sink)
+        sink_seen = torch.arange(spec.n_sink)[None, :] <= t[:, None]  # all of them once the stream is past them
+        if self.rotate_queries:
             sink_visible = sink_seen
-            # each query to where it sees the sinks from: slot n_sink + window once full, its own position before
-            cos, sin = rotation_tables(t.clamp(max=self.budget) - (t - offset), self.rotary, device)
-        elif self.n_sink and self.pos_shift:
-            sink_visible = torch.eye(n, dtype=torch.bool).repeat_interleave(self.n_sink, dim=1) \
+            # each query turned the other way to where it sees the sinks from: slot n_sink + window once full
+            cos, sin = rotation_tables(-spec.sink_delta(t, offset), self.rotary, device)
+        elif spec.n_sink and spec.pos_shift:
+            sink_visible = torch.eye(n, dtype=torch.bool).repeat_interleave(spec.n_sink, dim=1) \
                 & sink_seen.repeat(1, n)
-            cos, sin = rotation_tables((t - self.budget).clamp(min=0) - offset, self.rotary, device)
+            cos, sin = rotation_tables(spec.sink_delta(t, offset), self.rotary, device)
             cos, sin = cos[:, None, :], sin[:, None, :]
         else:
             sink_visible = sink_seen
-            cos, sin = rotation_tables(torch.tensor(float(-offset)), self.rotary, device)
+            cos, sin = rotation_tables(torch.tensor(float(spec.sink_delta(first, offset))), self.rotary, device)
         visible = torch.cat([sink_visible, ring_visible, chunk_visible], dim=1)
         mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
         m = min(n, ring)
         new_tokens = torch.arange(first + n - m, first + n)
-        self.plan = ChunkPlan(
-            first=first, n=n, n_sink_keys=sink_visible.shape[1], ring_keys=ring_visible.shape[1],
-            kv_length=visible.shape[1], cos=cos, sin=sin,
-            ring_index=(self.n_sink + (new_tokens - self.n_sink) % ring).to(device), ring_src_start=n - m,
-            rotate_queries=rotate_queries, plain_queries=min(n, self.budget + 1) if empty else 0,
+        plan = ChunkPlan(
+            first=first, n=n, n_sink=spec.n_sink, n_sink_keys=sink_visible.shape[1],
+            ring_keys=ring_visible.shape[1], kv_length=visible.shape[1], cos=cos, sin=sin,
+            ring_index=spec.ring_slot(new_tokens).to(device), ring_src_start=n - m, workspace=self._workspace,
+            rotate_queries=self.rotate_queries, plain_queries=min(n, spec.slots) if empty else 0,
         )
+        self.step = plan
         try:
             yield (t - offset)[None].to(device), mask[None, None].to(device)
         finally:
-            self.plan = None
+            self.step = None
+        if plan.rotate_queries and not plan.attended:
+            raise RuntimeError("model: its attention no longer goes through streamlib's hand-over, which this cache "
+                               "was made for (the chunk's sinks were not turned); make the cache again with "
+                               "policy.make_cache(model)")
 
     @contextmanager
     def compiled_step(self, state: "StaticState"):
         """Inside the block the layers take one token with the device-side bookkeeping of ``state``
         (:mod:`streamlib.compiled`)."""
-        self.static = state
+        self.step = state
         try:
             yield
         finally:
-            self.static = None
+            self.step = None
 
 
 class StaticState:
     """The stream position and frame offset of a :class:`SinkWindowCache` as device tensors, for a compiled decode
     step (:mod:`streamlib.compiled`) once the cache holds its sinks. The step derives the ring slot, the query
-    position, the mask and the sink rotation from them and advances ``t`` in place; the host mirrors the count in the
-    layers' ``position`` without reading the device, so no step waits for the host."""
+    position, the mask and the sink rotation from them (the spec's formulas) and advances ``t`` in place; the host
+    mirrors the count in the layers' ``position`` without reading the device, so no step waits for the host."""
 
     def __init__(self, cache: SinkWindowCache, device):
         self.cache = cache
+        self.spec = cache.spec
         self.t = torch.zeros((), dtype=torch.long, device=device)  # absolute position of the next token
         self.offset = torch.zeros((), dtype=torch.long, device=device)
         self.inv_freq = cache.rotary.inv_freq.to(device)  # float64, as the eager rotation tables
-        self.sink_slots = torch.arange(cache.n_sink, device=device)
-        self.slots = torch.arange(cache.n_sink + cache.window + 1, device=device)
+        self.sink_slots = torch.arange(self.spec.n_sink, device=device)
+        self.slots = torch.arange(self.spec.slots, device=device)
         self._on_device = (0, 0)  # (t, offset) as the device holds them, known without reading the device
         self.sync()
 
@@ -317,12 +383,9 @@ class StaticState:
         return torch.zeros(hidden.shape, dtype=dtype, device=hidden.device).masked_fill(hidden, torch.finfo(dtype).min)
 
     def slot_and_sink_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        c = self.cache
-        slot = (c.n_sink + (self.t - c.n_sink) % (c.window + 1)).view(1)
-        shift = (self.t - c.budget).clamp(min=0) if c.pos_shift else torch.zeros_like(self.t)
-        angles = (shift - self.offset).to(torch.float64) * self.inv_freq
-        angles = torch.cat([angles, angles])
-        return slot, angles.cos().float(), angles.sin().float()
+        slot = self.spec.ring_slot(self.t).view(1)
+        cos, sin = angle_tables(self.spec.sink_delta(self.t, self.offset), self.inv_freq)
+        return slot, cos, sin
 
     def advance(self) -> None:
         """Inside the graph: the step is done, the next token is one further on."""
@@ -332,5 +395,5 @@ class StaticState:
         """On the host, after the graph: count the step in the layers as an eager step would."""
         for layer in self.cache.layers:
             layer.position += 1
-            layer._sink_delta = None  # the sink slots now hold the graph's rotation
+            layer.sink_delta = None  # the sink slots now hold the graph's rotation
         self._on_device = (self._on_device[0] + 1, self._on_device[1])

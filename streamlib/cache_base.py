@@ -1,40 +1,93 @@
-"""What the bounded caches share: a layer of ``budget + 1`` preallocated slots, and a cache that counts the stream,
-re-bases its position frame and reports the bytes it holds. See ``docs/design.md`` for the position frame."""
+"""What every policy's cache shares. :class:`PolicyCache` is the one interface the loops use (feed tokens, say what
+is held, count the bytes), Dense's and Recompute's included; :class:`StreamLayer` is a layer of ``slots``
+preallocated slots that owns its settings (a frozen spec) and its position frame; :class:`StreamingCache` counts the
+stream, re-bases the frame and feeds a stream in plain calls and chunks. See ``docs/design.md``."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from .rotary import RotaryInfo, rotate, rotation_tables
+from .rotary import Rotations, RotaryInfo, rotate
+
+
+class PolicyCache:
+    """What a policy's cache offers the loops of :mod:`streamlib.generation`, whatever it keeps.
+
+    ``feed`` takes tokens and yields ``(start, logits)`` exactly as feeding them one at a time would;
+    ``held_positions(layer_idx)`` says which stream positions the next query sees; ``kv_bytes`` counts the keys and
+    values held; ``fixed_shape`` says whether a compiled decode step can run on it (:mod:`streamlib.compiled`).
+    """
+
+    fixed_shape = False
+
+    @property
+    def num_layers(self) -> int:
+        raise NotImplementedError
+
+    def feed(self, model, input_ids: torch.Tensor, chunk_size: int | None = None,
+             all_logits: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+        raise NotImplementedError
+
+    def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
+        """Stream positions of the tokens layer ``layer_idx`` holds for the next query, shape (rows, n): one row,
+        or one per kv head where heads keep different tokens (H2O)."""
+        raise NotImplementedError
+
+    def held_by_layer(self) -> list[torch.Tensor]:
+        return [self.held_positions(i) for i in range(self.num_layers)]
+
+    def kv_bytes(self) -> tuple[int, int]:
+        """(bytes allocated for keys and values, bytes holding the tokens held now), over all layers."""
+        raise NotImplementedError
+
+    def ready_for_compiled_step(self) -> bool:
+        return False
+
+
+def as_cache(model, policy_or_cache, compile: bool = False, max_length: int | None = None) -> PolicyCache:
+    """The cache a loop runs on: ``policy_or_cache`` itself when it is a cache, else the policy's cache. With
+    ``compile=True``, the cache of the policy's compiled form (:meth:`~streamlib.policies.PolicyBase.compiled_form`:
+    Dense becomes a preallocated cache of ``max_length`` slots)."""
+    if isinstance(policy_or_cache, PolicyCache):
+        return policy_or_cache
+    policy = policy_or_cache.compiled_form(max_length) if compile else policy_or_cache
+    return policy.make_cache(model)
+
+
+def forward(model, cache, input_ids: torch.Tensor, all_logits: bool, **extra) -> torch.Tensor:
+    """One plain call of the model on ``cache``: the logits of every token, or of the last one only."""
+    return model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=0 if all_logits else 1,
+                 **extra).logits
 
 
 class StreamLayer(CacheLayerMixin):
-    """One layer of a bounded cache: keys and values in ``budget + 1`` slots (the incoming token takes the extra one
-    while the oldest is still visible to it).
+    """One layer of a bounded cache: keys and values in ``spec.slots`` slots (``budget + 1`` for the ring caches: the
+    incoming token takes the extra one while the oldest is still visible to it).
 
-    Positions: ``position`` is the absolute stream position of the next token (the tokens fed so far); ``offset`` is
-    how far the position frame has been moved back, so the model's position for the next token is
-    ``position - offset`` (:meth:`get_seq_length`)."""
+    The layer owns its settings (``spec``, frozen, shared with the other layers and the chunk plans) and the rotation
+    tables of its cache (``rotations``); it reads nothing of the cache that holds it. Positions: ``position`` is the
+    absolute stream position of the next token (the tokens fed so far); ``offset`` is how far the position frame has
+    been moved back, so the model's position for the next token is ``position - offset`` (:meth:`get_seq_length`)."""
 
     is_compileable = False
     is_sliding = False  # masks treat it as full attention; the cache decides what is visible
     is_croppable = False
 
-    def __init__(self, owner: "StreamingCache", layer_idx: int):
+    def __init__(self, layer_idx: int, spec, rotations: Rotations):
         super().__init__()
-        self.owner, self.layer_idx = owner, layer_idx
+        self.layer_idx, self.spec, self.rotations = layer_idx, spec, rotations
+        self.capacity = spec.slots
+        self.budget = spec.budget
         self.position = 0
         self.offset = 0
 
     @property
-    def capacity(self) -> int:
-        return self.owner.budget + 1
-
-    @property
     def resident(self) -> int:
         """Tokens held between steps: at most ``budget``."""
-        return min(self.position, self.owner.budget)
+        return min(self.position, self.budget)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads, _, k_dim = key_states.shape
@@ -55,6 +108,17 @@ class StreamLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return -1  # a stream has no end
 
+    def slot_bytes(self) -> int:
+        """Key and value bytes of one slot."""
+        return (self.keys[:, :, :1].numel() * self.keys.element_size()
+                + self.values[:, :, :1].numel() * self.values.element_size())
+
+    def kv_bytes(self) -> tuple[int, int]:
+        """(allocated, resident) key and value bytes of this layer."""
+        if not self.is_initialized:
+            return 0, 0
+        return self.slot_bytes() * self.capacity + self.extra_kv_bytes(), self.slot_bytes() * self.resident
+
     def extra_kv_bytes(self) -> int:
         """Key or value bytes held besides the slots."""
         return 0
@@ -66,7 +130,7 @@ class StreamLayer(CacheLayerMixin):
     def shift_frame(self, shift: int) -> None:
         """Move every position of this layer ``shift`` back."""
         keys = self.rotated_part()
-        rotate(keys, *self.owner.rotation_tables(-shift, self.device), out=keys)
+        rotate(keys, *self.rotations(-shift, self.device), out=keys)
         self.offset += shift
 
     def batch_tensors(self) -> list[torch.Tensor]:
@@ -84,7 +148,7 @@ class StreamLayer(CacheLayerMixin):
                 t.copy_(t.index_select(0, idx))
 
     def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError(f"a {self.owner.name} cache cannot be cropped: evicted tokens are gone")
+        raise NotImplementedError(f"a {self.spec.name} cache cannot be cropped: evicted tokens are gone")
 
 
 class SinkLayer(StreamLayer):
@@ -92,32 +156,33 @@ class SinkLayer(StreamLayer):
     rotated them (``sink_keys``) and written into their slots rotated by however far the query's distance to them
     differs from the model's (``place_sinks``); the other slots are what a frame shift rotates."""
 
-    def __init__(self, owner: "StreamingCache", layer_idx: int):
-        super().__init__(owner, layer_idx)
+    def __init__(self, layer_idx: int, spec, rotations: Rotations):
+        super().__init__(layer_idx, spec, rotations)
+        self.n_sink = spec.n_sink
         self.sink_keys: torch.Tensor | None = None  # the sinks as first rotated (frame offset 0)
-        self._sink_delta: int | None = None  # the rotation of the sink keys now written in the buffer
+        self.sink_delta: int | None = None  # the rotation of the sink keys now written in the buffer
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
         batch, heads, _, k_dim = key_states.shape
-        self.sink_keys = torch.zeros(batch, heads, self.owner.n_sink, k_dim, dtype=key_states.dtype, device=self.device)
+        self.sink_keys = torch.zeros(batch, heads, self.n_sink, k_dim, dtype=key_states.dtype, device=self.device)
 
     def store_sinks(self, first: int, key_states: torch.Tensor) -> None:
         """Keep the keys of the stream's first ``n_sink`` tokens among ``key_states`` (tokens from ``first`` on)."""
-        if first < self.owner.n_sink:
-            m = min(key_states.shape[-2], self.owner.n_sink - first)
+        if first < self.n_sink:
+            m = min(key_states.shape[-2], self.n_sink - first)
             self.sink_keys[:, :, first : first + m] = key_states[:, :, :m]
 
     def place_sinks(self, delta: int) -> None:
         """Write the sink keys, rotated by ``delta`` positions, into the buffer's sink slots."""
-        if self.owner.n_sink == 0 or delta == self._sink_delta:
+        if self.n_sink == 0 or delta == self.sink_delta:
             return
-        sink_slots = self.keys[:, :, : self.owner.n_sink]
+        sink_slots = self.keys[:, :, : self.n_sink]
         if delta == 0:
             sink_slots.copy_(self.sink_keys)
         else:
-            rotate(self.sink_keys, *self.owner.rotation_tables(delta, self.device), out=sink_slots)
-        self._sink_delta = delta
+            rotate(self.sink_keys, *self.rotations(delta, self.device), out=sink_slots)
+        self.sink_delta = delta
 
     def extra_kv_bytes(self) -> int:
         """The stored sink keys, besides the slots."""
@@ -126,11 +191,11 @@ class SinkLayer(StreamLayer):
     def rotated_part(self) -> torch.Tensor:
         """A frame shift rotates the slots after the sinks; the sinks are rewritten from ``sink_keys`` at the next
         step."""
-        return self.keys[:, :, self.owner.n_sink :]
+        return self.keys[:, :, self.n_sink :]
 
     def shift_frame(self, shift: int) -> None:
         super().shift_frame(shift)
-        self._sink_delta = None
+        self.sink_delta = None
 
     def batch_tensors(self) -> list[torch.Tensor]:
         return [self.keys, self.values, self.sink_keys]
@@ -139,26 +204,43 @@ class SinkLayer(StreamLayer):
         super().reset()
         if self.sink_keys is not None:
             self.sink_keys.zero_()
-        self._sink_delta = None
+        self.sink_delta = None
 
 
-class StreamingCache(Cache):
-    """A bounded cache: its budget, how far the stream has gone, re-basing of the position frame and the bytes it
-    holds. ``chunkable``: whether :meth:`chunk` can feed several tokens past a full cache in one call; when it
-    cannot, the loops feed one token at a time once the cache is full."""
+class StreamingCache(PolicyCache, Cache):
+    """A bounded cache: its spec (budget, slots, the policy's settings), how far the stream has gone, re-basing of
+    the position frame, the bytes it holds, and the feeding loop.
 
-    name = "streaming"
+    ``chunkable``: whether :meth:`chunk` can feed several tokens past a full cache in one call; when it cannot, the
+    loop feeds one token at a time once the cache is full. ``starts_in_chunk``: whether a prompt longer than the cache
+    may start the stream in one chunk. The layers get the step's mode from :meth:`update` (``self.step``: ``None`` for
+    a plain call, a chunk plan, a compiled step's state), never by reading the cache."""
+
     chunkable = True
+    starts_in_chunk = False
 
-    def __init__(self, layers: list[StreamLayer], rotary: RotaryInfo, rebase_interval: int = 256):
-        self.rotary = rotary
+    def __init__(self, spec, layers: list[StreamLayer], rotations: Rotations, rebase_interval: int = 256):
+        self.spec = spec
+        self.rotations = rotations
         self.rebase_interval = rebase_interval
-        self._rotations: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.step = None  # the mode of the call in progress, handed to each layer's update
         super().__init__(layers=layers)
 
     @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def rotary(self) -> RotaryInfo:
+        return self.rotations.info
+
+    @property
     def budget(self) -> int:
-        raise NotImplementedError
+        return self.spec.budget
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
 
     @property
     def position(self) -> int:
@@ -172,19 +254,22 @@ class StreamingCache(Cache):
     def resident_tokens(self) -> int:
         return self.layers[0].resident
 
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        return self.layers[layer_idx].update(key_states, value_states, self.step)
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
+        return self.layers[layer_idx].get_mask_sizes(query_length, self.step)
+
     def plain_room(self) -> int:
         """How many tokens the next call may hold without masks of its own: those that need no eviction (the cache
         is filling). Zero once the cache is full."""
         return self.budget + 1 - self.position
 
-    def rotation_tables(self, delta: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin that rotate keys by ``delta`` positions, kept for the recent deltas (one per step)."""
-        key = (delta, torch.device(device))
-        if key not in self._rotations:
-            if len(self._rotations) > 64:
-                self._rotations.clear()
-            self._rotations[key] = rotation_tables(torch.tensor(float(delta)), self.rotary, device)
-        return self._rotations[key]
+    def default_chunk_size(self) -> int:
+        """Tokens per forward in chunked mode: 512, where the projections run near their best and the masked-out part
+        of each chunk's attention costs little beside them (a 2048-token prompt into StreamingLLM 4+252 then costs
+        what a Dense prefill costs, ``bench/bench_decode.py``)."""
+        return 512
 
     def maybe_rebase(self) -> bool:
         """Shift the position frame back to ``budget`` once it has grown ``rebase_interval`` past it: every layer
@@ -194,16 +279,45 @@ class StreamingCache(Cache):
             return False
         for layer in self.layers:
             layer.shift_frame(frame - self.budget)
-        self._rotations.clear()
+        self.rotations.clear()
         return True
 
     def kv_bytes(self) -> tuple[int, int]:
-        """(bytes allocated for keys and values, bytes holding resident tokens) over all layers."""
         allocated = resident = 0
         for layer in self.layers:
-            if layer.is_initialized:
-                per_slot = (layer.keys[:, :, :1].numel() * layer.keys.element_size()
-                            + layer.values[:, :, :1].numel() * layer.values.element_size())
-                allocated += per_slot * layer.capacity + layer.extra_kv_bytes()
-                resident += per_slot * layer.resident
+            a, r = layer.kv_bytes()
+            allocated, resident = allocated + a, resident + r
         return allocated, resident
+
+    def chunk(self, n: int, dtype: torch.dtype, device):
+        raise NotImplementedError
+
+    def feed(self, model, input_ids: torch.Tensor, chunk_size: int | None = None,
+             all_logits: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+        """Exactly the result of feeding one token at a time. ``chunk_size=1`` *is* one token at a time. Otherwise the
+        cache is first filled with one plain call (no token needs an eviction yet), then each chunk gets its own
+        positions and mask inside ``with self.chunk(...)``; a cache that ``starts_in_chunk`` takes a stream longer
+        than itself in a chunk from the start instead, with no filling call. A cache that is not ``chunkable`` takes
+        one token per call once full."""
+        if chunk_size is None:
+            chunk_size = self.default_chunk_size()
+        total, start = input_ids.shape[1], 0
+        while start < total:
+            self.maybe_rebase()
+            room = self.plain_room()
+            first_chunk = self.position == 0 and self.starts_in_chunk and min(chunk_size, total) > room
+            chunked = False
+            if room > 0 and not first_chunk:  # filling: a plain causal call is exact
+                n = min(room, chunk_size, total - start)
+            elif chunk_size == 1 or total - start == 1 or not self.chunkable:
+                n = 1
+            else:  # past a full cache: a chunk with its own positions and mask
+                n, chunked = min(chunk_size, total - start), True
+            ids = input_ids[:, start : start + n]
+            if chunked:
+                with self.chunk(n, model.dtype, input_ids.device) as (position_ids, mask):
+                    logits = forward(model, self, ids, all_logits, position_ids=position_ids, attention_mask=mask)
+            else:
+                logits = forward(model, self, ids, all_logits)
+            yield start, logits
+            start += n

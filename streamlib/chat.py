@@ -48,7 +48,7 @@ def measure_chat(model, tokenizer, policy, turns: int, max_new_tokens: int = 48,
     import pandas as pd
 
     from .generation import TokenStream
-    from .records import Measurement
+    from .measurement import Measurement
     from .memory import kv_cache_bytes
 
     transcript, stream = ChatTranscript(tokenizer), TokenStream(model, policy)

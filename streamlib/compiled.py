@@ -5,6 +5,7 @@ on CUDA). Why and how it stays static: ``docs/design.md``."""
 from __future__ import annotations
 
 import types
+import weakref
 
 import torch
 
@@ -24,7 +25,7 @@ def _check_model(model) -> None:
 def _decode_step(model, cache: SinkWindowCache, input_ids: torch.Tensor) -> torch.Tensor:
     """Next-token logits (batch, vocab) for ``input_ids`` (batch, 1) fed into ``cache``."""
     stack = arch.backbone(model)
-    state = cache.static
+    state = cache.step  # the StaticState of compiled_step
     hidden = arch.embed(model, input_ids)
     position_ids = state.frame_position().expand(input_ids.shape[0], 1)
     position_embeddings = stack.rotary_emb(hidden, position_ids)
@@ -42,7 +43,8 @@ class CompiledDecoder:
     """Decode steps for one model under ``torch.compile``, shared by every cache of the same geometry.
 
     ``step(input_ids, cache)`` feeds one token per row into a :class:`SinkWindowCache` that holds its sinks and
-    returns the next-token logits. Get one with :func:`compiled_decoder` (kept on the model, so a new cache does not compile again).
+    returns the next-token logits. Get one with :func:`compiled_decoder` (one per model, kept by this module, so a new
+    cache does not compile again).
 
     Backends: on CPU inductor with a C++ wrapper around the kernels (it saved about 0.1 ms of a 0.9 ms micro-model
     step on 2 cores; freezing and autotuned GEMMs saved nothing measurable); on CUDA, CUDA graphs. Both skip dynamo's
@@ -53,14 +55,14 @@ class CompiledDecoder:
 
     def __init__(self, model):
         _check_model(model)
-        self.model = model
+        self._model = weakref.ref(model)  # the decoder is kept by the model's weak key: it must not keep the model
         self.device = next(model.parameters()).device
         self.uses_cuda_graphs = self.device.type == "cuda"
         self._steps: dict[tuple, object] = {}  # one compiled step per cache geometry
 
     def _compiled_step(self, cache: SinkWindowCache):
         layer = cache.layers[0]
-        geometry = (cache.n_sink, cache.window, cache.pos_shift, tuple(layer.keys.shape), layer.keys.dtype)
+        geometry = (cache.spec, tuple(layer.keys.shape), layer.keys.dtype)
         if geometry not in self._steps:
             options = {}
             skip_module_guards = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
@@ -77,22 +79,21 @@ class CompiledDecoder:
             self._steps[geometry] = torch.compile(step, options=options, fullgraph=True, dynamic=False)
         return self._steps[geometry]
 
-    @staticmethod
-    def supports(cache) -> bool:
-        """Whether ``cache`` has a fixed shape (StreamingLLM, Window)."""
-        return isinstance(cache, SinkWindowCache)
+    @property
+    def model(self):
+        return self._model()
 
     @staticmethod
     def can_step(cache) -> bool:
-        """Whether the next step can be a compiled one: the buffers exist (a prompt was fed) and hold the sinks."""
-        return (isinstance(cache, SinkWindowCache) and cache.layers[0].is_initialized
-                and cache.position >= cache.n_sink)
+        """Whether the next step can be a compiled one: a cache of fixed shape (StreamingLLM, Window) whose buffers
+        exist (a prompt was fed) and hold the sinks."""
+        return cache.fixed_shape and cache.ready_for_compiled_step()
 
     def step(self, input_ids: torch.Tensor, cache: SinkWindowCache) -> torch.Tensor:
         """Feed ``input_ids`` (batch, 1) into ``cache``; returns the next-token logits (batch, vocab)."""
         if not self.can_step(cache):
-            raise ValueError("cache: a compiled step needs a StreamingLLM or Window cache that holds at least its "
-                             f"{getattr(cache, 'n_sink', '?')} sink tokens and one token; feed the prompt first")
+            raise ValueError("cache: a compiled step needs a StreamingLLM or Window cache that holds at least its sink "
+                             "tokens and one token; feed the prompt first")
         state = cache.static_state
         if state is None:
             state = cache.static_state = StaticState(cache, self.device)
@@ -116,12 +117,16 @@ class CompiledDecoder:
             torch._dynamo.mark_static_address(t)
 
 
+# One decoder per model, for as long as the model lives (its compiled graphs with it); the model itself carries
+# nothing of streamlib's.
+_decoders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def compiled_decoder(model, fresh: bool = False) -> CompiledDecoder:
-    """The :class:`CompiledDecoder` of ``model``: made on first use and kept on the model."""
-    decoder = getattr(model, "_streamlib_decoder", None)
+    """The :class:`CompiledDecoder` of ``model``: made on first use and kept for as long as the model lives."""
+    decoder = _decoders.get(model)
     if decoder is None or fresh:
-        decoder = CompiledDecoder(model)
-        model._streamlib_decoder = decoder
+        decoder = _decoders[model] = CompiledDecoder(model)
     return decoder
 
 

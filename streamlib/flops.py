@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .arch import shapes_of
-from .records import Measurement
+from .measurement import Measurement
 
 
 def _dense_flops_per_token(config) -> int:
@@ -43,15 +43,23 @@ def forward_flops(config, tokens: int, context_per_token=None) -> int:
     return dense + sum(_attention_flops(config, context_per_token(i)) for i in range(tokens))
 
 
-def stream_flops(config, n_tokens: int, policy) -> int:
-    """Analytic FLOPs to process a stream of ``n_tokens`` one token at a time under ``policy``."""
-    from .policies import Recompute
-    from .recompute import stream_flops as recompute_stream_flops
-
-    if isinstance(policy, Recompute):
-        return recompute_stream_flops(config, n_tokens, policy.window)
-    budget = policy.budget
+def bounded_stream_flops(config, n_tokens: int, budget: int | None) -> int:
+    """FLOPs to stream ``n_tokens`` one at a time when each token attends at most ``budget`` kept tokens and itself
+    (``None``: every earlier token, Dense)."""
     return sum(flops_per_token(config, (t + 1) if budget is None else min(t + 1, budget + 1)) for t in range(n_tokens))
+
+
+def recompute_stream_flops(config, n_tokens: int, window: int) -> int:
+    """FLOPs to stream ``n_tokens`` under Recompute: one causal forward over the first window, then a fresh forward
+    over a whole window for every later token."""
+    head = forward_flops(config, min(window, n_tokens))
+    return head + max(0, n_tokens - window) * forward_flops(config, window)
+
+
+def stream_flops(config, n_tokens: int, policy) -> int:
+    """Analytic FLOPs to process a stream of ``n_tokens`` one token at a time under ``policy`` (its own count:
+    :meth:`~streamlib.policies.PolicyBase.stream_flops`)."""
+    return policy.stream_flops(config, n_tokens)
 
 
 def calflops_forward(model, input_ids: torch.Tensor) -> int:

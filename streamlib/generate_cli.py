@@ -116,9 +116,12 @@ def run_generate(args, parser: argparse.ArgumentParser) -> int:
         fail(parser, "give --prompt or --prompt-file (or --interactive)")
     if args.chat and not args.interactive:
         fail(parser, "--chat needs --interactive: the turns are read from stdin")
-    if args.compile and policy.name not in ("window", "streamingllm"):
-        fail(parser, f"--compile: compiled decoding covers window and streamingllm, whose cache keeps one shape; "
-                     f"got --policy {args.policy}")
+    if args.compile:
+        try:  # the policy's own answer; a chat's length is not known, so Dense has no preallocated form here
+            policy.compiled_form(max_length=None)
+        except ValueError as err:
+            fail(parser, f"--compile: compiled decoding covers window and streamingllm, whose cache keeps one shape; "
+                         f"got --policy {args.policy} ({err})")
 
     name = args.model or _default_model()
     try:

@@ -6,115 +6,44 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from transformers import Cache
 
-from .cache import SinkWindowCache
-from .cache_base import StreamingCache
+from .cache_base import PolicyCache, as_cache
 from .checks import check_input_ids, check_sampling
-from .handover import installed
-from .recompute import RecomputeWindow
+from .compiled import compiled_decoder
+from .policies.base import NOT_COMPILABLE
 
 
-def decoder_for(model, cache: Cache):
-    """The compiled decoder of ``model`` for ``cache``, or a ValueError naming ``compile`` when the cache's shapes
-    are not fixed (a growing Dense cache; TOVA and H2O, which choose what to evict from the data each step)."""
-    from .compiled import CompiledDecoder, compiled_decoder
-
-    if not CompiledDecoder.supports(cache):
-        raise ValueError(f"compile=True covers StreamingLLM, Window, and Dense when the stream's length is known "
-                         f"(stream_generate, the timing functions): their caches keep one shape. {type(cache).__name__} "
-                         "does not (TOVA and H2O evict by score): use compile=False")
+def decoder_for(model, cache: PolicyCache):
+    """The compiled decoder of ``model`` for ``cache``, or a ValueError naming ``compile`` when the cache's shape is
+    not fixed (a growing Dense cache; TOVA and H2O, which choose what to evict from the data each step)."""
+    if not cache.fixed_shape:
+        raise ValueError(NOT_COMPILABLE.format(label=f"A {type(cache).__name__}", why="its shape changes"))
     return compiled_decoder(model)
 
 
-def cache_for(model, policy_or_cache, compile: bool = False, max_length: int | None = None):
-    """The cache a loop runs on. With ``compile=True`` and Dense, a preallocated one of ``max_length`` slots: a
-    Window that never evicts (exactly Dense: every token at its own position), whose shape is fixed from the start,
-    at the cost of attending over all its slots (the empty ones masked) from the first step."""
-    from .policies import Dense, Window
-
-    if isinstance(policy_or_cache, (Cache, RecomputeWindow)):
-        return policy_or_cache
-    if compile and isinstance(policy_or_cache, Dense):
-        if max_length is None:
-            raise ValueError("compile=True with Dense needs the stream's maximum length (max_length) for a "
-                             "preallocated cache; stream_generate and the timing functions know it")
-        return Window(max_length).make_cache(model)
-    return policy_or_cache.make_cache(model)
-
-
-def default_chunk_size(cache: Cache, rotate_queries: bool = True) -> int:
-    """Tokens per forward in chunked mode: 512, where the projections run near their best and the masked-out part of
-    each chunk's attention costs little beside them (a 2048-token prompt into StreamingLLM 4+252 then costs what a
-    Dense prefill costs, ``bench/bench_decode.py``). With position shift but no hand-over (a model whose attention
-    does not go through :mod:`streamlib.handover`) every query brings its own copy of the sinks: about the window."""
-    if isinstance(cache, SinkWindowCache) and cache.pos_shift and cache.n_sink and not rotate_queries:
-        return max(16, min(cache.window, 512))
-    return 512
-
-
-def forward_chunks(model, input_ids: torch.Tensor, cache, chunk_size: int | None = None,
+def forward_chunks(model, input_ids: torch.Tensor, cache: PolicyCache, chunk_size: int | None = None,
                    all_logits: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
-    """Feed ``input_ids`` through ``model`` with ``cache``, yielding ``(start, logits)`` per forward.
-
-    Exactly the result of feeding one token at a time. ``chunk_size=1`` *is* one token at a time. Otherwise a
-    streaming cache is first filled with one plain call (no token needs an eviction yet), then each chunk gets its
-    own positions and mask inside ``with cache.chunk(...)``; a StreamingLLM cache takes a stream longer than itself
-    in a chunk from the start instead, with no filling call. Other caches take plain causal chunks, and Recompute
-    its windows. With ``all_logits=False`` only the last position's logits are computed.
-    """
+    """Feed ``input_ids`` through ``model`` into ``cache``, yielding ``(start, logits)`` per forward: exactly the
+    result of feeding one token at a time (``chunk_size=1`` *is* one token at a time). How each cache takes a stream
+    (plain calls, chunks with their own masks, Recompute's windows) is its own ``feed``. With ``all_logits=False``
+    only the last position's logits are computed."""
     device = next(model.parameters()).device
-    input_ids = input_ids.to(device)
-    if isinstance(cache, RecomputeWindow):
-        yield from cache.forward(model, input_ids, all_logits, one_at_a_time=chunk_size == 1)
-        return
-    rotate_queries = installed(model)
-    if chunk_size is None:
-        chunk_size = default_chunk_size(cache, rotate_queries)
-    total = input_ids.shape[1]
-    start = 0
-    while start < total:
-        keep = 0 if all_logits else 1
-        if isinstance(cache, StreamingCache):
-            cache.maybe_rebase()
-            room = cache.plain_room()
-            # a prompt longer than the cache starts the stream in one chunk where the cache can take it
-            first_chunk = cache.position == 0 and getattr(cache, "starts_in_chunk", False) \
-                and min(chunk_size, total) > room
-            if room > 0 and not first_chunk:  # filling: a plain causal call is exact
-                n = min(room, chunk_size, total - start)
-            elif chunk_size == 1 or total - start == 1 or not cache.chunkable:
-                n = 1
-            else:
-                n = min(chunk_size, total - start)
-                with cache.chunk(n, model.dtype, device, rotate_queries=rotate_queries) as (position_ids, mask):
-                    out = model(input_ids=input_ids[:, start : start + n], cache=cache, use_cache=True,
-                                position_ids=position_ids, attention_mask=mask, logits_to_keep=keep)
-                yield start, out.logits
-                start += n
-                continue
-        else:
-            n = min(chunk_size, total - start)
-        out = model(input_ids=input_ids[:, start : start + n], cache=cache, use_cache=True, logits_to_keep=keep)
-        yield start, out.logits
-        start += n
+    yield from cache.feed(model, input_ids.to(device), chunk_size, all_logits)
 
 
-def decode_step(model, cache, token: torch.Tensor, decoder=None) -> torch.Tensor:
+def decode_step(model, cache: PolicyCache, token: torch.Tensor, decoder=None) -> torch.Tensor:
     """Feed one token per row (batch, 1) and return the next-token logits (batch, vocab): the step every decoding
-    loop takes. A streaming cache first re-bases its frame when due; the step is then compiled (``decoder``, from
-    :func:`decoder_for`, once the cache can take a compiled step) or eager."""
+    loop takes, compiled (``decoder``, from :func:`decoder_for`, once the cache can take a compiled step) or fed like
+    any other token."""
     if decoder is not None and decoder.can_step(cache):
         return decoder.step(token, cache)
-    if isinstance(cache, RecomputeWindow):
-        return next(cache.forward(model, token, all_logits=False))[1][:, -1]
-    if isinstance(cache, StreamingCache):
-        cache.maybe_rebase()
-    return model(input_ids=token, cache=cache, use_cache=True).logits[:, -1]
+    for _, logits in cache.feed(model, token, all_logits=False):
+        pass
+    return logits[:, -1]
 
 
 @torch.inference_mode()
-def prefill(model, input_ids: torch.Tensor, cache: Cache, chunk_size: int | None = None) -> torch.Tensor:
+def prefill(model, input_ids: torch.Tensor, cache: PolicyCache, chunk_size: int | None = None) -> torch.Tensor:
     """Process a prompt of any length into ``cache``; returns the logits of its last token, shape (batch, vocab)."""
     check_input_ids(input_ids)
     logits = None
@@ -155,7 +84,7 @@ class TokenStream:
                  max_length: int | None = None):
         check_sampling(1, do_sample, temperature, top_p)
         self.model = model
-        self.cache = cache_for(model, policy_or_cache, compile, max_length)
+        self.cache = as_cache(model, policy_or_cache, compile, max_length)
         self.decoder = decoder_for(model, self.cache) if compile else None
         self.device = next(model.parameters()).device
         self.sampling = {"do_sample": do_sample, "temperature": temperature, "top_p": top_p}
@@ -207,7 +136,7 @@ def stream_generate(model, input_ids: torch.Tensor, policy_or_cache, max_new_tok
     Unlike ``model.generate`` this loop lets the cache own the positions, so a stream can go on for as long as
     wanted without rotary angles growing. With ``compile=True`` each decode step runs as one compiled graph
     (:mod:`streamlib.compiled`; the first one compiles): StreamingLLM and Window as they are, Dense on a cache
-    preallocated to ``input_ids`` plus ``max_new_tokens`` (:func:`cache_for`). Returns the new tokens, shape
+    preallocated to ``input_ids`` plus ``max_new_tokens`` (:func:`~streamlib.cache_base.as_cache`). Returns the new tokens, shape
     (batch, n_new).
     """
     check_input_ids(input_ids)

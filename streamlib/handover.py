@@ -1,12 +1,17 @@
 """The attention hand-over: a thin attention function in front of the model's own (sdpa or eager) through which a
-cache layer sees the queries of the step whose keys it has just stored, and the attention kernels those layers use.
+cache sees the queries of the step whose keys it has just stored, and the attention kernels the caches use.
 
-A layer that needs the step's queries returns its keys through :func:`hand_over`, which notes the layer on the key
-tensor it returns; the model passes that tensor to its attention function, and the function below hands the step to
-the noted layer's ``attend(base, module, query, key, value, attention_mask, **kwargs)`` instead of running ``base``
-(the model's own attention). Keys without a note, and models used with other caches, pass straight through. Users:
-score-based eviction (TOVA, H2O) reads the probabilities; StreamingLLM with position shift, for a chunk fed into a
-full cache, rotates each query once to the sinks' distance (``docs/design.md``).
+A cache layer that needs the step's queries returns its keys through :func:`hand_over`, which notes an *attender*
+(the layer itself, or the chunk plan it follows) on the key tensor it returns; the model passes that tensor to its
+attention function, and the function below hands the step to the attender's
+``attend(base, module, query, key, value, attention_mask, **kwargs)`` instead of running ``base`` (the model's own
+attention). Keys without a note, and models used with other caches, pass straight through. Users: score-based
+eviction (TOVA, H2O) reads the probabilities; StreamingLLM with position shift, for a chunk fed into a full cache,
+rotates each query once to the sinks' distance (``docs/design.md``).
+
+Routing the model's attention through here is the one change streamlib makes to a model (:func:`install`, done by
+``make_cache`` of the policies that need it); no mode is signalled through the model: each cache knows when it was
+made whether it relies on the hand-over.
 """
 
 from __future__ import annotations
@@ -32,9 +37,9 @@ def base_attention(base: str, module):
 def _attention(base: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
         fn = base_attention(base, module)
-        layer = getattr(key, "_attending_layer", None)
-        if layer is not None:
-            return layer.attend(fn, module, query, key, value, attention_mask, **kwargs)
+        attender = getattr(key, "_attender", None)
+        if attender is not None:
+            return attender.attend(fn, module, query, key, value, attention_mask, **kwargs)
         return fn(module, query, key, value, attention_mask, **kwargs)
 
     return attention
@@ -45,11 +50,11 @@ for _base, _name in WRAPPED.items():
     AttentionMaskInterface.register(_name, sdpa_mask if _base == "sdpa" else eager_mask)
 
 
-def hand_over(layer, keys: torch.Tensor) -> torch.Tensor:
-    """What a cache layer's ``update`` returns as its keys when its ``attend`` should run this step's attention: a
-    view of ``keys`` that carries the layer to the attention function (and dies with the step)."""
+def hand_over(attender, keys: torch.Tensor) -> torch.Tensor:
+    """What a cache layer's ``update`` returns as its keys when ``attender.attend`` should run this step's attention:
+    a view of ``keys`` that carries the attender to the attention function (and dies with the step)."""
     view = keys.view_as(keys)
-    view._attending_layer = layer
+    view._attender = attender
     return view
 
 

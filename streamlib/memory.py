@@ -14,20 +14,13 @@ from .arch import shapes_of
 def kv_cache_bytes(cache) -> int:
     """Bytes of the key and value tensors a cache holds (allocated buffers for the bounded caches, one window's
     transient keys and values for Recompute)."""
-    if hasattr(cache, "kv_bytes"):
-        return cache.kv_bytes()[0]
-    total = 0
-    for layer in getattr(cache, "layers", []):
-        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-            if isinstance(t, torch.Tensor):
-                total += t.numel() * t.element_size()
-    return total
+    return cache.kv_bytes()[0]
 
 
 def kv_resident_bytes(cache) -> int:
     """Bytes of the keys and values of the tokens a cache holds now (a burst-eviction cache's sawtooth; for the
     other bounded caches the allocated slots once full)."""
-    return cache.kv_bytes()[1] if hasattr(cache, "kv_bytes") else kv_cache_bytes(cache)
+    return cache.kv_bytes()[1]
 
 
 def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
@@ -35,15 +28,6 @@ def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
     size (kv heads x head_dim is the hidden size for Pythia, a third of it for SmolLM2)."""
     sh = shapes_of(config)
     return 2 * sh.layers * sh.kv_heads * sh.head_dim * torch.finfo(dtype).bits // 8
-
-
-def kv_bytes_after_prompt(model, policy, prompt_ids: torch.Tensor) -> int:
-    """KV-cache bytes once the prompt is in the cache; for Recompute, the transient KV of one window's forward."""
-    from .generation import prefill
-
-    cache = policy.make_cache(model)
-    prefill(model, prompt_ids, cache)
-    return kv_cache_bytes(cache)
 
 
 class RssSampler:

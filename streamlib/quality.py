@@ -23,7 +23,7 @@ import pandas as pd
 
 from .checks import check_input_ids, check_int
 from .generation import forward_chunks
-from .records import Measurement
+from .measurement import Measurement
 
 MODES = ("chunked", "token")
 

@@ -1,6 +1,6 @@
 """Sliding window with re-computation, the StreamingLLM paper's accurate but slow baseline: every token's logits come
-from a fresh forward over the last ``window`` tokens, at positions ``0..window-1``. The one home of its loops (the
-streams feed it like a cache: :func:`streamlib.generation.forward_chunks`) and of its FLOPs."""
+from a fresh forward over the last ``window`` tokens, at positions ``0..window-1``. Its "cache" holds token ids, and
+is fed like every policy's cache (:class:`streamlib.cache_base.PolicyCache`)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,23 @@ from collections.abc import Iterator
 
 import torch
 
-from .flops import forward_flops
+from .cache_base import PolicyCache
 
 
-class RecomputeWindow:
+class RecomputeWindow(PolicyCache):
     """What Recompute keeps between tokens: the ids of the last ``window`` tokens, no keys or values.
 
-    :meth:`forward` feeds tokens and yields their next-token logits exactly as feeding them one at a time would:
-    while fewer than ``window`` tokens have been seen, one causal forward over the prefix; after that, one forward
-    per token over its own window, ``batch`` windows per call.
+    :meth:`feed` takes tokens and yields their next-token logits exactly as feeding them one at a time would: while
+    fewer than ``window`` tokens have been seen, one causal forward over the prefix; after that, one forward per token
+    over its own window, ``batch`` windows per call (``chunk_size=1``: one window per call, prefix included).
     """
 
     name = "Recompute"
 
-    def __init__(self, window: int, kv_bytes_per_token: int, batch: int = 8):
+    def __init__(self, window: int, kv_bytes_per_token: int, num_layers: int, batch: int = 8):
         self.window = window
         self.kv_bytes_per_token = kv_bytes_per_token
+        self.layer_count = num_layers
         self.batch = batch
         self.ids: torch.Tensor | None = None  # (batch, <= window - 1): the context the next token is read with
         self.position = 0  # tokens fed so far
@@ -32,11 +33,16 @@ class RecomputeWindow:
     def budget(self) -> int:
         return self.window
 
-    def forward(self, model, input_ids: torch.Tensor, all_logits: bool = True,
-                one_at_a_time: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+    @property
+    def num_layers(self) -> int:
+        return self.layer_count
+
+    def feed(self, model, input_ids: torch.Tensor, chunk_size: int | None = None,
+             all_logits: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
         """Feed ``input_ids`` (batch, n) and yield ``(start, logits)``: the next-token logits (batch, k, vocab) of
         the tokens ``start..start+k-1`` (only the last token's when ``all_logits`` is false). The window is updated
         before the first yield, so a caller may stop reading early."""
+        one_at_a_time = chunk_size == 1
         w, total, fed_before = self.window, input_ids.shape[1], self.position
         ids = input_ids if self.ids is None else torch.cat([self.ids, input_ids], dim=1)
         done = ids.shape[1] - total  # tokens of ``ids`` that came from earlier calls
@@ -67,7 +73,8 @@ class RecomputeWindow:
         return torch.cat([model(input_ids=x, use_cache=False, logits_to_keep=1).logits for x in windows], dim=1)
 
     def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
-        """Stream positions of the tokens the next token is read with, shape (1, n)."""
+        """Stream positions of the tokens the next token is read with, shape (1, n): one window of ids, the same for
+        every layer."""
         return torch.arange(max(0, self.position - self.window + 1), self.position)[None]
 
     def kv_bytes(self) -> tuple[int, int]:
@@ -76,9 +83,3 @@ class RecomputeWindow:
         transient = self.kv_bytes_per_token * rows * min(self.window, self.position)
         return transient, transient
 
-
-def stream_flops(config, n_tokens: int, window: int) -> int:
-    """FLOPs to stream ``n_tokens`` under Recompute: one causal forward over the first window, then a fresh forward
-    over a whole window for every later token."""
-    head = forward_flops(config, min(window, n_tokens))
-    return head + max(0, n_tokens - window) * forward_flops(config, window)

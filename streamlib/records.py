@@ -25,33 +25,14 @@ import pandas as pd
 import torch
 
 from .data import repo_root
+from .measurement import Measurement
+from .policies import policy_label
+from .tables import to_latex, to_markdown
 
 RESULTS_FILE = "results.jsonl"
 COLUMNS = ["run", "key", "status", "metric", "value", "unit", "policy", "n_sink", "window", "pos_shift", "model",
            "dtype", "device", "gpu", "dataset", "n_tokens", "torch", "transformers", "git_commit", "timestamp",
            "error", "extra"]
-
-
-@dataclass
-class Measurement:
-    """What one measurement gives: ``(metric, value, unit)`` rows for the records and, optionally, a curve (a tidy
-    DataFrame, e.g. NLL per position, or the tokens of a generation). The measuring functions of the package
-    (``quality.measure_perplexity``, ``timing.measure_generation``, ...) return one; ``status`` is set by
-    :meth:`Run.measure` (``ok``, ``skipped`` when read back from an earlier run, ``failed``)."""
-
-    rows: list[tuple[str, float, str]] = field(default_factory=list)
-    curve: pd.DataFrame | None = None
-    status: str = "ok"
-    error: str = ""
-
-    def __getitem__(self, metric: str) -> float:
-        for name, value, _ in self.rows:
-            if name == metric:
-                return value
-        raise KeyError(f"metric {metric!r} not measured; have {[r[0] for r in self.rows]}")
-
-    def table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=["metric", "value", "unit"])
 
 
 def git_commit() -> str:
@@ -222,8 +203,6 @@ class Run:
 
     def table(self, table: pd.DataFrame, name: str) -> pd.DataFrame:
         """Write ``tables/<name>.md`` and ``.tex``; returns the table for display."""
-        from .report import to_latex, to_markdown
-
         out = self.path / "tables"
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.md").write_text(to_markdown(table) + "\n")
@@ -319,21 +298,3 @@ def metrics_wide(df: pd.DataFrame, group: str | None = None) -> pd.DataFrame:
     if "policy" in wide:
         wide.insert(1, "label", [policy_label(r) for r in wide.to_dict("records")])
     return wide
-
-
-def policy_from_row(row: dict):
-    """The policy a record row (or a row of :func:`metrics_wide`) describes."""
-    from .policies import from_params
-
-    params = {k: (None if v is pd.NA or (isinstance(v, float) and v != v) else v) for k, v in row.items()}
-    if params.get("pos_shift") is None:
-        params["pos_shift"] = True
-    return from_params(params)
-
-
-def policy_label(row: dict) -> str:
-    """The display label of the policy a record row describes."""
-    try:
-        return policy_from_row(row).label()
-    except (ValueError, KeyError, TypeError):
-        return str(row.get("policy"))

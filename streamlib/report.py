@@ -1,18 +1,19 @@
-"""The report: tables built from a run's records (like for like), in the units people read, as Markdown and LaTeX;
-the figure captions; ``report.md`` and its one-page HTML rendering."""
+"""The report's tables, one builder per notebook step, each from a run's records and like for like, with the
+intervals of :mod:`streamlib.stats`. How they are written (units, Markdown, LaTeX) is :mod:`streamlib.tables`; the
+page they go on (``report.md``, ``report.html``, the figure captions) is :mod:`streamlib.report_page`."""
 
 from __future__ import annotations
 
-import base64
-import html
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .plots import family_label
-from .records import policy_from_row
+from .policies import policy_from_row
+from .report_page import CAPTIONS, render_html, write_report  # noqa: F401  (the notebooks' one import)
+from .tables import format_interval, in_display_units, to_latex, to_markdown  # noqa: F401
+from .tables import fmt as _fmt
 from .stats import BLOCK, RESAMPLES, paired_ratio_interval, perplexity_interval, wilson_interval
 
 CI = "95 % CI"
@@ -20,26 +21,6 @@ INTERVALS_NOTE = (f"Perplexity intervals: {CI}, circular block bootstrap over th
                   f"{RESAMPLES} resamples); comparisons on the same tokens are paired (the same blocks for both). "
                   "Accuracies: Wilson 95 % interval. Timings: median over interleaved rounds, with the interquartile "
                   "range (IQR); a change against Dense is the median of the per-round ratios.")
-
-# Display units: what people expect to read in a table (records keep SI units: seconds and bytes).
-DISPLAY_UNITS = {"s": ("ms", 1e3), "bytes": ("MiB", 1 / 2**20), "FLOP": ("GFLOP", 1e-9)}
-
-
-def in_display_units(table: pd.DataFrame, value_columns=("baseline", "streamingllm", "value")) -> pd.DataFrame:
-    """Seconds to ms, bytes to MiB (GiB from 1 GiB up), FLOP to GFLOP, in a table with a ``unit`` column."""
-    out = table.copy()
-    cols = [c for c in value_columns if c in out.columns]
-    for i, unit in out["unit"].items():
-        if unit not in DISPLAY_UNITS:
-            continue
-        new_unit, scale = DISPLAY_UNITS[unit]
-        values = pd.to_numeric(out.loc[i, cols], errors="coerce")
-        if unit == "bytes" and values.abs().max() >= 2**30:
-            new_unit, scale = "GiB", 1 / 2**30
-        out.loc[i, cols] = values * scale
-        out.loc[i, "unit"] = new_unit
-    return out
-
 
 # What makes two measurements comparable: the same text and token count, the same batch and prompt, the same
 # decoding mode. A record lacks the fields that do not apply to it; a missing field is a value like any other.
@@ -118,70 +99,6 @@ def comparison_table(df: pd.DataFrame, baseline: dict, streaming: dict, metrics:
             row["measured on"] = "not measured"
         out.append(row)
     return pd.DataFrame(out, columns=["metric", "unit", "baseline", "streamingllm", "change_%", "measured on"])
-
-
-def _fmt(value) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
-        return "–"
-    if isinstance(value, float):
-        if value == 0:
-            return "0"
-        if abs(value) >= 1e5 or abs(value) < 1e-2:
-            return f"{value:.3g}"
-        return f"{value:.2f}"
-    return str(value)
-
-
-# Column names as a reader reads them (frames keep short names for code and plots).
-READER_NAMES = {"change_%": "change", "cache_size": "cache (tokens)", "kv_mib": "KV (MiB)", "tpot_ms": "TPOT (ms)",
-                "ttft_ms": "TTFT (ms)", "peak_mem_mib": "peak memory (MiB)", "throughput": "decode tokens/s",
-                "batch_size": "batch", "pos_shift": "position shift", "ppl": "perplexity", "label": "policy",
-                "n_sink": "sinks", "key_cached": "key still cached", "prompt_tokens": "prompt (tokens)",
-                "distance": "key to question (tokens)", "compiled": "compiled", "key_held": "key wholly cached",
-                "correct_when_held": "correct when cached"}
-
-
-def reader_names(table: pd.DataFrame) -> list[str]:
-    return [READER_NAMES.get(c, c) for c in table.columns]
-
-
-def format_interval(low, high, percent: bool = False) -> str:
-    """``[a, b]`` for a table cell; ``percent`` shows a ratio's interval as a change in percent."""
-    if any(v is None or v is pd.NA or (isinstance(v, float) and v != v) for v in (low, high)):
-        return "–"
-    if percent:
-        return f"[{(low - 1) * 100:+.1f} %, {(high - 1) * 100:+.1f} %]"
-    return f"[{_fmt(float(low))}, {_fmt(float(high))}]"
-
-
-def to_markdown(table: pd.DataFrame) -> str:
-    cols = list(table.columns)
-    lines = ["| " + " | ".join(reader_names(table)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in table.iterrows():
-        cells = []
-        for c in cols:
-            v = row[c]
-            cells.append(f"{v:+.1f}%" if c == "change_%" and isinstance(v, float) and v == v else _fmt(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def to_latex(table: pd.DataFrame) -> str:
-    cols = list(table.columns)
-
-    def esc(s: str) -> str:
-        return s.replace("_", r"\_").replace("%", r"\%")
-
-    lines = [r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}", r"\toprule",
-             " & ".join(esc(c) for c in reader_names(table)) + r" \\", r"\midrule"]
-    for _, row in table.iterrows():
-        cells = []
-        for c in cols:
-            v = row[c]
-            cells.append(esc(f"{v:+.1f}%" if c == "change_%" and isinstance(v, float) and v == v else _fmt(v)))
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------ tables from the records --
@@ -585,78 +502,3 @@ KIND_ORDER = ("dense", "window", "streamingllm", "burst", "tova", "h2o", "recomp
 
 # ---------------------------------------------------------------------------------------------- report.md --
 
-CAPTIONS = {
-    "fig1_nll_vs_position": "NLL along one long stream (bands: 95 % CI of each stretch's mean): Dense past its "
-                            "trained length (dotted line) against the bounded caches.",
-    "fig2_memory_vs_position": "KV-cache memory along the stream: Dense grows with every token, the bounded caches "
-                               "stay flat.",
-    "fig3_latency_vs_position": "Time per token along the stream: Recompute pays a forward over its whole window "
-                                "for each token.",
-    "fig4_tradeoff": "Perplexity (95 % CI bars) against KV-cache memory over the cache-size sweep (Pareto front in "
-                     "grey), and each timed policy's decode step against Dense's in the same round (median, IQR).",
-    "fig5_ppl_vs_sinks": "Perplexity (95 % CI bars) against the number of attention sinks at a fixed cache size, "
-                         "beside the paper's Table 2.",
-    "fig6_speed": "TTFT, TPOT and decode throughput, Dense against StreamingLLM, per batch size.",
-    "fig7_attention_sinks": "Mean attention weight on each of the first four tokens, per layer, against uniform "
-                            "attention.",
-    "fig8_generation": "Memory and time per token while generating far past the trained length, Dense against "
-                       "StreamingLLM.",
-    "fig9_burst_memory": "KV cache held along the stream: the lab's burst eviction (0.7, 4, 256) as the sawtooth it "
-                         "is, beside StreamingLLM at its peak and at its mean memory.",
-    "fig10_retrieval": "Pass-key retrieval at one KV budget: accuracy (Wilson 95 % CI bars), and the share of the key's tokens still cached "
-                       "at the question, against the key's distance from it (Dense is the model's own ceiling).",
-}
-
-STYLE = """body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
-  color: #222; line-height: 1.45; }
-table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.9rem; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-img { max-width: 100%; }
-blockquote { border-left: 4px solid #c33; margin-left: 0; padding-left: 1rem; }
-em { color: #555; }"""
-
-
-def write_report(run, tables: dict[str, pd.DataFrame], note: str = "") -> Path:
-    """``report.md`` in the run directory: ``note`` (e.g. how the intervals are made), the tables given, then every
-    report figure the run has, embedded as a PNG with its one-line caption. A dry run says so at the top. ``run`` is
-    a :class:`streamlib.records.Run`."""
-    cfg = run.cfg
-    lines = [f"# streamlib run `{run.path.name}`: profile {cfg.profile}, model {cfg.model}", ""]
-    if cfg.dry_run:
-        lines += ["> **DRY RUN.** Random weights, embedded text and scaled-down token counts: this checks that the "
-                  f"`{cfg.profile}` chain runs end to end. None of its numbers is a result.", ""]
-    if note:
-        lines += [note, ""]
-    for title, table in tables.items():
-        lines += [f"## {title}", "", to_markdown(table), ""]
-    lines += ["## Figures", ""]
-    for name, caption in CAPTIONS.items():
-        if (run.path / "figures" / f"{name}.png").exists():
-            lines += [f"![{caption}](figures/{name}.png)", "", f"*{name}: {caption}* ([PDF](figures/{name}.pdf))", ""]
-    path = run.path / "report.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def render_html(markdown_path: str | Path) -> Path:
-    """``report.html`` beside ``report.md``: the Markdown rendered (headings, tables, captions) with each PNG it
-    links inlined, so the one file can be mailed or opened anywhere."""
-    import mistune
-
-    md_path = Path(markdown_path)
-    body = mistune.create_markdown(plugins=["table"])(md_path.read_text(encoding="utf-8"))
-
-    def inline(match: re.Match) -> str:
-        image = md_path.parent / html.unescape(match.group(1))
-        if not image.is_file():
-            return match.group(0)
-        return f'src="data:image/png;base64,{base64.b64encode(image.read_bytes()).decode()}"'
-
-    body = re.sub(r'src="([^"]+\.png)"', inline, body)
-    title = md_path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").replace("`", "")
-    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>\n"
-            f"<style>\n{STYLE}\n</style></head>\n<body>\n{body}</body></html>\n")
-    out = md_path.with_suffix(".html")
-    out.write_text(page, encoding="utf-8")
-    return out

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from .generation import TokenStream
-from .records import Measurement
+from .measurement import Measurement
 
 INTRO = ("There is a pass key hidden inside a lot of irrelevant text. Find it and memorize it. "
          "I will quiz you about the pass key.")
@@ -88,20 +88,11 @@ def parse_answer(text: str) -> str | None:
     return re.sub(r"[ ,]", "", match.group(0)) if match else None
 
 
-def held_positions(cache) -> list[torch.Tensor]:
-    """Per layer, the stream positions the next query sees, shape (rows, n) (one row per kv head for H2O)."""
-    if not hasattr(cache, "layers"):  # Recompute: one window of ids for every layer
-        return [cache.held_positions()]
-    if hasattr(cache, "held_positions"):
-        return [cache.held_positions(i) for i in range(len(cache.layers))]
-    return [torch.arange(cache.get_seq_length(i))[None] for i in range(len(cache.layers))]  # Dense holds all
-
-
 def key_residency(cache, positions: list[int]) -> list[float]:
     """Per layer, the share of the key's tokens the cache still holds (averaged over kv heads for H2O)."""
     wanted = torch.tensor(positions)
     return [float(torch.stack([torch.isin(wanted, row) for row in held]).float().mean())
-            for held in held_positions(cache)]
+            for held in cache.held_by_layer()]
 
 
 @torch.inference_mode()

@@ -14,11 +14,38 @@ import torch
 from .arch import RotaryInfo
 
 
+def angle_tables(deltas: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (float32, on ``inv_freq``'s device) of shape ``(*deltas.shape, rotary_ndims)``: the one place the
+    angle ``delta * inv_freq[i]`` is computed, in float64, for the eager caches and the compiled step alike."""
+    angles = deltas.to(torch.float64)[..., None] * inv_freq
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
 def rotation_tables(deltas: torch.Tensor, info: RotaryInfo, device, dtype=torch.float32):
     """cos and sin of shape ``(*deltas.shape, rotary_ndims)`` for rotating keys by ``deltas`` positions."""
-    angles = deltas.to(torch.float64)[..., None] * info.inv_freq
-    angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos().to(device=device, dtype=dtype), angles.sin().to(device=device, dtype=dtype)
+    cos, sin = angle_tables(deltas, info.inv_freq)
+    return cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
+
+
+class Rotations:
+    """Tables that rotate keys by a whole number of positions, kept for the deltas in use (about one per step): the
+    layers of one cache share them, so a step computes its sink rotation once, not once per layer."""
+
+    def __init__(self, info: RotaryInfo):
+        self.info = info
+        self._tables: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, delta: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (delta, torch.device(device))
+        if key not in self._tables:
+            if len(self._tables) > 64:
+                self._tables.clear()
+            self._tables[key] = rotation_tables(torch.tensor(float(delta)), self.info, device)
+        return self._tables[key]
+
+    def clear(self) -> None:
+        self._tables.clear()
 
 
 def rotate(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

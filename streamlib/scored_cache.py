@@ -1,17 +1,21 @@
-"""The score-based caches, TOVA and H2O: ``budget + 1`` preallocated slots per layer, an eviction per token chosen
-from the step's attention probabilities (read through :mod:`streamlib.handover`). Their rules, as the papers define
-them and as implemented here, are in ``docs/design.md``."""
+"""The cache of the score-based policies (TOVA, H2O): ``budget + 1`` preallocated slots per layer, an eviction per
+token chosen from the step's attention probabilities (read through :mod:`streamlib.handover`). Each policy's rule (how
+it scores, which slot it frees) is in its own file beside its paper (:mod:`streamlib.policies.tova`,
+:mod:`streamlib.policies.h2o`); how the cache runs them is in ``docs/design.md``."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from .cache_base import StreamingCache, StreamLayer
 from .handover import WRAPPED, attention_probs, hand_over
 from .handover import install as _install_handover
-from .rotary import RotaryInfo
+from .rotary import Rotations, RotaryInfo
 
-__all__ = ["WRAPPED", "H2OCache", "ScoredCache", "ScoredLayer", "TOVACache", "install"]
+__all__ = ["WRAPPED", "EvictionRule", "ScoredCache", "ScoredLayer", "ScoredSpec", "install", "lowest_slot"]
 
 
 def install(model) -> None:
@@ -19,26 +23,72 @@ def install(model) -> None:
     _install_handover(model, "a score-based policy")
 
 
-class ScoredLayer(StreamLayer):
-    """One layer: ``budget + 1`` slots of keys and values, each slot's original position and (H2O) its score."""
+class EvictionRule(Protocol):
+    """What a score-based policy tells its cache: how many tokens to keep, whether each kv head keeps its own, how a
+    step's attention adds to the scores, and which slot to free once over budget."""
 
-    def __init__(self, owner: "ScoredCache", layer_idx: int):
-        super().__init__(owner, layer_idx)
+    budget: int
+    per_head: bool
+
+    def score(self, scores: torch.Tensor, probs: torch.Tensor) -> None:
+        """Add a step's probabilities ``probs`` (B, query heads, n, L) to ``scores`` (B, rows, L) in place."""
+
+    def evict(self, probs: torch.Tensor, positions: torch.Tensor, scores: torch.Tensor, newest: int) -> torch.Tensor:
+        """The slot to free per row (B, rows), from the step's ``probs``, each slot's original position (-1: empty)
+        and score; ``newest`` is the position of the token just stored."""
+
+
+def lowest_slot(values: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Index of the lowest value among ``allowed`` slots along the last dim, ties to the earliest position."""
+    values = values.masked_fill(~allowed, float("inf"))
+    lowest = values.min(dim=-1, keepdim=True).values
+    tied = allowed & (values == lowest)
+    big = torch.iinfo(torch.long).max
+    return positions.masked_fill(~tied, big).argmin(dim=-1)
+
+
+@dataclass(frozen=True)
+class ScoredSpec:
+    """A score-based cache's settings: the policy's rule, and the slots it keeps them in."""
+
+    rule: EvictionRule
+
+    @property
+    def name(self) -> str:
+        return type(self.rule).__name__
+
+    @property
+    def budget(self) -> int:
+        return self.rule.budget
+
+    @property
+    def slots(self) -> int:
+        return self.rule.budget + 1
+
+
+class ScoredLayer(StreamLayer):
+    """One layer: ``budget + 1`` slots of keys and values, each slot's original position and (H2O) its score. The
+    layer applies its policy's rule itself, after each step's attention."""
+
+    def __init__(self, layer_idx: int, spec: ScoredSpec, rotations: Rotations):
+        super().__init__(layer_idx, spec, rotations)
+        self.rule = spec.rule
+        self.per_head = spec.rule.per_head
         self._pending: int | None = None  # the first position of the update whose weights are awaited
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
         batch, heads = key_states.shape[:2]
-        rows = heads if self.owner.per_head else 1
+        rows = heads if self.per_head else 1
         # original position of the token in each slot (per head for H2O); -1: empty
         self.positions = torch.full((batch, rows, self.capacity), -1, dtype=torch.long, device=self.device)
         self.scores = torch.zeros(batch, rows, self.capacity, dtype=torch.float32, device=self.device)
         self.free = torch.full((batch, rows), self.capacity - 1, dtype=torch.long, device=self.device)
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+    def get_mask_sizes(self, query_length: int, step=None) -> tuple[int, int]:
         return min(self.position + query_length, self.capacity), 0
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, step=None):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         if self._pending is not None:
@@ -54,7 +104,7 @@ class ScoredLayer(StreamLayer):
             self.positions[:, :, first : first + n] = torch.arange(first, first + n, device=self.device)
             keys, values = self.keys[:, :, : first + n], self.values[:, :, : first + n]
         elif n == 1:
-            index = self.free if self.owner.per_head else self.free.expand(-1, key_states.shape[1])
+            index = self.free if self.per_head else self.free.expand(-1, key_states.shape[1])
             gather = index[:, :, None, None].expand(-1, -1, 1, key_states.shape[-1])
             self.keys.scatter_(2, gather, key_states)
             self.values.scatter_(2, index[:, :, None, None].expand(-1, -1, 1, value_states.shape[-1]), value_states)
@@ -63,8 +113,8 @@ class ScoredLayer(StreamLayer):
             keys, values = self.keys, self.values
         else:
             raise ValueError(
-                f"input_ids: {n} tokens at stream position {first} do not fit a {self.owner.name} cache of "
-                f"{self.owner.budget} tokens in one call: these policies are defined token by token. Use "
+                f"input_ids: {n} tokens at stream position {first} do not fit a {self.spec.name} cache of "
+                f"{self.budget} tokens in one call: these policies are defined token by token. Use "
                 "streamlib.generation.prefill or streamlib.quality.token_nll (they feed one token at a time once the "
                 f"cache is full); with model.generate pass prefill_chunk_size=1; or feed at most "
                 f"{max(self.capacity - first, 1)} tokens at once")
@@ -84,9 +134,10 @@ class ScoredLayer(StreamLayer):
         probs = attention_probs(query, keys, scaling, self._pending)
         self._pending = None
         length = keys.shape[-2]
-        self.owner.score(self, probs, length)
-        if min(self.position, self.capacity) > self.owner.budget:
-            self.owner.evict(self, probs, length)
+        self.rule.score(self.scores[:, :, :length], probs)
+        if min(self.position, self.capacity) > self.budget:
+            self.free = self.rule.evict(probs, self.positions[:, :, :length], self.scores[:, :, :length],
+                                        self.position - 1)
 
     def batch_tensors(self) -> list[torch.Tensor]:
         return [self.keys, self.values, self.positions, self.scores, self.free]
@@ -100,29 +151,18 @@ class ScoredLayer(StreamLayer):
         self._pending = None
 
 
-def _lowest(values: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Index of the lowest value among ``allowed`` slots along the last dim, ties to the earliest position."""
-    values = values.masked_fill(~allowed, float("inf"))
-    lowest = values.min(dim=-1, keepdim=True).values
-    tied = allowed & (values == lowest)
-    big = torch.iinfo(torch.long).max
-    return positions.masked_fill(~tied, big).argmin(dim=-1)
-
-
 class ScoredCache(StreamingCache):
-    """Base of the score-based caches: geometry, frame re-basing, and the two hooks ``score`` and ``evict``."""
+    """The cache of a score-based policy (``rule``: a :class:`~streamlib.policies.TOVA` or
+    :class:`~streamlib.policies.H2O`): geometry and frame re-basing; each layer evicts by the rule. Defined token by
+    token, so a full cache takes one token per call."""
 
-    name = "scored"
-    per_head = False
     chunkable = False
 
-    def __init__(self, num_layers: int, budget: int, rotary: RotaryInfo, rebase_interval: int = 256):
-        self._budget = budget
-        super().__init__([ScoredLayer(self, i) for i in range(num_layers)], rotary, rebase_interval)
-
-    @property
-    def budget(self) -> int:
-        return self._budget
+    def __init__(self, num_layers: int, rule: EvictionRule, rotary: RotaryInfo, rebase_interval: int = 256):
+        spec = ScoredSpec(rule)
+        rotations = Rotations(rotary)
+        super().__init__(spec, [ScoredLayer(i, spec, rotations) for i in range(num_layers)], rotations,
+                         rebase_interval)
 
     def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
         """Stream positions of the tokens the layer holds for the first row of the batch, one row per kv head for
@@ -134,43 +174,3 @@ class ScoredCache(StreamingCache):
         if layer.position > self.budget:  # full: the free slot's token has been evicted
             positions.scatter_(1, layer.free[0][:, None], -1)
         return torch.stack([row[row >= 0].sort().values for row in positions.cpu()])
-
-    def score(self, layer: ScoredLayer, probs: torch.Tensor, length: int) -> None:
-        """Add this step's weights to the slots' scores (nothing for TOVA)."""
-
-    def evict(self, layer: ScoredLayer, probs: torch.Tensor, length: int) -> None:
-        raise NotImplementedError
-
-
-class TOVACache(ScoredCache):
-    """TOVA: per layer, evict the token with the lowest head-averaged weight from the current query."""
-
-    name = "TOVA"
-
-    def evict(self, layer: ScoredLayer, probs: torch.Tensor, length: int) -> None:
-        weights = probs[:, :, -1].mean(dim=1, keepdim=True)  # (B, 1, L): the last query, averaged over heads
-        positions = layer.positions[:, :, :length]
-        layer.free = _lowest(weights, positions, positions >= 0)  # (B, 1)
-
-
-class H2OCache(ScoredCache):
-    """H2O: per layer and head, accumulated weights; evict the lowest among the tokens that are not recent."""
-
-    name = "H2O"
-    per_head = True
-
-    def __init__(self, num_layers: int, n_heavy: int, n_recent: int, rotary: RotaryInfo, rebase_interval: int = 256):
-        self.n_heavy, self.n_recent = n_heavy, n_recent
-        super().__init__(num_layers, n_heavy + n_recent, rotary, rebase_interval)
-
-    def score(self, layer: ScoredLayer, probs: torch.Tensor, length: int) -> None:
-        # a kv head's token gets the weights of every query head of its group (kvpress's convention for GQA)
-        b, heads, n, _ = probs.shape
-        kv = layer.scores.shape[1]
-        layer.scores[:, :, :length] += probs.view(b, kv, heads // kv * n, length).sum(dim=2)
-
-    def evict(self, layer: ScoredLayer, probs: torch.Tensor, length: int) -> None:
-        positions = layer.positions[:, :, :length]
-        newest = layer.position - 1
-        candidates = (positions >= 0) & (positions <= newest - self.n_recent)
-        layer.free = _lowest(layer.scores[:, :, :length], positions, candidates)

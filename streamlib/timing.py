@@ -16,9 +16,10 @@ import pandas as pd
 import torch
 
 from .checks import check_input_ids, check_int, check_sampling
-from .generation import TokenStream, cache_for, decode_step, forward_chunks
-from .memory import kv_bytes_after_prompt, kv_cache_bytes, kv_resident_bytes, memory_now, peak_memory
-from .records import Measurement
+from .cache_base import as_cache
+from .generation import TokenStream, decode_step, forward_chunks, prefill
+from .memory import kv_cache_bytes, kv_resident_bytes, memory_now, peak_memory
+from .measurement import Measurement
 from .stats import median_spread
 
 
@@ -150,7 +151,7 @@ def stream_trace(model, input_ids: torch.Tensor, policy, *, every: int = 64, max
     device = next(model.parameters()).device
     clock = Clock(device)
     ids = input_ids.to(device)
-    cache = cache_for(model, policy)
+    cache = policy.make_cache(model)
     limit = ids.shape[1] if max_dense_tokens is None or policy.budget is not None else min(ids.shape[1], max_dense_tokens)
     if not timed:
         rows = []
@@ -263,6 +264,14 @@ def measure_interleaved(model, policies: list, prompt_ids, new_tokens: int, *, r
         rows.append(("kv_bytes_after_prompt", runs[-1].kv_bytes_after_prompt, "bytes"))
         out[policy] = Measurement(rows=rows)
     return out
+
+
+def kv_bytes_after_prompt(model, policy, prompt_ids: torch.Tensor) -> int:
+    """KV-cache bytes once the prompt is in a fresh cache of ``policy``; for Recompute, the transient KV of one
+    window's forward."""
+    cache = policy.make_cache(model)
+    prefill(model, prompt_ids, cache)
+    return kv_cache_bytes(cache)
 
 
 def measure_kv(model, policy, prompt_ids: torch.Tensor) -> Measurement:

@@ -1,5 +1,7 @@
 """KV-cache policies. Each is a small frozen dataclass; the cache-based ones make a transformers ``Cache``."""
 
+import pandas as pd
+
 from .base import PolicyBase
 from .burst import BurstEviction, streaming_matches
 from .dense import Dense
@@ -12,6 +14,7 @@ from .window import Window
 Policy = Dense | Window | StreamingLLM | Recompute | TOVA | H2O | BurstEviction
 
 __all__ = ["Dense", "Window", "StreamingLLM", "Recompute", "TOVA", "H2O", "BurstEviction", "Policy", "PolicyBase", "from_params", "parse_policy",
+           "policy_from_row", "policy_label",
            "streaming_matches"]
 
 POLICY_FORMS = ("dense", "window:W", "streamingllm:S+W", "streamingllm:S+W:noshift", "recompute:W", "tova:B",
@@ -50,6 +53,23 @@ def _from_params(kind, params: dict) -> Policy:
                              bool(params.get("pos_shift", True)))
     raise ValueError("policy must be one of 'dense', 'window', 'streamingllm', 'recompute', 'tova', 'h2o', 'burst'; "
                      f"got {kind!r}")
+
+
+def policy_from_row(row: dict) -> Policy:
+    """The policy a record row (or a row of :func:`streamlib.records.metrics_wide`) describes: its parameters, with
+    the NaN a table gives a policy's missing fields read as absent."""
+    params = {k: (None if v is pd.NA or (isinstance(v, float) and v != v) else v) for k, v in row.items()}
+    if params.get("pos_shift") is None:
+        params["pos_shift"] = True
+    return from_params(params)
+
+
+def policy_label(row: dict) -> str:
+    """The display label of the policy a record row describes."""
+    try:
+        return policy_from_row(row).label()
+    except (ValueError, KeyError, TypeError):
+        return str(row.get("policy"))
 
 
 def parse_policy(spec: str) -> Policy:

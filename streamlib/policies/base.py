@@ -1,10 +1,17 @@
-"""What every cache policy shares: a name, flat parameters for records, a budget, and the model check."""
+"""What every cache policy shares: a name, flat parameters for records, a budget, the model check, the compiled form
+of its cache, and the FLOPs of a stream under it."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
 from ..arch import family_of
+from ..flops import bounded_stream_flops
+
+# The one answer to "can this policy's decode step be compiled": each policy's compiled_form.
+NOT_COMPILABLE = ("compile=True covers StreamingLLM, Window, and Dense when the stream's length is known "
+                  "(stream_generate, the timing functions): their caches keep one shape. {label} does not ({why}): "
+                  "use compile=False")
 
 
 def check_model(model, policy_name: str) -> None:
@@ -13,9 +20,14 @@ def check_model(model, policy_name: str) -> None:
 
 
 class PolicyBase:
-    """Mixin for the policy dataclasses: a stable name and a flat parameter dict for result records."""
+    """Mixin for the policy dataclasses: a stable name and a flat parameter dict for result records.
+
+    ``token_mode``: whether a prompt longer than the cache is read one full decode step per token (Recompute, TOVA,
+    H2O), which is what sizes the token counts a run can afford for it."""
 
     name: str = "policy"
+    token_mode = False
+    why_not_compiled = "its cache changes shape as it evicts"
 
     def params(self) -> dict:
         return {"policy": self.name, **asdict(self)}
@@ -27,3 +39,12 @@ class PolicyBase:
 
     def label(self) -> str:
         return self.name
+
+    def compiled_form(self, max_length: int | None = None) -> "PolicyBase":
+        """The policy whose cache a compiled decode step runs on for a stream of at most ``max_length`` tokens (None:
+        not known); a ValueError naming ``compile`` when there is none."""
+        raise ValueError(NOT_COMPILABLE.format(label=self.label(), why=self.why_not_compiled))
+
+    def stream_flops(self, config, n_tokens: int) -> int:
+        """Analytic FLOPs to stream ``n_tokens`` one at a time: each token attends what is kept and itself."""
+        return bounded_stream_flops(config, n_tokens, self.budget)

@@ -1,13 +1,20 @@
-"""Burst eviction: sinks plus recent tokens, evicted many at a time (llama.cpp's context shift, the lab's press)."""
+"""Burst eviction: sinks plus recent tokens, evicted many at a time (llama.cpp's context shift, the lab's press): the
+policy, and its cache. ``capacity`` slots hold the sinks and the recent tokens; when an incoming token would not fit,
+the oldest ``discard`` tokens after the sinks leave at once and the rest move down. Between bursts tokens are
+appended, so a whole stretch between two bursts is one plain causal call."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
-from ..arch import rotary_of
-from ..burst_cache import BurstCache
+import torch
+
+from ..arch import RotaryInfo, rotary_of
+from ..cache_base import SinkLayer, StreamingCache
 from ..checks import check_bool, check_int
+from ..rotary import Rotations
 from .base import PolicyBase, check_model
 from .streaming_llm import StreamingLLM
 
@@ -67,7 +74,7 @@ class BurstEviction(PolicyBase):
         to ``capacity``."""
         return self.capacity - (self.discard - 1) / 2
 
-    def make_cache(self, model) -> BurstCache:
+    def make_cache(self, model) -> "BurstCache":
         check_model(model, "BurstEviction")
         return BurstCache(model.config.num_hidden_layers, self.n_sink, self.capacity, self.discard, self.pos_shift,
                           rotary_of(model))
@@ -83,3 +90,113 @@ def streaming_matches(burst: BurstEviction) -> tuple[StreamingLLM, StreamingLLM]
     window_at_mean = max(1, round(burst.mean_resident) - burst.n_sink - 1)
     return (StreamingLLM(burst.n_sink, burst.capacity - burst.n_sink - 1, burst.pos_shift),
             StreamingLLM(burst.n_sink, window_at_mean, burst.pos_shift))
+
+
+# ------------------------------------------------------------------------------------------------- the cache --
+
+
+@dataclass(frozen=True)
+class BurstSpec:
+    """A burst-eviction cache's settings, shared by its layers."""
+
+    n_sink: int
+    capacity: int
+    discard: int
+    pos_shift: bool
+
+    name: ClassVar[str] = "burst-eviction"
+
+    @property
+    def budget(self) -> int:
+        """The most tokens held between steps."""
+        return self.capacity
+
+    @property
+    def slots(self) -> int:
+        return self.capacity
+
+    def sink_delta(self, evicted: int, offset: int) -> int:
+        """How far the stored sinks must rotate once ``evicted`` tokens have left: with position shift the query sits
+        at its slot, so the sinks come ``evicted`` positions closer; without it they keep their positions."""
+        return (evicted if self.pos_shift else 0) - offset
+
+    def plain_room(self, held: int) -> int:
+        """Tokens one call may take with ``held`` slots in use: up to the next burst, the free slots, or the
+        ``discard`` slots a full cache is about to free."""
+        return self.capacity - held if held < self.capacity else self.discard
+
+
+class BurstLayer(SinkLayer):
+    """One layer: ``n_sink`` sink slots, then the recent tokens in stream order; ``held`` slots are in use."""
+
+    def __init__(self, layer_idx: int, spec: BurstSpec, rotations: Rotations):
+        super().__init__(layer_idx, spec, rotations)
+        self.discard = spec.discard
+        self.held = 0
+
+    @property
+    def resident(self) -> int:
+        return self.held
+
+    def held_after_burst(self, n: int) -> int:
+        """The slots in use once the cache has made room for ``n`` incoming tokens."""
+        return self.held - self.discard if self.held + n > self.capacity else self.held
+
+    def get_mask_sizes(self, query_length: int, step=None) -> tuple[int, int]:
+        # keys in slot order; the offset makes the model's causal mask compare slots: query i sits in slot held + i
+        held = self.held_after_burst(query_length)
+        return held + query_length, self.get_seq_length() - held
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, step=None):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.check_batch(key_states)
+        n, first = key_states.shape[-2], self.position
+        if self.held + n > self.capacity:
+            if self.held < self.capacity or n > self.discard:
+                raise ValueError(
+                    f"input_ids: {n} tokens at stream position {first} cross a burst of a {self.capacity}-slot cache "
+                    f"holding {self.held}; feed at most {self.spec.plain_room(self.held)} tokens at once (streamlib's "
+                    "prefill and token_nll do), or pass prefill_chunk_size=1 to model.generate")
+            self._burst()
+        held = self.held
+        self.keys[:, :, held : held + n] = key_states
+        self.values[:, :, held : held + n] = value_states
+        self.store_sinks(first, key_states)
+        self.held += n
+        self.position += n
+        self.place_sinks(self.spec.sink_delta(self.position - self.held, self.offset))
+        return self.keys[:, :, : self.held], self.values[:, :, : self.held]
+
+    def _burst(self) -> None:
+        """The oldest ``discard`` tokens after the sinks leave; the rest move down, as the model rotated them (their
+        distances to every later query are unchanged; only the sinks' change, and place_sinks sees to that)."""
+        s, d, held = self.n_sink, self.discard, self.held
+        for buffer in (self.keys, self.values):
+            buffer[:, :, s : held - d] = buffer[:, :, s + d : held].clone()
+        self.held -= d
+
+
+class BurstCache(StreamingCache):
+    """Burst eviction: ``n_sink`` sinks, at most ``capacity`` tokens in view (the incoming one included), ``discard``
+    tokens evicted at once when it is full. Made by :meth:`BurstEviction.make_cache`."""
+
+    chunkable = False  # a chunk never needs masks of its own: plain_room keeps it between two bursts
+
+    def __init__(self, num_layers: int, n_sink: int, capacity: int, discard: int, pos_shift: bool,
+                 rotary: RotaryInfo, rebase_interval: int = 256):
+        spec = BurstSpec(n_sink, capacity, discard, pos_shift)
+        rotations = Rotations(rotary)
+        super().__init__(spec, [BurstLayer(i, spec, rotations) for i in range(num_layers)], rotations,
+                         rebase_interval)
+
+    def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
+        """Stream positions of the tokens held, shape (1, n): the sinks, then the recent tokens in stream order."""
+        layer = self.layers[layer_idx]
+        sinks = min(self.spec.n_sink, layer.held)
+        recent = torch.arange(layer.position - (layer.held - sinks), layer.position)
+        return torch.cat([torch.arange(sinks), recent])[None]
+
+    def plain_room(self) -> int:
+        """Up to the next burst: the free slots, or the ``discard`` slots a full cache is about to free."""
+        return self.spec.plain_room(self.layers[0].held)

@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import torch
 from transformers import DynamicCache
 
+from ..cache_base import PolicyCache, forward
 from .base import PolicyBase, check_model
+from .window import Window
+
+
+class DenseCache(PolicyCache, DynamicCache):
+    """transformers' own growing cache, fed like every policy's cache: plain causal chunks, everything held."""
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def feed(self, model, input_ids: torch.Tensor, chunk_size: int | None = None,
+             all_logits: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
+        chunk_size = chunk_size or 512
+        for start in range(0, input_ids.shape[1], chunk_size):
+            yield start, forward(model, self, input_ids[:, start : start + chunk_size], all_logits)
+
+    def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
+        return torch.arange(self.get_seq_length(layer_idx))[None]
+
+    def kv_bytes(self) -> tuple[int, int]:
+        total = 0
+        for layer in self.layers:
+            for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+                if t is not None:
+                    total += t.numel() * t.element_size()
+        return total, total
 
 
 @dataclass(frozen=True)
@@ -16,9 +45,18 @@ class Dense(PolicyBase):
 
     name = "dense"
 
-    def make_cache(self, model) -> DynamicCache:
+    def make_cache(self, model) -> DenseCache:
         check_model(model, "Dense")
-        return DynamicCache(config=model.config)
+        return DenseCache(config=model.config)
+
+    def compiled_form(self, max_length: int | None = None) -> Window:
+        """A preallocated cache of ``max_length`` slots: a Window that never evicts (exactly Dense: every token at its
+        own position), whose shape is fixed from the start, at the cost of attending over all its slots (the empty
+        ones masked) from the first step."""
+        if max_length is None:
+            raise ValueError("compile=True with Dense needs the stream's maximum length (max_length) for a "
+                             "preallocated cache; stream_generate and the timing functions know it")
+        return Window(max_length)
 
     def label(self) -> str:
         return "Dense"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ..arch import rotary_of
-from ..scored_cache import H2OCache, install
 from ..checks import check_int
+from ..scored_cache import ScoredCache, install, lowest_slot
 from .base import PolicyBase, check_model
 
 
@@ -25,6 +27,9 @@ class H2O(PolicyBase):
     n_recent: int = 256
 
     name = "h2o"
+    per_head = True  # each kv head keeps its own heavy hitters
+    token_mode = True
+    why_not_compiled = "it evicts by score"
 
     def __post_init__(self):
         check_int("n_heavy", self.n_heavy, 0)
@@ -36,10 +41,23 @@ class H2O(PolicyBase):
     def budget(self) -> int:
         return self.n_heavy + self.n_recent
 
-    def make_cache(self, model) -> H2OCache:
+    def make_cache(self, model) -> ScoredCache:
         check_model(model, "H2O")
         install(model)
-        return H2OCache(model.config.num_hidden_layers, self.n_heavy, self.n_recent, rotary_of(model))
+        return ScoredCache(model.config.num_hidden_layers, self, rotary_of(model))
+
+    # -- the rule, as the layers of its cache apply it after each step's attention ------------------------------
+    def score(self, scores: torch.Tensor, probs: torch.Tensor) -> None:
+        """Every token's score grows by the probabilities it received; a kv head's token gets the weights of every
+        query head of its group (kvpress's convention for grouped-query attention)."""
+        b, heads, n, length = probs.shape
+        kv = scores.shape[1]
+        scores += probs.view(b, kv, heads // kv * n, length).sum(dim=2)
+
+    def evict(self, probs: torch.Tensor, positions: torch.Tensor, scores: torch.Tensor, newest: int) -> torch.Tensor:
+        """Per kv head, the lowest-scored slot among those not in the ``n_recent`` most recent: (B, kv heads)."""
+        candidates = (positions >= 0) & (positions <= newest - self.n_recent)
+        return lowest_slot(scores, positions, candidates)
 
     def label(self) -> str:
         return f"H2O {self.n_heavy}+{self.n_recent}"

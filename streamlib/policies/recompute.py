@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..checks import check_int
+from ..flops import recompute_stream_flops
 from ..memory import kv_bytes_per_token
 from ..recompute import RecomputeWindow
-from ..checks import check_int
 from .base import PolicyBase, check_model
 
 
@@ -22,6 +23,8 @@ class Recompute(PolicyBase):
     window: int = 1024
 
     name = "recompute"
+    token_mode = True
+    why_not_compiled = "it runs a fresh forward over a window per token"
 
     def __post_init__(self):
         check_int("window", self.window, 1)
@@ -32,7 +35,11 @@ class Recompute(PolicyBase):
 
     def make_cache(self, model) -> RecomputeWindow:
         check_model(model, "Recompute")
-        return RecomputeWindow(self.window, kv_bytes_per_token(model.config, next(model.parameters()).dtype))
+        return RecomputeWindow(self.window, kv_bytes_per_token(model.config, next(model.parameters()).dtype),
+                               model.config.num_hidden_layers)
+
+    def stream_flops(self, config, n_tokens: int) -> int:
+        return recompute_stream_flops(config, n_tokens, self.window)
 
     def label(self) -> str:
         return f"Recompute {self.window}"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..cache import SinkWindowCache
-from ..handover import WRAPPED, base_of, install
 from ..arch import rotary_of
+from ..cache import SinkWindowCache
+from ..handover import WRAPPED, base_of, install, installed
 from ..checks import check_bool, check_int
 from .base import PolicyBase, check_model
 
@@ -46,7 +46,12 @@ class StreamingLLM(PolicyBase):
             window=self.window,
             pos_shift=self.pos_shift,
             rotary=rotary_of(model),
+            rotate_queries=installed(model),
         )
+
+    def compiled_form(self, max_length: int | None = None) -> "StreamingLLM":
+        """Itself: its cache keeps one shape for the whole stream."""
+        return self
 
     def label(self) -> str:
         shift = "" if self.pos_shift else ", no shift"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ..arch import rotary_of
-from ..scored_cache import TOVACache, install
 from ..checks import check_int
+from ..scored_cache import ScoredCache, install, lowest_slot
 from .base import PolicyBase, check_model
 
 
@@ -22,14 +24,26 @@ class TOVA(PolicyBase):
     budget: int = 512
 
     name = "tova"
+    per_head = False  # one choice per layer, for all its heads
+    token_mode = True
+    why_not_compiled = "it evicts by score"
 
     def __post_init__(self):
         check_int("budget", self.budget, 1)
 
-    def make_cache(self, model) -> TOVACache:
+    def make_cache(self, model) -> ScoredCache:
         check_model(model, "TOVA")
         install(model)
-        return TOVACache(model.config.num_hidden_layers, self.budget, rotary_of(model))
+        return ScoredCache(model.config.num_hidden_layers, self, rotary_of(model))
+
+    # -- the rule, as the layers of its cache apply it after each step's attention ------------------------------
+    def score(self, scores: torch.Tensor, probs: torch.Tensor) -> None:
+        """TOVA keeps no score: each choice reads the current query alone."""
+
+    def evict(self, probs: torch.Tensor, positions: torch.Tensor, scores: torch.Tensor, newest: int) -> torch.Tensor:
+        """The slot whose token the last query weighs least, averaged over the layer's heads: (B, 1)."""
+        weights = probs[:, :, -1].mean(dim=1, keepdim=True)  # (B, 1, L)
+        return lowest_slot(weights, positions, positions >= 0)
 
     def label(self) -> str:
         return f"TOVA {self.budget}"
