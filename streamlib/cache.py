@@ -231,36 +231,24 @@ class SinkWindowCache(StreamingCache):
         super().__init__(spec, [SinkWindowLayer(i, spec, rotations) for i in range(num_layers)], rotations,
                          rebase_interval)
 
-    # -- the spec, as users read it --------------------------------------------------------------------------
-    @property
-    def n_sink(self) -> int:
-        return self.spec.n_sink
-
-    @property
-    def window(self) -> int:
-        return self.spec.window
-
-    @property
-    def pos_shift(self) -> bool:
-        return self.spec.pos_shift
-
     def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
         """Stream positions of the tokens the next query sees besides itself, shape (1, n): the sinks and the last
         ``window`` tokens."""
-        position = self.layers[layer_idx].position
-        sinks = torch.arange(min(self.n_sink, position))
-        return torch.cat([sinks, torch.arange(max(self.n_sink, position - self.window), position)])[None]
+        position, n_sink = self.layers[layer_idx].position, self.spec.n_sink
+        sinks = torch.arange(min(n_sink, position))
+        return torch.cat([sinks, torch.arange(max(n_sink, position - self.spec.window), position)])[None]
 
     def default_chunk_size(self) -> int:
         """512 (:meth:`StreamingCache.default_chunk_size`); with position shift but no hand-over every query brings
         its own copy of the sinks: about the window."""
-        if self.pos_shift and self.n_sink and not self.rotate_queries:
-            return max(16, min(self.window, 512))
+        spec = self.spec
+        if spec.pos_shift and spec.n_sink and not self.rotate_queries:
+            return max(16, min(spec.window, 512))
         return 512
 
     def ready_for_compiled_step(self) -> bool:
         """Whether the next step can be a compiled one: the buffers exist (a prompt was fed) and hold the sinks."""
-        return self.layers[0].is_initialized and self.position >= self.n_sink
+        return self.layers[0].is_initialized and self.position >= self.spec.n_sink
 
     # -- the two modes of a step, each for the length of a `with` block -----------------------------------------
     @contextmanager

@@ -22,10 +22,7 @@ class PolicyCache:
     """
 
     fixed_shape = False
-
-    @property
-    def num_layers(self) -> int:
-        raise NotImplementedError
+    num_layers: int  # the model's layers, each with its own held positions
 
     def feed(self, model, input_ids: torch.Tensor, chunk_size: int | None = None,
              all_logits: bool = True) -> Iterator[tuple[int, torch.Tensor]]:

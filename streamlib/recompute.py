@@ -24,7 +24,7 @@ class RecomputeWindow(PolicyCache):
     def __init__(self, window: int, kv_bytes_per_token: int, num_layers: int, batch: int = 8):
         self.window = window
         self.kv_bytes_per_token = kv_bytes_per_token
-        self.layer_count = num_layers
+        self.num_layers = num_layers  # one window of ids serves every layer
         self.batch = batch
         self.ids: torch.Tensor | None = None  # (batch, <= window - 1): the context the next token is read with
         self.position = 0  # tokens fed so far
@@ -32,10 +32,6 @@ class RecomputeWindow(PolicyCache):
     @property
     def budget(self) -> int:
         return self.window
-
-    @property
-    def num_layers(self) -> int:
-        return self.layer_count
 
     def feed(self, model, input_ids: torch.Tensor, chunk_size: int | None = None,
              all_logits: bool = True) -> Iterator[tuple[int, torch.Tensor]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
@@ -33,12 +32,12 @@ class BurstEviction(PolicyBase):
     StreamingLLM against this kind of windowed cache; the attention sinks are theirs.
     """
 
+    name = "burst"
+
     n_sink: int = 4
     capacity: int = 256
     discard_ratio: float = 0.5
     pos_shift: bool = True
-
-    name = "burst"
 
     def __post_init__(self):
         check_int("n_sink", self.n_sink, 0)
@@ -99,21 +98,13 @@ def streaming_matches(burst: BurstEviction) -> tuple[StreamingLLM, StreamingLLM]
 class BurstSpec:
     """A burst-eviction cache's settings, shared by its layers."""
 
+    name = "burst-eviction"  # a class attribute, not a field
     n_sink: int
-    capacity: int
+    capacity: int  # slots per layer, and the most tokens held between steps
     discard: int
     pos_shift: bool
 
-    name: ClassVar[str] = "burst-eviction"
-
-    @property
-    def budget(self) -> int:
-        """The most tokens held between steps."""
-        return self.capacity
-
-    @property
-    def slots(self) -> int:
-        return self.capacity
+    budget = slots = property(lambda self: self.capacity)
 
     def sink_delta(self, evicted: int, offset: int) -> int:
         """How far the stored sinks must rotate once ``evicted`` tokens have left: with position shift the query sits
