@@ -36,8 +36,14 @@ FAMILIES = {
         Family("mistral", "Mistral", "embed_tokens", "norm", "cache", "MistralDecoderLayer", 3),
         Family("qwen2", "Qwen2", "embed_tokens", "norm", "cache", "Qwen2DecoderLayer", 3),
         Family("qwen3", "Qwen3", "embed_tokens", "norm", "cache", "Qwen3DecoderLayer", 3),
+        Family("gemma3_text", "Gemma 3 (text)", "embed_tokens", "norm", "cache", "Gemma3DecoderLayer", 3),
     )
 }
+
+# Families whose sliding-window layers streamlib keeps as the model was trained (a ring of the trained window) while
+# the policy governs the full-attention layers: hybrid models, ``config.layer_types``.
+HYBRID_FAMILIES = ("gemma3_text",)
+SLIDING, FULL = "sliding_attention", "full_attention"
 
 # RoPE variants whose rotation depends on the position alone (fixed inverse frequencies): a key rotated at p is moved
 # to p + d by rotating it by d more. ``dynamic`` and ``longrope`` change the frequencies with the sequence length.
@@ -56,11 +62,45 @@ def family_of(model_or_config, what: str = "streamlib") -> Family:
     if family is None:
         names = ", ".join(f"{f.title} '{t}'" for t, f in FAMILIES.items())
         raise ValueError(f"model: {what} supports the model types {names}; got {model_type!r}")
-    if getattr(config, "sliding_window", None) is not None and (
-            model_type == "mistral" or "sliding_attention" in (getattr(config, "layer_types", None) or [])):
+    sliding = getattr(config, "sliding_window", None) is not None and (
+        model_type == "mistral" or SLIDING in (getattr(config, "layer_types", None) or []))
+    if sliding and model_type not in HYBRID_FAMILIES:
         raise ValueError(f"model: {what} needs full-attention layers (the cache decides what each token sees); this "
                          f"{model_type} config has sliding_window={config.sliding_window}. Set it to None")
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        raise ValueError(f"model: {what} needs attention without logit soft-capping (the caches' attention kernels "
+                         f"do not cap); this config has attn_logit_softcapping={config.attn_logit_softcapping}")
     return family
+
+
+def layer_types(model_or_config) -> list[str]:
+    """Each layer's attention type: ``"full_attention"``, or ``"sliding_attention"`` for the sliding-window layers
+    of a hybrid model (Gemma 3: five sliding layers to one full)."""
+    config = _config(model_or_config)
+    types = list(getattr(config, "layer_types", None) or [])
+    if getattr(config, "sliding_window", None) is None or not types:
+        return [FULL] * config.num_hidden_layers
+    return types
+
+
+@dataclass(frozen=True)
+class SlidingLayers:
+    """A hybrid model's sliding-window layers: which they are, each layer's type (the names the model's masks go
+    by), the trained window (a query sees the keys in ``(t - window, t]``) and their rotary embedding."""
+
+    indices: frozenset
+    layer_types: tuple
+    window: int
+    rotary: "RotaryInfo"
+
+
+def sliding_layers_of(model) -> "SlidingLayers | None":
+    """The sliding-window layers of a hybrid model, or None when every layer attends over the whole context."""
+    types = layer_types(model)
+    if SLIDING not in types:
+        return None
+    return SlidingLayers(indices=frozenset(i for i, t in enumerate(types) if t == SLIDING), layer_types=tuple(types),
+                         window=int(model.config.sliding_window), rotary=rotary_of(model, SLIDING))
 
 
 @dataclass(frozen=True)
@@ -135,15 +175,19 @@ class RotaryInfo:
     attention_scaling: float = 1.0
 
 
-def rotary_of(model) -> RotaryInfo:
-    """Rotary parameters read from the model's own rotary embedding, so they match what it applies."""
+def rotary_of(model, layer_type: str = FULL) -> RotaryInfo:
+    """Rotary parameters read from the model's own rotary embedding, so they match what it applies; a hybrid model
+    has one per layer type (Gemma 3: theta 1M on the full layers, 10K on the sliding ones)."""
     family_of(model)
     rope = getattr(model.config, "rope_parameters", None) or {}
+    rope = rope.get(layer_type, rope) if isinstance(rope.get(layer_type), dict) else rope
     rope_type = rope.get("rope_type", "default")
     if rope_type not in EXACT_ROPE_TYPES:
         raise ValueError(f"model: rope_type must be one of {list(EXACT_ROPE_TYPES)} for the streaming caches (their "
                          f"rotation depends on the position alone); got {rope_type!r}")
     rotary = backbone(model).rotary_emb
-    inv_freq = rotary.inv_freq.detach().to("cpu", torch.float64)
+    per_type = getattr(rotary, f"{layer_type}_inv_freq", None)  # hybrid models keep one table per layer type
+    inv_freq = (per_type if per_type is not None else rotary.inv_freq).detach().to("cpu", torch.float64)
+    scaling = getattr(rotary, f"{layer_type}_attention_scaling", None) if per_type is not None else None
     return RotaryInfo(rotary_ndims=2 * inv_freq.numel(), inv_freq=inv_freq,
-                      attention_scaling=float(getattr(rotary, "attention_scaling", 1.0)))
+                      attention_scaling=float(scaling if scaling is not None else getattr(rotary, "attention_scaling", 1.0)))

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import torch
 
+from .arch import SlidingLayers
 from .cache_base import SinkLayer, StreamingCache
 from .handover import hand_over, sink_rotated_attention
 from .rotary import Rotations, RotaryInfo, angle_tables, rotate, rotation_tables
@@ -120,8 +121,17 @@ class SinkWindowLayer(SinkLayer):
         if self.position + query_length <= self.capacity:
             return self.position + query_length, 0
         if query_length == 1:
-            return self.capacity, 0
+            # every slot is in view; a sliding layer's mask compares positions, so the slots are numbered as the
+            # last `capacity` positions up to the query's
+            return self.capacity, (self.get_seq_length() + 1 - self.capacity if self.is_sliding else 0)
         return (step.kv_length if isinstance(step, ChunkPlan) else self.position + query_length), 0
+
+    def held_positions(self) -> torch.Tensor:
+        """Stream positions of the tokens the next query sees besides itself, shape (1, n): the sinks and the last
+        ``window`` tokens."""
+        n_sink = self.n_sink
+        sinks = torch.arange(min(n_sink, self.position))
+        return torch.cat([sinks, torch.arange(max(n_sink, self.position - self.spec.window), self.position)])[None]
 
     # -- update -----------------------------------------------------------------------------------------------
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, step=None):
@@ -209,6 +219,15 @@ class SinkWindowLayer(SinkLayer):
         return ws_k, ws_v
 
 
+def trained_window_layer(layer_idx: int, sliding: SlidingLayers) -> SinkWindowLayer:
+    """A hybrid model's sliding layer as it was trained: a ring of the last ``window - 1`` tokens (a query sees the
+    keys in ``(t - window, t]``, as transformers' sliding masks give), no sinks, whatever the policy of the full layers.
+    Its keys all sit at their own positions, so position shift means nothing to it: with no sinks, distances are the
+    same in both modes."""
+    spec = SinkWindowSpec(0, sliding.window - 1, True)
+    return SinkWindowLayer(layer_idx, spec, Rotations(sliding.rotary), is_sliding=True)
+
+
 class SinkWindowCache(StreamingCache):
     """StreamingLLM cache: ``n_sink`` attention sinks plus the last ``window`` tokens, per layer and kv head.
 
@@ -219,24 +238,33 @@ class SinkWindowCache(StreamingCache):
     """
 
     starts_in_chunk = True  # a prompt longer than the cache can start the stream in one chunk (no filling call)
-    fixed_shape = True  # one shape for the whole stream: a compiled decode step can run on it
 
     def __init__(self, num_layers: int, n_sink: int, window: int, pos_shift: bool, rotary: RotaryInfo,
-                 rebase_interval: int = 256, rotate_queries: bool = False):
+                 rebase_interval: int = 256, rotate_queries: bool = False, sliding: SlidingLayers | None = None):
         spec = SinkWindowSpec(n_sink, window, pos_shift)
+        if sliding is not None and n_sink >= sliding.window:
+            raise ValueError(f"n_sink must be below the model's sliding window ({sliding.window}); got {n_sink}")
         self.rotate_queries = rotate_queries and n_sink > 0 and pos_shift
         self.static_state: StaticState | None = None  # made by the first compiled decode step
+        self.layer_types = sliding.layer_types if sliding is not None else None
         self._workspace = Workspace()
+        self._plans: dict | None = None  # per layer kind, inside `with cache.chunk(...)` of a hybrid model's cache
         rotations = Rotations(rotary)
-        super().__init__(spec, [SinkWindowLayer(i, spec, rotations) for i in range(num_layers)], rotations,
-                         rebase_interval)
+        layers = [trained_window_layer(i, sliding) if sliding and i in sliding.indices
+                  else SinkWindowLayer(i, spec, rotations) for i in range(num_layers)]
+        super().__init__(spec, layers, rotations, rebase_interval)
+        # one shape for the whole stream: a compiled decode step can run on it (one kind of layer, for now)
+        self.fixed_shape = not self.is_hybrid
+        if self.is_hybrid:
+            self.why_not_compiled = "a hybrid model's cache; the compiled step takes one kind of layer"
 
-    def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
-        """Stream positions of the tokens the next query sees besides itself, shape (1, n): the sinks and the last
-        ``window`` tokens."""
-        position, n_sink = self.layers[layer_idx].position, self.spec.n_sink
-        sinks = torch.arange(min(n_sink, position))
-        return torch.cat([sinks, torch.arange(max(n_sink, position - self.spec.window), position)])[None]
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        layer = self.layers[layer_idx]
+        return layer.update(key_states, value_states, self._plans[layer.spec] if self._plans else self.step)
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
+        layer = self.layers[layer_idx]
+        return layer.get_mask_sizes(query_length, self._plans[layer.spec] if self._plans else self.step)
 
     def default_chunk_size(self) -> int:
         """512 (:meth:`StreamingCache.default_chunk_size`); with position shift but no hand-over every query brings
@@ -270,29 +298,60 @@ class SinkWindowCache(StreamingCache):
         ``budget`` see their sinks where they are, as a filling cache shows them. Its prompt then costs one forward,
         not a filling call and a chunk (each reads every weight once).
         """
-        spec = self.spec
         empty = self.position == 0
-        if not (self.is_full or empty):
-            raise ValueError(f"a chunk needs an empty or a full cache ({spec.slots} tokens seen); it has "
+        if not (empty or self.plain_room() <= 0):
+            raise ValueError(f"a chunk needs an empty or a full cache ({self.spec.slots} tokens seen); it has "
                              f"{self.position}")
-        if empty and n <= spec.slots:
-            raise ValueError(f"n: a chunk that starts the stream must be longer than the cache ({spec.slots} "
-                             f"slots); {n} tokens fit one plain call")
+        if empty and n <= self.plain_room():
+            raise ValueError(f"n: a chunk that starts the stream must be longer than the cache "
+                             f"({self.plain_room()} slots); {n} tokens fit one plain call")
         first_layer = self.layers[0]
-        first, offset, ring = first_layer.position, first_layer.offset, spec.window + 1
+        first, offset = first_layer.position, first_layer.offset
         t = first + torch.arange(n)
+        plans, masks = {}, {}
+        for leader in self.leaders:
+            plan, mask = self._plan(leader.spec, first, offset, n, dtype, device)
+            plans[leader.spec] = plan
+            masks[leader.spec] = mask[None, None].to(device)
+        if self.is_hybrid:
+            # the model takes one mask per layer type (its own names for them)
+            mask = {self.layer_types[layer.layer_idx]: masks[layer.spec] for layer in self.leaders}
+            self._plans = plans
+        else:
+            mask = masks[self.spec]
+            self.step = plans[self.spec]
+        try:
+            yield (t - offset)[None].to(device), mask
+        finally:
+            self.step = self._plans = None
+        if any(plan is not None and plan.rotate_queries and not plan.attended for plan in plans.values()):
+            raise RuntimeError("model: its attention no longer goes through streamlib's hand-over, which this cache "
+                               "was made for (the chunk's sinks were not turned); make the cache again with "
+                               "policy.make_cache(model)")
+
+    def _plan(self, spec: SinkWindowSpec, first: int, offset: int, n: int, dtype: torch.dtype,
+              device) -> tuple[ChunkPlan, torch.Tensor]:
+        """The plan and the additive mask (n, keys) of a chunk for the layers of ``spec``. Their ring may be still
+        filling (a hybrid model's other layers are full): its empty slots are hidden, and a chunk that fits what is
+        left of it is a plain causal call for these layers (no plan to follow)."""
+        empty, ring = first == 0, spec.window + 1
+        t = first + torch.arange(n)
+        if first + n <= spec.slots:
+            causal = torch.arange(first + n)[None, :] <= t[:, None]
+            return None, torch.zeros(causal.shape, dtype=dtype).masked_fill_(~causal, torch.finfo(dtype).min)
         if empty:
             ring_visible = torch.zeros(n, 0, dtype=torch.bool)
         else:
-            ring_tokens = torch.arange(first - ring, first)
-            token_in_slot = torch.empty(ring, dtype=torch.long)
+            ring_tokens = torch.arange(max(spec.n_sink, first - ring), first)
+            token_in_slot = torch.full((ring,), -1, dtype=torch.long)  # -1: an empty slot
             token_in_slot[spec.ring_slot(ring_tokens) - spec.n_sink] = ring_tokens
-            ring_visible = (t[:, None] - token_in_slot[None, :]) <= spec.window
+            ring_visible = (token_in_slot[None, :] >= 0) & ((t[:, None] - token_in_slot[None, :]) <= spec.window)
         lag = t[:, None] - t[None, :]
         # the sinks are seen through the sink block only
         chunk_visible = (lag >= 0) & (lag <= spec.window) & (t[None, :] >= spec.n_sink)
         sink_seen = torch.arange(spec.n_sink)[None, :] <= t[:, None]  # all of them once the stream is past them
-        if self.rotate_queries:
+        rotate_queries = self.rotate_queries and spec.n_sink > 0 and spec.pos_shift
+        if rotate_queries:
             sink_visible = sink_seen
             # each query turned the other way to where it sees the sinks from: slot n_sink + window once full
             cos, sin = rotation_tables(-spec.sink_delta(t, offset), self.rotary, device)
@@ -312,17 +371,9 @@ class SinkWindowCache(StreamingCache):
             first=first, n=n, n_sink=spec.n_sink, n_sink_keys=sink_visible.shape[1],
             ring_keys=ring_visible.shape[1], kv_length=visible.shape[1], cos=cos, sin=sin,
             ring_index=spec.ring_slot(new_tokens).to(device), ring_src_start=n - m, workspace=self._workspace,
-            rotate_queries=self.rotate_queries, plain_queries=min(n, spec.slots) if empty else 0,
+            rotate_queries=rotate_queries, plain_queries=min(n, spec.slots) if empty else 0,
         )
-        self.step = plan
-        try:
-            yield (t - offset)[None].to(device), mask[None, None].to(device)
-        finally:
-            self.step = None
-        if plan.rotate_queries and not plan.attended:
-            raise RuntimeError("model: its attention no longer goes through streamlib's hand-over, which this cache "
-                               "was made for (the chunk's sinks were not turned); make the cache again with "
-                               "policy.make_cache(model)")
+        return plan, mask
 
     @contextmanager
     def compiled_step(self, state: "StaticState"):

@@ -22,6 +22,7 @@ class PolicyCache:
     """
 
     fixed_shape = False
+    why_not_compiled = "its shape changes"
     num_layers: int  # the model's layers, each with its own held positions
 
     def feed(self, model, input_ids: torch.Tensor, chunk_size: int | None = None,
@@ -73,9 +74,10 @@ class StreamLayer(CacheLayerMixin):
     is_sliding = False  # masks treat it as full attention; the cache decides what is visible
     is_croppable = False
 
-    def __init__(self, layer_idx: int, spec, rotations: Rotations):
+    def __init__(self, layer_idx: int, spec, rotations: Rotations, is_sliding: bool = False):
         super().__init__()
         self.layer_idx, self.spec, self.rotations = layer_idx, spec, rotations
+        self.is_sliding = is_sliding  # a hybrid model's sliding layer: the model builds a sliding-window mask for it
         self.capacity = spec.slots
         self.budget = spec.budget
         self.position = 0
@@ -85,6 +87,14 @@ class StreamLayer(CacheLayerMixin):
     def resident(self) -> int:
         """Tokens held between steps: at most ``budget``."""
         return min(self.position, self.budget)
+
+    def plain_room(self) -> int:
+        """How many tokens the next call may bring without masks of its own: those that need no eviction."""
+        return self.capacity - self.position
+
+    def held_positions(self) -> torch.Tensor:
+        """Stream positions of the tokens the next query sees besides itself, shape (rows, n)."""
+        raise NotImplementedError
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads, _, k_dim = key_states.shape
@@ -153,8 +163,8 @@ class SinkLayer(StreamLayer):
     rotated them (``sink_keys``) and written into their slots rotated by however far the query's distance to them
     differs from the model's (``place_sinks``); the other slots are what a frame shift rotates."""
 
-    def __init__(self, layer_idx: int, spec, rotations: Rotations):
-        super().__init__(layer_idx, spec, rotations)
+    def __init__(self, layer_idx: int, spec, rotations: Rotations, is_sliding: bool = False):
+        super().__init__(layer_idx, spec, rotations, is_sliding)
         self.n_sink = spec.n_sink
         self.sink_keys: torch.Tensor | None = None  # the sinks as first rotated (frame offset 0)
         self.sink_delta: int | None = None  # the rotation of the sink keys now written in the buffer
@@ -217,10 +227,14 @@ class StreamingCache(PolicyCache, Cache):
     starts_in_chunk = False
 
     def __init__(self, spec, layers: list[StreamLayer], rotations: Rotations, rebase_interval: int = 256):
-        self.spec = spec
+        self.spec = spec  # the policy's settings (a hybrid model's sliding layers keep their own window)
         self.rotations = rotations
         self.rebase_interval = rebase_interval
         self.step = None  # the mode of the call in progress, handed to each layer's update
+        # one layer of each kind answers for all of its kind (a hybrid model has two)
+        self.leaders = list({layer.spec: layer for layer in reversed(layers)}.values())
+        # the frame is moved back to the largest budget, so that every layer's keys keep positions >= 0
+        self.frame_floor = max(layer.budget for layer in self.leaders)
         super().__init__(layers=layers)
 
     @property
@@ -246,7 +260,12 @@ class StreamingCache(PolicyCache, Cache):
 
     @property
     def is_full(self) -> bool:
-        return self.position >= self.budget + 1
+        """Every layer holds its budget and the incoming token: the next token evicts in every layer."""
+        return self.position >= self.frame_floor + 1
+
+    @property
+    def is_hybrid(self) -> bool:
+        return len(self.leaders) > 1
 
     def resident_tokens(self) -> int:
         return self.layers[0].resident
@@ -258,9 +277,12 @@ class StreamingCache(PolicyCache, Cache):
         return self.layers[layer_idx].get_mask_sizes(query_length, self.step)
 
     def plain_room(self) -> int:
-        """How many tokens the next call may hold without masks of its own: those that need no eviction (the cache
-        is filling). Zero once the cache is full."""
-        return self.budget + 1 - self.position
+        """How many tokens the next call may hold without masks of its own: those that need no eviction in any layer
+        (the cache is filling). Zero or less once a layer is full."""
+        return min(layer.plain_room() for layer in self.leaders)
+
+    def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
+        return self.layers[layer_idx].held_positions()
 
     def default_chunk_size(self) -> int:
         """Tokens per forward in chunked mode: 512, where the projections run near their best and the masked-out part
@@ -269,13 +291,14 @@ class StreamingCache(PolicyCache, Cache):
         return 512
 
     def maybe_rebase(self) -> bool:
-        """Shift the position frame back to ``budget`` once it has grown ``rebase_interval`` past it: every layer
-        rotates its keys back by the same amount, which RoPE's relative scores do not see."""
+        """Shift the position frame back to ``budget`` (the largest of a hybrid model's) once it has grown
+        ``rebase_interval`` past it: every layer rotates its keys back by the same amount, which RoPE's relative
+        scores do not see."""
         frame = self.layers[0].get_seq_length()
-        if not self.is_full or frame - self.budget < self.rebase_interval:
+        if not self.is_full or frame - self.frame_floor < self.rebase_interval:
             return False
         for layer in self.layers:
-            layer.shift_frame(frame - self.budget)
+            layer.shift_frame(frame - self.frame_floor)
         self.rotations.clear()
         return True
 

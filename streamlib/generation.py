@@ -17,7 +17,7 @@ def decoder_for(model, cache: PolicyCache):
     """The compiled decoder of ``model`` for ``cache``, or a ValueError naming ``compile`` when the cache's shape is
     not fixed (a growing Dense cache; TOVA and H2O, which choose what to evict from the data each step)."""
     if not cache.fixed_shape:
-        raise ValueError(NOT_COMPILABLE.format(label=f"A {type(cache).__name__}", why="its shape changes"))
+        raise ValueError(NOT_COMPILABLE.format(label=f"A {type(cache).__name__}", why=cache.why_not_compiled))
     return compiled_decoder(model)
 
 

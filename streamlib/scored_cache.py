@@ -10,6 +10,8 @@ from typing import Protocol
 
 import torch
 
+from .arch import SlidingLayers
+from .cache import trained_window_layer
 from .cache_base import StreamingCache, StreamLayer
 from .handover import WRAPPED, attention_probs, hand_over
 from .handover import install as _install_handover
@@ -139,6 +141,16 @@ class ScoredLayer(StreamLayer):
             self.free = self.rule.evict(probs, self.positions[:, :, :length], self.scores[:, :, :length],
                                         self.position - 1)
 
+    def held_positions(self) -> torch.Tensor:
+        """Stream positions of the tokens the layer holds for the first row of the batch, one row per kv head for
+        H2O (one row for TOVA), shape (rows, n); the slot freed for the next token is left out."""
+        if not self.is_initialized:
+            return torch.zeros(1, 0, dtype=torch.long)
+        positions = self.positions[0].clone()  # (rows, slots)
+        if self.position > self.budget:  # full: the free slot's token has been evicted
+            positions.scatter_(1, self.free[0][:, None], -1)
+        return torch.stack([row[row >= 0].sort().values for row in positions.cpu()])
+
     def batch_tensors(self) -> list[torch.Tensor]:
         return [self.keys, self.values, self.positions, self.scores, self.free]
 
@@ -154,23 +166,16 @@ class ScoredLayer(StreamLayer):
 class ScoredCache(StreamingCache):
     """The cache of a score-based policy (``rule``: a :class:`~streamlib.policies.TOVA` or
     :class:`~streamlib.policies.H2O`): geometry and frame re-basing; each layer evicts by the rule. Defined token by
-    token, so a full cache takes one token per call."""
+    token, so a full cache takes one token per call. A hybrid model's sliding layers (``sliding``) keep their trained
+    window instead."""
 
     chunkable = False
 
-    def __init__(self, num_layers: int, rule: EvictionRule, rotary: RotaryInfo, rebase_interval: int = 256):
+    def __init__(self, num_layers: int, rule: EvictionRule, rotary: RotaryInfo, rebase_interval: int = 256,
+                 sliding: SlidingLayers | None = None):
         spec = ScoredSpec(rule)
         rotations = Rotations(rotary)
-        super().__init__(spec, [ScoredLayer(i, spec, rotations) for i in range(num_layers)], rotations,
-                         rebase_interval)
+        layers = [trained_window_layer(i, sliding) if sliding and i in sliding.indices
+                  else ScoredLayer(i, spec, rotations) for i in range(num_layers)]
+        super().__init__(spec, layers, rotations, rebase_interval)
 
-    def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
-        """Stream positions of the tokens the layer holds for the first row of the batch, one row per kv head for
-        H2O (one row for TOVA), shape (rows, n); the slot freed for the next token is left out."""
-        layer = self.layers[layer_idx]
-        if not layer.is_initialized:
-            return torch.zeros(1, 0, dtype=torch.long)
-        positions = layer.positions[0].clone()  # (rows, slots)
-        if layer.position > self.budget:  # full: the free slot's token has been evicted
-            positions.scatter_(1, layer.free[0][:, None], -1)
-        return torch.stack([row[row >= 0].sort().values for row in positions.cpu()])

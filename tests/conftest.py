@@ -90,3 +90,38 @@ def decode_side_by_side(model, policy, prompt, steps: int):
         worst = max(worst, (eager.logits - compiled.logits).abs().max().item())
         assert torch.equal(a, b), f"tokens differ at step {step}"
     return eager, compiled, worst
+
+
+GEMMA_TYPES = ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention", "full_attention"]
+
+
+def make_peaky_gemma(attn: str = "eager", scale: float = 3.0, seed: int = 0, **overrides):
+    """A random Gemma 3 (text) model, hybrid: three sliding layers (window 8, rope theta 10K) and two full ones (theta
+    1M), 4 query heads over 1 kv head, head_dim 16, q/k norms scaled so that attention is peaky and evictions
+    matter."""
+    from transformers import Gemma3TextConfig
+
+    params = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=len(GEMMA_TYPES),
+                  num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=8,
+                  layer_types=GEMMA_TYPES, max_position_embeddings=4096, query_pre_attn_scalar=16,
+                  attn_implementation=attn)
+    params.update(overrides)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(Gemma3TextConfig(**params)).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            # Gemma's RMSNorm multiplies by (1 + weight): q and k come out `scale` times larger
+            layer.self_attn.q_norm.weight.fill_(scale - 1)
+            layer.self_attn.k_norm.weight.fill_(scale - 1)
+    model.generation_config.eos_token_id = None
+    return model
+
+
+@pytest.fixture(scope="session")
+def peaky_gemma():
+    return make_peaky_gemma("eager")
+
+
+@pytest.fixture(scope="session")
+def peaky_gemma_sdpa():
+    return make_peaky_gemma("sdpa")

@@ -1,5 +1,6 @@
 """Deliberately naive StreamingLLM, Recompute, TOVA and H2O, written from their definitions alone, to check the
-real caches against, for GPT-NeoX and the Llama family.
+real caches against, for GPT-NeoX, the Llama family and Gemma 3 (hybrid: its sliding layers see the last
+``sliding_window - 1`` tokens and themselves at their own positions, whatever the policy of the full layers).
 
 Token by token; every layer keeps its keys *before* rotary and rotates them at read time, at the position the
 semantics give: the slot index in the cache with position shift, the original index without it. No buffers, no
@@ -43,11 +44,23 @@ class Naive:
     def __init__(self, model):
         self.model, cfg = model, model.config
         self.neox = cfg.model_type == "gpt_neox"
+        self.gemma = cfg.model_type == "gemma3_text"
         self.stack = model.gpt_neox if self.neox else model.model
         self.heads = cfg.num_attention_heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
         self.group = self.heads // self.kv_heads
+        # Gemma 3 scales scores by query_pre_attn_scalar^-1/2 and has two layer types, each with its own RoPE theta
+        self.score_divisor = math.sqrt(cfg.query_pre_attn_scalar if self.gemma else self.head_dim)
+        self.types = list(cfg.layer_types) if self.gemma else ["full_attention"] * cfg.num_hidden_layers
+        self.sliding_window = cfg.sliding_window if self.gemma else None
+
+    def sliding(self, li: int) -> bool:
+        return self.types[li] == "sliding_attention"
+
+    def sliding_view(self, t: int) -> list[int]:
+        """The earlier tokens a sliding layer sees from token t: the last ``sliding_window - 1``."""
+        return list(range(max(0, t - (self.sliding_window - 1)), t))
 
     @property
     def layers(self):
@@ -70,9 +83,17 @@ class Naive:
             q, k = att.q_norm(q), att.k_norm(k)
         return q, k, v
 
-    def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """RoPE on x (heads, n, d) at ``positions`` (n,): the first r channels turn in two halves."""
-        cos, sin = self.stack.rotary_emb(x, positions[None])  # (1, n, r)
+    def rotate(self, x: torch.Tensor, positions: torch.Tensor, li: int = 0) -> torch.Tensor:
+        """RoPE on x (heads, n, d) at ``positions`` (n,): the first r channels turn in two halves (layer ``li``'s
+        theta for Gemma 3, from its config)."""
+        if self.gemma:
+            theta = self.model.config.rope_parameters[self.types[li]]["rope_theta"]
+            inv_freq = 1.0 / theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim)
+            angles = positions.double()[:, None] * inv_freq
+            angles = torch.cat([angles, angles], dim=-1)
+            cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        else:
+            cos, sin = self.stack.rotary_emb(x, positions[None])  # (1, n, r)
         r = cos.shape[-1]
         x_rot, x_pass = x[..., :r], x[..., r:]
         half = r // 2
@@ -85,7 +106,7 @@ class Naive:
         outs, probs = [], []
         for h in range(self.heads):
             kv = h // self.group
-            p = torch.softmax((q[h] @ keys[kv].T)[0].double() / math.sqrt(self.head_dim), dim=-1)
+            p = torch.softmax((q[h] @ keys[kv].T)[0].double() / self.score_divisor, dim=-1)
             outs.append(p.to(values[kv].dtype) @ values[kv])
             probs.append(p)
         return torch.stack(outs), probs
@@ -95,6 +116,9 @@ class Naive:
         flat = attention_out.reshape(1, -1)
         if self.neox:
             return x + layer.attention.dense(flat) + layer.mlp(layer.post_attention_layernorm(x))
+        if self.gemma:  # norms after attention and around the MLP
+            x = x + layer.post_attention_layernorm(layer.self_attn.o_proj(flat))
+            return x + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(x)))
         x = x + layer.self_attn.o_proj(flat)
         return x + layer.mlp(layer.post_attention_layernorm(x))
 
@@ -116,23 +140,24 @@ def naive_streaming_nll(model, input_ids: torch.Tensor, n_sink: int, window: int
     values = [[] for _ in net.layers]
     nll = []
     for t in range(ids.numel() - 1):
-        in_view = kept[t] if kept is not None else kept_indices(t, n_sink, window)
-        if pos_shift:
-            key_pos = list(range(len(in_view)))
-            query_pos = len(in_view)
-        else:
-            key_pos = in_view
-            query_pos = t
+        policy_view = kept[t] if kept is not None else kept_indices(t, n_sink, window)
         x = net.embed(ids[t : t + 1])
         for li, layer in enumerate(net.layers):
+            in_view = net.sliding_view(t) if net.sliding(li) else policy_view
+            if pos_shift and not net.sliding(li):
+                key_pos = list(range(len(in_view)))
+                query_pos = len(in_view)
+            else:
+                key_pos = in_view
+                query_pos = t
             q, k, v = net.qkv(layer, x)
             raw_keys[li].append(k)
             values[li].append(v)
             all_idx = in_view + [t]
             all_pos = torch.tensor(key_pos + [query_pos], dtype=torch.long)
-            keys = net.rotate(torch.stack([raw_keys[li][i] for i in all_idx], dim=1), all_pos)  # (kv, n, d)
+            keys = net.rotate(torch.stack([raw_keys[li][i] for i in all_idx], dim=1), all_pos, li)  # (kv, n, d)
             vals = torch.stack([values[li][i] for i in all_idx], dim=1)
-            q = net.rotate(q[:, None, :], torch.tensor([query_pos]))  # (heads, 1, d)
+            q = net.rotate(q[:, None, :], torch.tensor([query_pos]), li)  # (heads, 1, d)
             out, _ = net.attend(q, list(keys), list(vals))
             x = net.block(layer, x, out)
         nll.append(net.nll(x, ids[t + 1 : t + 2]))
@@ -182,16 +207,20 @@ def naive_scored_nll(model, input_ids: torch.Tensor, policy: str, budget: int, n
             q, k, v = net.qkv(layer, x)
             raw_keys[li].append(k)
             values[li].append(v)
-            q = net.rotate(q[:, None, :], torch.tensor([t]))  # (heads, 1, d)
+            q = net.rotate(q[:, None, :], torch.tensor([t]), li)  # (heads, 1, d)
             keys, vals = [], []
             for h in range(kv_heads):
+                if net.sliding(li):  # a hybrid model's sliding layer keeps its trained window, no scores
+                    held[li][h] = net.sliding_view(t)
                 held[li][h].append(t)
                 idx = held[li][h]
-                rotated = net.rotate(torch.stack([raw_keys[li][i][h] for i in idx])[None], torch.tensor(idx))
+                rotated = net.rotate(torch.stack([raw_keys[li][i][h] for i in idx])[None], torch.tensor(idx), li)
                 keys.append(rotated[0])
                 vals.append(torch.stack([values[li][i][h] for i in idx]))
             out, probs = net.attend(q, keys, vals)
-            if policy == "tova":
+            if net.sliding(li):
+                pass
+            elif policy == "tova":
                 idx = held[li][0]  # every head holds the same tokens
                 if len(idx) > budget:
                     mean = torch.stack(probs).mean(dim=0)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..arch import RotaryInfo, rotary_of
+from ..arch import RotaryInfo, SlidingLayers, rotary_of, sliding_layers_of
+from ..cache import trained_window_layer
 from ..cache_base import SinkLayer, StreamingCache
 from ..checks import check_bool, check_int
 from ..rotary import Rotations
@@ -76,7 +77,7 @@ class BurstEviction(PolicyBase):
     def make_cache(self, model) -> "BurstCache":
         check_model(model, "BurstEviction")
         return BurstCache(model.config.num_hidden_layers, self.n_sink, self.capacity, self.discard, self.pos_shift,
-                          rotary_of(model))
+                          rotary_of(model), sliding=sliding_layers_of(model))
 
     def label(self) -> str:
         shift = "" if self.pos_shift else ", no shift"
@@ -129,6 +130,16 @@ class BurstLayer(SinkLayer):
     def resident(self) -> int:
         return self.held
 
+    def plain_room(self) -> int:
+        """Up to the next burst: the free slots, or the ``discard`` slots a full cache is about to free."""
+        return self.spec.plain_room(self.held)
+
+    def held_positions(self) -> torch.Tensor:
+        """Stream positions of the tokens held, shape (1, n): the sinks, then the recent tokens in stream order."""
+        sinks = min(self.n_sink, self.held)
+        recent = torch.arange(self.position - (self.held - sinks), self.position)
+        return torch.cat([torch.arange(sinks), recent])[None]
+
     def held_after_burst(self, n: int) -> int:
         """The slots in use once the cache has made room for ``n`` incoming tokens."""
         return self.held - self.discard if self.held + n > self.capacity else self.held
@@ -175,19 +186,9 @@ class BurstCache(StreamingCache):
     chunkable = False  # a chunk never needs masks of its own: plain_room keeps it between two bursts
 
     def __init__(self, num_layers: int, n_sink: int, capacity: int, discard: int, pos_shift: bool,
-                 rotary: RotaryInfo, rebase_interval: int = 256):
+                 rotary: RotaryInfo, rebase_interval: int = 256, sliding: SlidingLayers | None = None):
         spec = BurstSpec(n_sink, capacity, discard, pos_shift)
         rotations = Rotations(rotary)
-        super().__init__(spec, [BurstLayer(i, spec, rotations) for i in range(num_layers)], rotations,
-                         rebase_interval)
-
-    def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
-        """Stream positions of the tokens held, shape (1, n): the sinks, then the recent tokens in stream order."""
-        layer = self.layers[layer_idx]
-        sinks = min(self.spec.n_sink, layer.held)
-        recent = torch.arange(layer.position - (layer.held - sinks), layer.position)
-        return torch.cat([torch.arange(sinks), recent])[None]
-
-    def plain_room(self) -> int:
-        """Up to the next burst: the free slots, or the ``discard`` slots a full cache is about to free."""
-        return self.spec.plain_room(self.layers[0].held)
+        layers = [trained_window_layer(i, sliding) if sliding and i in sliding.indices
+                  else BurstLayer(i, spec, rotations) for i in range(num_layers)]
+        super().__init__(spec, layers, rotations, rebase_interval)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..arch import rotary_of
+from ..arch import rotary_of, sliding_layers_of
 from ..checks import check_int
 from ..scored_cache import ScoredCache, install, lowest_slot
 from .base import PolicyBase, check_model
@@ -44,7 +44,7 @@ class H2O(PolicyBase):
     def make_cache(self, model) -> ScoredCache:
         check_model(model, "H2O")
         install(model)
-        return ScoredCache(model.config.num_hidden_layers, self, rotary_of(model))
+        return ScoredCache(model.config.num_hidden_layers, self, rotary_of(model), sliding=sliding_layers_of(model))
 
     # -- the rule, as the layers of its cache apply it after each step's attention ------------------------------
     def score(self, scores: torch.Tensor, probs: torch.Tensor) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..arch import rotary_of
+from ..arch import rotary_of, sliding_layers_of
 from ..cache import SinkWindowCache
 from ..handover import WRAPPED, base_of, install, installed
 from ..checks import check_bool, check_int
@@ -47,6 +47,7 @@ class StreamingLLM(PolicyBase):
             pos_shift=self.pos_shift,
             rotary=rotary_of(model),
             rotate_queries=installed(model),
+            sliding=sliding_layers_of(model),
         )
 
     def compiled_form(self, max_length: int | None = None) -> "StreamingLLM":
