@@ -14,7 +14,8 @@ from .window import Window
 
 
 class DenseCache(PolicyCache, DynamicCache):
-    """transformers' own growing cache, fed like every policy's cache: plain causal chunks, everything held."""
+    """transformers' own growing cache, fed like every policy's cache: plain causal chunks, everything held (a hybrid
+    model's sliding layers keep their trained window, as transformers' own layers for them do)."""
 
     @property
     def num_layers(self) -> int:
@@ -27,7 +28,11 @@ class DenseCache(PolicyCache, DynamicCache):
             yield start, forward(model, self, input_ids[:, start : start + chunk_size], all_logits)
 
     def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
-        return torch.arange(self.get_seq_length(layer_idx))[None]
+        """Everything, or the last ``sliding_window - 1`` tokens in a hybrid model's sliding layer."""
+        seen = self.get_seq_length(layer_idx)
+        layer = self.layers[layer_idx]
+        kept = layer.sliding_window - 1 if layer.is_sliding else seen
+        return torch.arange(max(0, seen - kept), seen)[None]
 
     def kv_bytes(self) -> tuple[int, int]:
         total = 0
