@@ -45,7 +45,7 @@ model, tokenizer = wb.model_and_tokenizer(cfg)
 pd.DataFrame([describe(model)])
 
 # %%
-streams = {corpus: load_stream(corpus, tokenizer, max_tokens=cfg.ppl_tokens) for corpus in cfg.datasets}
+streams = {corpus: load_stream(corpus, tokenizer, max_tokens=cfg.ppl_tokens, bos=cfg.bos) for corpus in cfg.datasets}
 policy = Dense()
 {corpus: ids.shape[1] for corpus, ids in streams.items()}
 

@@ -44,7 +44,7 @@ model, tokenizer = wb.model_and_tokenizer(cfg)
 pd.DataFrame([describe(model)])
 
 # %%
-ids = load_stream(cfg.datasets[0], tokenizer, max_tokens=cfg.sweep_tokens)
+ids = load_stream(cfg.datasets[0], tokenizer, max_tokens=cfg.sweep_tokens, bos=cfg.bos)
 prompt = random_prompt(model, 1, cfg.speed_prompt_tokens)
 print(f'{ids.shape[1]} tokens of {cfg.datasets[0]}; decode timed after a {prompt.shape[1]}-token prompt')
 
@@ -134,7 +134,7 @@ run.figure(plots.fig_sinks(sinks, published), 'fig5_ppl_vs_sinks')
 # The lab report configured `PythiaStreamingLLMPress(compression_ratio=0.7, n_sink=4, max_capacity=256)`: when the cache reaches 256 tokens, 70 % of the tokens between the sinks and the end leave at once, and the cache grows again (llama.cpp's context shift does the same with half). `BurstEviction` implements that description exactly; the lab's tuning table follows it. Each runs beside StreamingLLM with the same peak memory (the same capacity) and with the same mean memory (the middle of the burst's sawtooth), on a stream long enough for every configuration to burst. Read across a row: what does evicting in bursts cost against evicting one token at a time?
 
 # %%
-long_ids = load_stream(cfg.datasets[0], tokenizer, max_tokens=cfg.burst_tokens)
+long_ids = load_stream(cfg.datasets[0], tokenizer, max_tokens=cfg.burst_tokens, bos=cfg.bos)
 matched = {b: streaming_matches(b) for b in bursts}
 pd.DataFrame([{'burst': b.label(), 'discards at once': b.discard, 'peak tokens': b.capacity,
                'mean tokens': b.mean_resident, 'equal peak': peak.label(), 'equal mean': mean.label()}

@@ -43,7 +43,7 @@ model, tokenizer = wb.model_and_tokenizer(cfg)
 pd.DataFrame([describe(model)])
 
 # %%
-ids = load_stream(cfg.long_stream_corpus, tokenizer, max_tokens=cfg.long_stream_tokens)
+ids = load_stream(cfg.long_stream_corpus, tokenizer, max_tokens=cfg.long_stream_tokens, bos=cfg.bos)
 print(f'{ids.shape[1]} tokens of {cfg.long_stream_corpus}: {ids.shape[1] / cfg.trained_length():.1f}x '
       f'the trained length of {cfg.trained_length()}')
 

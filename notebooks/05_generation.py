@@ -28,7 +28,7 @@ from IPython.display import display
 
 from streamlib import plots, workbook as wb
 from streamlib.chat import measure_chat
-from streamlib.data import load_stream
+from streamlib.data import load_stream, tokenize_stream
 from streamlib.generation import excerpt
 from streamlib.models import describe
 from streamlib.policies import Dense
@@ -47,8 +47,8 @@ pd.DataFrame([describe(model)])
 
 # %%
 text = cfg.generation_prompt or tokenizer.decode(
-    load_stream(cfg.long_stream_corpus, tokenizer, max_tokens=cfg.generation_prompt_tokens)[0])
-prompt = tokenizer(text, return_tensors='pt').input_ids
+    load_stream(cfg.long_stream_corpus, tokenizer, max_tokens=cfg.generation_prompt_tokens, bos=False)[0])
+prompt = tokenize_stream(tokenizer, text, bos=cfg.bos)  # BOS first where the model expects it (cfg.bos)
 end = prompt.shape[1] + cfg.generation_new_tokens
 print(f'prompt ({prompt.shape[1]} tokens): {text!r}')
 print(f'the stream will reach position {end}: {end / cfg.trained_length():.1f}x the trained length')

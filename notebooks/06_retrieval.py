@@ -43,7 +43,8 @@ model, tokenizer = wb.model_and_tokenizer(cfg)
 pd.DataFrame([describe(model)])
 
 # %%
-trials = passkey_grid(tokenizer, cfg.retrieval_context_tokens, cfg.retrieval_depths, cfg.retrieval_seeds)
+trials = passkey_grid(tokenizer, cfg.retrieval_context_tokens, cfg.retrieval_depths, cfg.retrieval_seeds,
+                      bos=cfg.bos)
 pd.DataFrame([{'seed': t.seed, 'key': t.key, 'depth': t.depth, 'prompt tokens': t.prompt_ids.shape[1],
                'key to question (tokens)': t.distance} for t in trials])
 

@@ -49,6 +49,7 @@ class Config:
     device_map: str | None = None  # "auto": the layers spread over the visible GPUs (accelerate), for 6.9b and 12b
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     datasets: list = field(default_factory=lambda: ["kjv-heldout"])
+    bos: bool | None = None  # streams start with BOS: None as the tokenizer does (Gemma, Llama 2/3 add it), or set
     ppl_tokens: int = 2048
     n_sink: int = 4
     window: int = 252
@@ -154,6 +155,8 @@ class Config:
         check_ints("speed_batch_sizes", self.speed_batch_sizes, 1)
         for name in ("compare_compiled", "sweep_recompute", "pos_shift", "export_figures"):
             check_bool(name, getattr(self, name))
+        if self.bos is not None:
+            check_bool("bos", self.bos)
         if self.device_map not in (None, "auto"):
             raise ValueError(f"device_map must be None or 'auto'; got {self.device_map!r}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -85,6 +85,7 @@ def _stats(stream, policy, tokens: int, seconds: float) -> str:
 def run_generate(args, parser: argparse.ArgumentParser) -> int:
     from .chat import ChatTranscript
     from .generation import TokenStream
+    from .data import adds_bos
     from .models import WeightsUnavailableError, load_model, load_tokenizer
 
     try:
@@ -158,19 +159,22 @@ def run_generate(args, parser: argparse.ArgumentParser) -> int:
             sys.stdout.write("\n")
         return "".join(reply), False
 
-    def encode(text: str) -> torch.Tensor:
-        return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+    def encode(text: str, first: bool = False) -> torch.Tensor:
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+        if first and adds_bos(tokenizer):  # the stream's first token: a model trained with BOS first sinks on it
+            ids = torch.cat([torch.tensor([[tokenizer.bos_token_id]]), ids], dim=1)
+        return ids
 
     if not args.interactive:
         sys.stdout.write(prompt)
-        stream.feed(encode(prompt))
+        stream.feed(encode(prompt, first=True))
         answer(stop_at_newline=False)
         sys.stdout.write("\n")
         print(_stats(stream, policy, generated, time.perf_counter() - started), file=sys.stderr)
         return 0
 
     if prompt:
-        stream.feed(encode(prompt))
+        stream.feed(encode(prompt, first=not args.chat))  # a chat template brings its own BOS
     tty = sys.stdin.isatty()
     turn, busy = 0, 0.0  # busy: seconds spent reading turns and replying, not waiting for the user to type
     while True:

@@ -85,7 +85,7 @@ class Run:
     # -- measuring --------------------------------------------------------------------------------------------
     def fields(self, group: str, policy, **more) -> dict:
         return {"group": group, "policy": policy.params(), "model": self.cfg.model,
-                "dtype": self.context["dtype"], "device": self.context["device"],
+                "dtype": self.context["dtype"], "device": self.context["device"], "bos": self.cfg.bos,
                 **{k: int(v) if isinstance(v, torch.Tensor) else v for k, v in more.items()}}
 
     def measure(self, group: str, policy, compute: Callable[[], Measurement], **fields) -> Measurement:

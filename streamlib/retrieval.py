@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from .data import stream_bos
 from .generation import TokenStream
 from .measurement import Measurement
 
@@ -55,16 +56,20 @@ def _frame(tokenizer, chat: bool) -> tuple[str, str]:
     return head, QUESTION + tail + ANSWER_START
 
 
-def passkey_trial(tokenizer, context_tokens: int, depth: float, seed: int, chat: bool | None = None) -> PassKeyTrial:
+def passkey_trial(tokenizer, context_tokens: int, depth: float, seed: int, chat: bool | None = None,
+                  bos: bool | None = None) -> PassKeyTrial:
     """A prompt of about ``context_tokens`` tokens with the key at ``depth`` of the filler. ``chat`` (default: the
     tokenizer has a chat template) wraps it in the model's chat template; otherwise it is raw completion text. The
-    answer is primed with "The pass key is" in both forms, so every policy is asked the same thing."""
+    answer is primed with "The pass key is" in both forms, so every policy is asked the same thing. The prompt starts
+    with BOS where the tokenizer adds one (``bos``: :func:`streamlib.data.stream_bos`), once."""
     if not 0 <= depth <= 1:
         raise ValueError(f"depth must be in [0, 1]; got {depth!r}")
     chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
     key = f"{random.Random(seed).randrange(10_000, 100_000)}"
     head_text, tail_text = _frame(tokenizer, chat)
     head, filler, tail = _ids(tokenizer, head_text + INTRO), _ids(tokenizer, FILLER), _ids(tokenizer, tail_text)
+    if stream_bos(tokenizer, bos) and head[:1] != [tokenizer.bos_token_id]:  # a chat template may bring its own
+        head = [tokenizer.bos_token_id] + head
     needle = _ids(tokenizer, NEEDLE.format(key=key))
     units = max(1, (context_tokens - len(head) - len(needle) - len(tail)) // len(filler))
     before = round(depth * units)
@@ -76,9 +81,9 @@ def passkey_trial(tokenizer, context_tokens: int, depth: float, seed: int, chat:
 
 
 def passkey_grid(tokenizer, context_tokens: list[int], depths: list[float], seeds: int,
-                 chat: bool | None = None) -> list[PassKeyTrial]:
+                 chat: bool | None = None, bos: bool | None = None) -> list[PassKeyTrial]:
     """Every context length × depth, ``seeds`` trials each (seeds 0, 1, ...; a seed fixes the key)."""
-    return [passkey_trial(tokenizer, n, d, s, chat) for n in context_tokens for d in depths for s in range(seeds)]
+    return [passkey_trial(tokenizer, n, d, s, chat, bos) for n in context_tokens for d in depths for s in range(seeds)]
 
 
 def parse_answer(text: str) -> str | None:

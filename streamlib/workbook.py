@@ -21,9 +21,13 @@ def open_run(profile: str = "smoke", **parameters) -> tuple[Config, Run]:
 
 def model_and_tokenizer(cfg: Config, **load_options):
     """The profile's model on its device and dtype (``load_options`` go to :func:`streamlib.models.load_model`, e.g.
-    ``attn_implementation="eager"``) and its tokenizer."""
+    ``attn_implementation="eager"``) and its tokenizer. ``cfg.bos`` is settled here: ``None`` (as the tokenizer does)
+    becomes whether this tokenizer starts a stream with BOS, so the streams and every record say which it was."""
+    from .data import stream_bos
     from .models import load_model, load_tokenizer
 
     model = load_model(cfg.model, device=cfg.torch_device(), dtype=cfg.torch_dtype(), device_map=cfg.device_map,
                        **load_options)
-    return model, load_tokenizer(cfg.tokenizer_name())
+    tokenizer = load_tokenizer(cfg.tokenizer_name())
+    cfg.bos = stream_bos(tokenizer, cfg.bos) if tokenizer is not None else False
+    return model, tokenizer
