@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .arch import shapes_of
+from .arch import SLIDING, layer_types, shapes_of
 from .measurement import Measurement
 
 
@@ -22,16 +22,24 @@ def _dense_flops_per_token(config) -> int:
     return sh.layers * (projections + mlp) + 2 * sh.hidden * sh.vocab
 
 
-def _attention_flops(config, context: int) -> int:
-    """Scores and the weighted sum of one token over ``context`` keys, every query head, every layer."""
+def _attention_flops(config, context: int, stream_context: int | None = None) -> int:
+    """Scores and the weighted sum of one token over ``context`` keys, every query head, every layer; a hybrid
+    model's sliding layers attend over at most their window of the ``stream_context`` tokens so far (default
+    ``context``), whatever the policy keeps."""
     sh = shapes_of(config)
-    return sh.layers * 4 * context * sh.heads * sh.head_dim
+    per_key = 4 * sh.heads * sh.head_dim
+    sliding = layer_types(config).count(SLIDING)
+    if not sliding:
+        return sh.layers * per_key * context
+    in_window = min(context if stream_context is None else stream_context, config.sliding_window)
+    return per_key * ((sh.layers - sliding) * context + sliding * in_window)
 
 
-def flops_per_token(config, context: int) -> int:
+def flops_per_token(config, context: int, stream_context: int | None = None) -> int:
     """Forward FLOPs for one token attending ``context`` keys (itself included), all matmuls, LM head included. For
-    Pythia (``q = k = h``) that is ``8h² + 4hi + 4·context·h`` per layer plus the LM head."""
-    return _dense_flops_per_token(config) + _attention_flops(config, context)
+    Pythia (``q = k = h``) that is ``8h² + 4hi + 4·context·h`` per layer plus the LM head. A hybrid model's sliding
+    layers see at most their window of the ``stream_context`` tokens so far."""
+    return _dense_flops_per_token(config) + _attention_flops(config, context, stream_context)
 
 
 def forward_flops(config, tokens: int, context_per_token=None) -> int:
@@ -46,7 +54,8 @@ def forward_flops(config, tokens: int, context_per_token=None) -> int:
 def bounded_stream_flops(config, n_tokens: int, budget: int | None) -> int:
     """FLOPs to stream ``n_tokens`` one at a time when each token attends at most ``budget`` kept tokens and itself
     (``None``: every earlier token, Dense)."""
-    return sum(flops_per_token(config, (t + 1) if budget is None else min(t + 1, budget + 1)) for t in range(n_tokens))
+    return sum(flops_per_token(config, (t + 1) if budget is None else min(t + 1, budget + 1), t + 1)
+               for t in range(n_tokens))
 
 
 def recompute_stream_flops(config, n_tokens: int, window: int) -> int:
@@ -78,7 +87,7 @@ def measure_flops(config, policy, *, prompt_tokens: int, stream_tokens: int, eag
     ``stream_tokens``; with ``eager_model``, calflops' count of one forward of ``calflops_tokens`` tokens and the
     analytic count of the same forward beside it."""
     context = prompt_tokens + 1 if policy.budget is None else min(prompt_tokens, policy.budget) + 1
-    rows = [("flops_per_token_at_prompt_end", flops_per_token(config, context), "FLOP"),
+    rows = [("flops_per_token_at_prompt_end", flops_per_token(config, context, prompt_tokens + 1), "FLOP"),
             ("flops_stream_per_token", stream_flops(config, stream_tokens, policy) / stream_tokens, "FLOP")]
     if eager_model is not None:
         ids = torch.randint(0, config.vocab_size, (1, calflops_tokens), generator=torch.Generator().manual_seed(0))

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from .arch import shapes_of
+from .arch import SLIDING, layer_types, shapes_of
 
 
 def kv_cache_bytes(cache) -> int:
@@ -25,9 +25,20 @@ def kv_resident_bytes(cache) -> int:
 
 def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
     """Bytes of keys and values one token adds to a dense cache: 2 (K, V) x layers x kv heads x head_dim x element
-    size (kv heads x head_dim is the hidden size for Pythia, a third of it for SmolLM2)."""
+    size (kv heads x head_dim is the hidden size for Pythia, a third of it for SmolLM2). A hybrid model's sliding
+    layers stop adding once their window is full: :func:`dense_kv_bytes`."""
     sh = shapes_of(config)
     return 2 * sh.layers * sh.kv_heads * sh.head_dim * torch.finfo(dtype).bits // 8
+
+
+def dense_kv_bytes(config, tokens: int, dtype: torch.dtype) -> int:
+    """Bytes of keys and values a dense cache holds after ``tokens`` tokens: every token in every layer, except in a
+    hybrid model's sliding layers, which keep their last ``sliding_window - 1`` (as transformers' cache does)."""
+    types = layer_types(config)
+    per_layer = kv_bytes_per_token(config, dtype) // len(types)
+    sliding = types.count(SLIDING)
+    kept = min(tokens, config.sliding_window - 1) if sliding else 0
+    return per_layer * ((len(types) - sliding) * tokens + sliding * kept)
 
 
 class RssSampler:

@@ -21,9 +21,9 @@ class RecomputeWindow(PolicyCache):
 
     name = "Recompute"
 
-    def __init__(self, window: int, kv_bytes_per_token: int, num_layers: int, batch: int = 8):
+    def __init__(self, window: int, kv_bytes_of, num_layers: int, batch: int = 8):
         self.window = window
-        self.kv_bytes_per_token = kv_bytes_per_token
+        self.kv_bytes_of = kv_bytes_of  # tokens -> the bytes of their keys and values in one forward
         self.num_layers = num_layers  # one window of ids serves every layer
         self.batch = batch
         self.ids: torch.Tensor | None = None  # (batch, <= window - 1): the context the next token is read with
@@ -76,6 +76,6 @@ class RecomputeWindow(PolicyCache):
     def kv_bytes(self) -> tuple[int, int]:
         """The keys and values of one window's forward, made and dropped for every token: (allocated, resident)."""
         rows = 0 if self.ids is None else self.ids.shape[0]
-        transient = self.kv_bytes_per_token * rows * min(self.window, self.position)
+        transient = self.kv_bytes_of(min(self.window, self.position)) * rows
         return transient, transient
 

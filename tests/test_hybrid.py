@@ -148,3 +148,21 @@ def test_mistral_with_a_sliding_window_is_still_refused():
     model.config.sliding_window = 16
     with pytest.raises(ValueError, match="sliding_window=16"):
         StreamingLLM(4, 8).make_cache(model)
+
+
+def test_dense_memory_and_flops_by_layer_type(peaky_gemma, ids):
+    """The analytic counts know the layer types: a dense cache's bytes after 64 tokens are the full layers' 64 tokens
+    and the sliding layers' 7, as the cache itself holds them; the sliding layers' attention stops growing at their
+    window."""
+    from streamlib.flops import flops_per_token
+    from streamlib.memory import dense_kv_bytes
+
+    cache = Dense().make_cache(peaky_gemma)
+    with torch.inference_mode():
+        for _ in forward_chunks(peaky_gemma, ids, cache):
+            pass
+    slot = 2 * 16 * 4
+    assert dense_kv_bytes(peaky_gemma.config, 64, torch.float32) == cache.kv_bytes()[0] == slot * (2 * 64 + 3 * 7)
+    config, per_key = peaky_gemma.config, 4 * 4 * 16
+    assert flops_per_token(config, 100) - flops_per_token(config, 50) == per_key * 2 * 50  # full layers only
+    assert flops_per_token(config, 5) - flops_per_token(config, 4) == per_key * 5  # every layer, inside the window

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..checks import check_int
 from ..flops import recompute_stream_flops
-from ..memory import kv_bytes_per_token
+from ..memory import dense_kv_bytes
 from ..recompute import RecomputeWindow
 from .base import PolicyBase, check_model
 
@@ -35,7 +35,8 @@ class Recompute(PolicyBase):
 
     def make_cache(self, model) -> RecomputeWindow:
         check_model(model, "Recompute")
-        return RecomputeWindow(self.window, kv_bytes_per_token(model.config, next(model.parameters()).dtype),
+        dtype = next(model.parameters()).dtype
+        return RecomputeWindow(self.window, lambda tokens: dense_kv_bytes(model.config, tokens, dtype),
                                model.config.num_hidden_layers)
 
     def stream_flops(self, config, n_tokens: int) -> int:
