@@ -24,8 +24,8 @@ from .usage import fail
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
-                   help="Hub id, local directory, 'micro' or 'random:pythia-XXX' (default: the model of the profile "
-                        "`make run` would pick)")
+                   help="Hub id, local directory, 'micro', 'smollm2-135m', 'gemma3-270m' or 'random:pythia-XXX' "
+                        "(default: the model of the profile `make run` would pick)")
     p.add_argument("--prompt", default=None, help="the prompt text")
     p.add_argument("--prompt-file", default=None, help="read the prompt from this file")
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (per turn with --interactive)")
