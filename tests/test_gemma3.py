@@ -9,7 +9,7 @@ import torch
 
 from reference import naive_streaming_nll
 from streamlib import arch
-from streamlib.attention import first_token_attention
+from streamlib.attention import first_token_attention, uniform_share
 from streamlib.data import adds_bos, load_stream
 from streamlib.models import gemma3_terms, is_cached, load_model, load_tokenizer
 from streamlib.policies import Dense, StreamingLLM, Window
@@ -61,8 +61,8 @@ def test_bos_is_the_sink(gemma, tokenizer):
     assert torch.equal(with_bos[:, 1:], without)
     share = first_token_attention(gemma, with_bos, n_first=1)[:, 0]  # per layer, on BOS
     full = [5, 11, 17]
-    uniform = 1 / 128  # about what uniform attention gives a key over these queries
-    assert all(float(share[i]) > 40 * uniform for i in full)
+    uniform = uniform_share(with_bos.shape[1])  # 0.0114; measured on BOS here: 0.59, 0.54, 0.56
+    assert all(float(share[i]) > 30 * uniform for i in full)
     ppl_with = float(token_nll(gemma, with_bos, Dense())[1:].mean().exp())  # the same predicted tokens
     ppl_without = float(token_nll(gemma, without, Dense()).mean().exp())
     assert ppl_without > 2 * ppl_with
