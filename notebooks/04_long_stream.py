@@ -25,7 +25,9 @@ trace_tokens = None  # tokens fed one by one for the memory and latency traces
 import pandas as pd
 
 from streamlib import plots, report, workbook as wb
+from streamlib.arch import SLIDING, layer_types
 from streamlib.data import load_stream
+from streamlib.memory import kv_along_stream, kv_bytes_per_token
 from streamlib.models import describe
 from streamlib.policies import Dense, Recompute, Window
 from streamlib.quality import measure_perplexity
@@ -96,3 +98,16 @@ run.figure(plots.fig_trace(traces, 'kv_resident_bytes', 'KV cache held (MiB)', '
 # %%
 run.figure(plots.fig_trace(traces, 'step_s', 'time per token (ms)', 'Per-token latency along the stream',
            1e3), 'fig3_latency_vs_position')
+
+# %% [markdown]
+# ## KV memory at the trained length
+# The traces stop after `trace_tokens`; what each cache holds at any length follows from the model's shapes (`policy.kv_bytes_held`), and the right panel checks that formula against the traces (the markers should sit on the lines). A hybrid model (Gemma 3) keeps only its trained window in its sliding layers whatever the policy, so Dense grows in its few full layers alone; the dotted line is what a cache that kept every token in every layer would hold.
+
+# %%
+dtype = next(model.parameters()).dtype
+hybrid = SLIDING in layer_types(model.config)
+at_length = kv_along_stream(model.config, policies, dtype, until=cfg.trained_length())
+first = kv_along_stream(model.config, policies, dtype, until=int(traces.position.max()), points=33)
+run.figure(plots.fig_kv_along_stream(at_length, first, traces, cfg.trained_length(),
+           kv_bytes_per_token(model.config, dtype) if hybrid else None), 'fig11_kv_at_length')
+at_length.groupby('label').tail(1).assign(kv_mib=lambda d: d.kv_bytes / 2**20)[['label', 'position', 'kv_mib']].round(2)

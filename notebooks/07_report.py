@@ -22,6 +22,10 @@ export_figures = None  # also write the report's figures to the repository's fig
 from IPython.display import Markdown, display
 
 from streamlib import plots, report, workbook as wb
+from streamlib.arch import SLIDING, layer_types
+from streamlib.memory import kv_along_stream, kv_bytes_per_token
+from streamlib.models import load_config
+from streamlib.policies import policy_from_row
 from streamlib.report import to_markdown
 
 # %%
@@ -55,6 +59,19 @@ if not traces.empty:
 if not traces.empty:
     run.figure(plots.fig_trace(traces, 'step_s', 'time per token (ms)', 'Per-token latency along the stream', 1e3),
                'fig3_latency_vs_position')
+
+# %% [markdown]
+# KV memory at the trained length, from the model's shapes (its config, not its weights) and the traced policies, with the traces on the formula as the check.
+
+# %%
+if not traces.empty:
+    config, dtype = load_config(cfg.model), cfg.torch_dtype()
+    traced = [policy_from_row(row) for row in traces.drop_duplicates('label').to_dict('records')]
+    at_length = kv_along_stream(config, traced, dtype, until=cfg.trained_length())
+    first = kv_along_stream(config, traced, dtype, until=int(traces.position.max()), points=33)
+    every_layer = kv_bytes_per_token(config, dtype) if SLIDING in layer_types(config) else None
+    run.figure(plots.fig_kv_along_stream(at_length, first, traces, cfg.trained_length(), every_layer),
+               'fig11_kv_at_length')
 
 # %% [markdown]
 # ## The sweep

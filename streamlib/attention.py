@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from .arch import layer_types
 from .checks import check_input_ids
 from .handover import base_of
 from .measurement import Measurement
@@ -37,10 +38,12 @@ def uniform_share(length: int, skip: int = 16) -> float:
 
 
 def measure_first_tokens(model, input_ids: torch.Tensor, n_first: int = 4, skip: int = 16) -> Measurement:
-    """:func:`first_token_attention` as a record: the curve has one row per (layer, token) with its mean weight and
-    the uniform share for comparison; the row ``token0_over_uniform`` is the largest ratio over layers."""
+    """:func:`first_token_attention` as a record: the curve has one row per (layer, token) with its mean weight, the
+    uniform share for comparison and the layer's attention type (a hybrid model's sliding layers see only their
+    window); the row ``token0_over_uniform`` is the largest ratio over layers."""
     share = first_token_attention(model, input_ids, n_first, skip)
     uniform = uniform_share(input_ids.shape[1], skip)
-    curve = pd.DataFrame([{"layer": layer, "token": tok, "weight": float(share[layer, tok]), "uniform": uniform}
-                          for layer in range(share.shape[0]) for tok in range(share.shape[1])])
+    types = layer_types(model)
+    curve = pd.DataFrame([{"layer": layer, "token": tok, "weight": float(share[layer, tok]), "uniform": uniform,
+                           "layer_type": types[layer]} for layer in range(share.shape[0]) for tok in range(share.shape[1])])
     return Measurement(rows=[("token0_over_uniform", float(share[:, 0].max()) / uniform, "")], curve=curve)

@@ -93,6 +93,7 @@ class Config:
     retrieval_scored_seeds: int = 1  # the same for TOVA and H2O, which read the prompt token by token
     retrieval_new_tokens: int = 8  # the answer's length
     export_figures: bool = False
+    figures_dir: str = "figures"  # where export_figures writes, relative to the repository (a second model: a subfolder)
     dry_run: bool = False
     force: bool = False
 
@@ -157,6 +158,10 @@ class Config:
             check_bool(name, getattr(self, name))
         if self.bos is not None:
             check_bool("bos", self.bos)
+        if not isinstance(self.figures_dir, str) or not self.figures_dir or Path(self.figures_dir).is_absolute() \
+                or ".." in Path(self.figures_dir).parts:
+            raise ValueError(f"figures_dir must be a folder inside the repository, e.g. 'figures' or "
+                             f"'figures/gemma3-270m'; got {self.figures_dir!r}")
         if self.device_map not in (None, "auto"):
             raise ValueError(f"device_map must be None or 'auto'; got {self.device_map!r}")
         if self.device not in ("auto", "cpu", "cuda"):

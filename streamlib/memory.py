@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
+import pandas as pd
 import torch
 
 from .arch import SLIDING, layer_types, shapes_of
@@ -31,14 +33,37 @@ def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
     return 2 * sh.layers * sh.kv_heads * sh.head_dim * torch.finfo(dtype).bits // 8
 
 
-def dense_kv_bytes(config, tokens: int, dtype: torch.dtype) -> int:
-    """Bytes of keys and values a dense cache holds after ``tokens`` tokens: every token in every layer, except in a
-    hybrid model's sliding layers, which keep their last ``sliding_window - 1`` (as transformers' cache does)."""
+def held_kv_bytes(config, tokens: int, dtype: torch.dtype, budget: int | None = None) -> int:
+    """Bytes of keys and values a cache holds after ``tokens`` tokens, from the shapes alone: the full-attention
+    layers hold every token, or at most ``budget`` of them (a bounded policy's cache size), and a hybrid model's
+    sliding layers their last ``sliding_window - 1`` whatever the policy (as transformers' cache does). Burst
+    eviction's sawtooth peaks at its budget; Recompute's window exists only during its forward."""
     types = layer_types(config)
     per_layer = kv_bytes_per_token(config, dtype) // len(types)
     sliding = types.count(SLIDING)
+    full = tokens if budget is None else min(tokens, budget)
     kept = min(tokens, config.sliding_window - 1) if sliding else 0
-    return per_layer * ((len(types) - sliding) * tokens + sliding * kept)
+    return per_layer * ((len(types) - sliding) * full + sliding * kept)
+
+
+def kv_along_stream(config, policies, dtype: torch.dtype, until: int, points: int = 65) -> pd.DataFrame:
+    """The analytic KV bytes each policy holds (``policy.kv_bytes_held``, :func:`held_kv_bytes` for a cache of its
+    budget) at ``points`` stream lengths from 0 to ``until`` (e.g. the trained length, where measuring Dense token by
+    token would take hours): one row per policy and length, with a trace's columns (label, policy, pos_shift,
+    position, kv_bytes)."""
+    rows = []
+    for policy in policies:
+        params = policy.params()
+        for tokens in np.linspace(0, until, points).round().astype(int):
+            rows.append({"label": policy.label(), "policy": params["policy"], "pos_shift": params.get("pos_shift"),
+                         "position": int(tokens), "kv_bytes": policy.kv_bytes_held(config, int(tokens), dtype)})
+    return pd.DataFrame(rows)
+
+
+def dense_kv_bytes(config, tokens: int, dtype: torch.dtype) -> int:
+    """Bytes of keys and values a dense cache holds after ``tokens`` tokens: every token in every layer, except in a
+    hybrid model's sliding layers, which keep their last ``sliding_window - 1`` (as transformers' cache does)."""
+    return held_kv_bytes(config, tokens, dtype)
 
 
 class RssSampler:

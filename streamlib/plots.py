@@ -171,6 +171,49 @@ def fig_trace(traces: pd.DataFrame, column: str, ylabel: str, title: str, scale:
     return fig
 
 
+def fig_kv_along_stream(curves: pd.DataFrame, zoom: pd.DataFrame | None = None, measured: pd.DataFrame | None = None,
+                        trained_length: int | None = None, every_layer_whole: int | None = None):
+    """KV memory up to a length no trace reaches. Left: each policy's analytic bytes (``curves``: label, policy,
+    pos_shift, position, kv_bytes) up to the trained length and, for a hybrid model, the bytes a cache would hold if
+    every layer kept every token (``every_layer_whole``: bytes per token), the cost its sliding layers avoid. Right:
+    the same formula over the first tokens (``zoom``) with the measured traces on it as open markers (``measured``:
+    label, position, kv_resident_bytes): the check that the formula is what the caches hold."""
+    panels = 2 if zoom is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.8 * panels, 3.2), squeeze=False)
+    styles: dict[str, dict] = {}
+    seen: dict[tuple, int] = {}
+    for label, df in curves.groupby("label", sort=False):
+        styles[label] = _distinct(style_for(df["policy"].iloc[0], df["pos_shift"].iloc[0]), seen)
+    left = axes[0, 0]
+    for label, df in curves.groupby("label", sort=False):
+        left.plot(df["position"], df["kv_bytes"] / 2**20, label=label, markevery=_markevery(len(df)), **styles[label])
+    if every_layer_whole:
+        end = curves["position"].max()
+        left.plot([0, end], [0, every_layer_whole * end / 2**20], color="grey", ls=":", lw=1,
+                  label="every layer keeps every token")
+    if trained_length:
+        left.axvline(trained_length, color="grey", lw=0.8, ls=":")
+    left.set_title("KV cache up to the trained length")
+    left.legend(ncols=2 if panels == 1 else 1)
+    if zoom is not None:
+        right = axes[0, 1]
+        for label, df in zoom.groupby("label", sort=False):
+            st = styles.get(label) or _distinct(style_for(df["policy"].iloc[0], df["pos_shift"].iloc[0]), seen)
+            right.plot(df["position"], df["kv_bytes"] / 2**20, color=st["color"], ls=st["linestyle"])
+            if measured is not None:
+                m = measured[measured.label == label]
+                right.plot(m["position"], m["kv_resident_bytes"] / 2**20, ls="none", marker=st["marker"], mfc="none",
+                           color=st["color"], markersize=5)
+        right.plot([], [], ls="none", marker="o", mfc="none", color="grey", label="measured in the traces")
+        right.plot([], [], color="grey", label="formula")
+        right.set_title("The first tokens: formula and measurement")
+        right.legend()
+    for ax in axes[0]:
+        ax.set_xlabel("tokens in the stream")
+    left.set_ylabel("KV cache held (MiB)")
+    return fig
+
+
 ALTERNATES = [("#56B4E9", "o", "--"), ("#009E73", "s", ":"), ("#CC79A7", "^", "-.")]
 
 
@@ -292,13 +335,19 @@ def fig_speed(table: pd.DataFrame):
 
 
 def fig_attention(share: pd.DataFrame, uniform: float | None = None):
-    """Figure 7: mean attention weight on each of the first tokens, per layer. ``share``: layer, token, weight."""
+    """Figure 7: mean attention weight on each of the first tokens, per layer. ``share``: layer, token, weight, and
+    for a hybrid model layer_type, whose full-attention layers (the ones a policy governs) get a grey band."""
     fig, ax = plt.subplots(figsize=(6, 3))
     for i, (token, df) in enumerate(share.groupby("token")):
         ax.plot(df["layer"], df["weight"], label=f"token {token}", marker="osD^"[i % 4],
                 linestyle=["-", "--", ":", "-."][i % 4])
     if uniform is not None:
         ax.axhline(uniform, color="grey", ls=":", lw=1, label="uniform attention")
+    types = share.drop_duplicates("layer").set_index("layer").get("layer_type")
+    if types is not None and (types == "sliding_attention").any():
+        for n, layer in enumerate(types.index[types == "full_attention"]):
+            ax.axvspan(layer - 0.4, layer + 0.4, color="grey", alpha=0.15, lw=0,
+                       label="full-attention layer" if n == 0 else None)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel("mean attention weight")

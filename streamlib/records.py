@@ -191,14 +191,14 @@ class Run:
     # -- writing figures and tables ---------------------------------------------------------------------------
     def figure(self, fig, name: str) -> None:
         """Save ``fig`` as ``figures/<name>.pdf`` and ``.png`` in the run; the report's figures (``fig*``) go to the
-        repository's ``figures/`` too when ``export_figures``. A dry run's figures say so across the top. In a
-        notebook the figure then shows inline, below the cell."""
+        repository's ``figures_dir`` (``figures/``) too when ``export_figures``. A dry run's figures say so across the
+        top. In a notebook the figure then shows inline, below the cell."""
         from . import plots
 
         if self.cfg.dry_run:
             plots.mark_dry_run(fig)
         export = self.cfg.export_figures and name.startswith("fig")
-        dirs = [self.path / "figures"] + ([repo_root() / "figures"] if export else [])
+        dirs = [self.path / "figures"] + ([repo_root() / self.cfg.figures_dir] if export else [])
         plots.save_figure(fig, name, *dirs, close="ipykernel" not in sys.modules)
 
     def table(self, table: pd.DataFrame, name: str) -> pd.DataFrame:

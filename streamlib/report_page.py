@@ -33,6 +33,9 @@ CAPTIONS = {
                          "is, beside StreamingLLM at its peak and at its mean memory.",
     "fig10_retrieval": "Pass-key retrieval at one KV budget: accuracy (Wilson 95 % CI bars), and the share of the key's tokens still cached "
                        "at the question, against the key's distance from it (Dense is the model's own ceiling).",
+    "fig11_kv_at_length": "KV cache held up to the trained length, from the model's shapes (a hybrid model's sliding "
+                          "layers keep their window whatever the policy; dotted: every layer keeping every token), "
+                          "and the formula against the measured traces over the first tokens.",
 }
 
 STYLE = """body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;

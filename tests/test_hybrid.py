@@ -166,3 +166,41 @@ def test_dense_memory_and_flops_by_layer_type(peaky_gemma, ids):
     config, per_key = peaky_gemma.config, 4 * 4 * 16
     assert flops_per_token(config, 100) - flops_per_token(config, 50) == per_key * 2 * 50  # full layers only
     assert flops_per_token(config, 5) - flops_per_token(config, 4) == per_key * 5  # every layer, inside the window
+
+
+@pytest.mark.parametrize("family", ["gemma3", "llama", "gpt_neox"])
+@pytest.mark.parametrize("n_tokens", [5, 40])
+def test_analytic_kv_bytes_equal_what_each_cache_holds(family, n_tokens, peaky_gemma, peaky_llama, peaky_model, ids):
+    """``policy.kv_bytes_held`` (the KV-memory-at-any-length figure's curves) is what each cache holds after
+    ``n_tokens`` tokens, fed in chunks, before and after the budgets and the sliding window fill: Recompute's
+    window serves every layer, sliding ones too. Burst eviction's sawtooth stays at or below it."""
+    from streamlib.policies import Recompute
+
+    model = {"gemma3": peaky_gemma, "llama": peaky_llama, "gpt_neox": peaky_model}[family]
+    exact = [Dense(), Window(20), StreamingLLM(4, 16), StreamingLLM(2, 3, pos_shift=False), Recompute(12), TOVA(16),
+             H2O(6, 10)]
+    for policy in exact + [BurstEviction(2, 24, 0.5)]:
+        cache = policy.make_cache(model)
+        with torch.inference_mode():
+            for _ in cache.feed(model, ids[:, :n_tokens], chunk_size=16, all_logits=False):
+                pass
+        held, analytic = cache.kv_bytes()[1], policy.kv_bytes_held(model.config, n_tokens, torch.float32)
+        if policy in exact:
+            assert held == analytic, policy.label()
+        else:
+            assert 0 < held <= analytic, policy.label()
+
+
+def test_kv_along_stream_shows_the_sliding_cap(peaky_gemma):
+    """Past the sliding window only the full layers grow under Dense; under StreamingLLM nothing grows past the
+    budget; the rows carry a trace's columns."""
+    from streamlib.memory import kv_along_stream, kv_bytes_per_token
+
+    curve = kv_along_stream(peaky_gemma.config, [Dense(), StreamingLLM(4, 16)], torch.float32, until=1000, points=11)
+    assert list(curve.columns) == ["label", "policy", "pos_shift", "position", "kv_bytes"]
+    dense = curve[curve.label == "Dense"].set_index("position").kv_bytes
+    slot = 2 * 16 * 4
+    assert dense[1000] - dense[500] == 2 * 500 * slot  # two full layers
+    assert dense[1000] < kv_bytes_per_token(peaky_gemma.config, torch.float32) * 1000
+    streaming = curve[curve.label != "Dense"].kv_bytes
+    assert streaming.iloc[-1] == streaming.iloc[2] == slot * (2 * 20 + 3 * (SLIDING_WINDOW - 1))

@@ -69,6 +69,9 @@ def test_profiles_load_and_validate():
     with pytest.raises(ValueError, match="device_map must be None or 'auto'"):
         Config.load("smoke", device_map="balanced")
     assert Config.load("paper-12b").device_map == "auto"
+    for outside in ("/tmp/figs", "../figures", ""):
+        with pytest.raises(ValueError, match="figures_dir must be a folder inside the repository"):
+            Config.load("smoke", figures_dir=outside)
 
 
 @pytest.mark.parametrize("profile", ["cpu", "paper", "paper-12b"])

@@ -1,5 +1,5 @@
 """What every cache policy shares: a name, flat parameters for records, a budget, the model check, the compiled form
-of its cache, and the FLOPs of a stream under it."""
+of its cache, and the FLOPs and KV bytes of a stream under it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 from ..arch import family_of
 from ..flops import bounded_stream_flops
+from ..memory import held_kv_bytes
 
 # The one answer to "can this policy's decode step be compiled": each policy's compiled_form.
 NOT_COMPILABLE = ("compile=True covers StreamingLLM, Window, and Dense when the stream's length is known "
@@ -48,3 +49,8 @@ class PolicyBase:
     def stream_flops(self, config, n_tokens: int) -> int:
         """Analytic FLOPs to stream ``n_tokens`` one at a time: each token attends what is kept and itself."""
         return bounded_stream_flops(config, n_tokens, self.budget)
+
+    def kv_bytes_held(self, config, n_tokens: int, dtype) -> int:
+        """Analytic bytes of keys and values held after ``n_tokens`` tokens: the full layers at most ``budget``
+        tokens, a hybrid model's sliding layers their trained window (:func:`~streamlib.memory.held_kv_bytes`)."""
+        return held_kv_bytes(config, n_tokens, dtype, self.budget)

@@ -42,5 +42,10 @@ class Recompute(PolicyBase):
     def stream_flops(self, config, n_tokens: int) -> int:
         return recompute_stream_flops(config, n_tokens, self.window)
 
+    def kv_bytes_held(self, config, n_tokens: int, dtype) -> int:
+        """Every layer, sliding ones included, sees only the last ``window`` tokens' keys and values, for the length
+        of one forward."""
+        return dense_kv_bytes(config, min(n_tokens, self.window), dtype)
+
     def label(self) -> str:
         return f"Recompute {self.window}"
