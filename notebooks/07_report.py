@@ -66,7 +66,7 @@ if not traces.empty:
 # %%
 if not traces.empty:
     config, dtype = load_config(cfg.model), cfg.torch_dtype()
-    traced = [policy_from_row(row) for row in traces.drop_duplicates('label').to_dict('records')]
+    traced = list(dict.fromkeys(policy_from_row(row) for row in run.metrics('trace').to_dict('records')))  # with every parameter
     at_length = kv_along_stream(config, traced, dtype, until=cfg.trained_length())
     first = kv_along_stream(config, traced, dtype, until=int(traces.position.max()), points=33)
     every_layer = kv_bytes_per_token(config, dtype) if SLIDING in layer_types(config) else None

@@ -228,6 +228,55 @@ def trained_window_layer(layer_idx: int, sliding: SlidingLayers) -> SinkWindowLa
     return SinkWindowLayer(layer_idx, spec, Rotations(sliding.rotary), is_sliding=True)
 
 
+def ring_chunk_plan(spec: SinkWindowSpec, first: int, offset: int, n: int, dtype: torch.dtype, device,
+                    rotary: RotaryInfo, workspace: Workspace,
+                    rotate_queries: bool = False) -> tuple[ChunkPlan | None, torch.Tensor]:
+    """The plan and the additive mask (n, keys) of a chunk of ``n`` tokens from stream position ``first`` for the
+    sink-and-ring layers of ``spec`` (see :meth:`SinkWindowCache.chunk`). Their ring may be still filling (a hybrid
+model's other layers are full): its empty slots are hidden, and a chunk that fits what is left of it is a plain
+causal call for these layers (no plan to follow)."""
+    empty, ring = first == 0, spec.window + 1
+    t = first + torch.arange(n)
+    if first + n <= spec.slots:
+        causal = torch.arange(first + n)[None, :] <= t[:, None]
+        return None, torch.zeros(causal.shape, dtype=dtype).masked_fill_(~causal, torch.finfo(dtype).min)
+    if empty:
+        ring_visible = torch.zeros(n, 0, dtype=torch.bool)
+    else:
+        ring_tokens = torch.arange(max(spec.n_sink, first - ring), first)
+        token_in_slot = torch.full((ring,), -1, dtype=torch.long)  # -1: an empty slot
+        token_in_slot[spec.ring_slot(ring_tokens) - spec.n_sink] = ring_tokens
+        ring_visible = (token_in_slot[None, :] >= 0) & ((t[:, None] - token_in_slot[None, :]) <= spec.window)
+    lag = t[:, None] - t[None, :]
+    # the sinks are seen through the sink block only
+    chunk_visible = (lag >= 0) & (lag <= spec.window) & (t[None, :] >= spec.n_sink)
+    sink_seen = torch.arange(spec.n_sink)[None, :] <= t[:, None]  # all of them once the stream is past them
+    rotate_queries = rotate_queries and spec.n_sink > 0 and spec.pos_shift
+    if rotate_queries:
+        sink_visible = sink_seen
+        # each query turned the other way to where it sees the sinks from: slot n_sink + window once full
+        cos, sin = rotation_tables(-spec.sink_delta(t, offset), rotary, device)
+    elif spec.n_sink and spec.pos_shift:
+        sink_visible = torch.eye(n, dtype=torch.bool).repeat_interleave(spec.n_sink, dim=1) \
+            & sink_seen.repeat(1, n)
+        cos, sin = rotation_tables(spec.sink_delta(t, offset), rotary, device)
+        cos, sin = cos[:, None, :], sin[:, None, :]
+    else:
+        sink_visible = sink_seen
+        cos, sin = rotation_tables(torch.tensor(float(spec.sink_delta(first, offset))), rotary, device)
+    visible = torch.cat([sink_visible, ring_visible, chunk_visible], dim=1)
+    mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
+    m = min(n, ring)
+    new_tokens = torch.arange(first + n - m, first + n)
+    plan = ChunkPlan(
+        first=first, n=n, n_sink=spec.n_sink, n_sink_keys=sink_visible.shape[1],
+        ring_keys=ring_visible.shape[1], kv_length=visible.shape[1], cos=cos, sin=sin,
+        ring_index=spec.ring_slot(new_tokens).to(device), ring_src_start=n - m, workspace=workspace,
+        rotate_queries=rotate_queries, plain_queries=min(n, spec.slots) if empty else 0,
+    )
+    return plan, mask
+
+
 class SinkWindowCache(StreamingCache):
     """StreamingLLM cache: ``n_sink`` attention sinks plus the last ``window`` tokens, per layer and kv head.
 
@@ -248,7 +297,6 @@ class SinkWindowCache(StreamingCache):
         self.static_state: StaticState | None = None  # made by the first compiled decode step
         self.layer_types = sliding.layer_types if sliding is not None else None
         self._workspace = Workspace()
-        self._plans: dict | None = None  # per layer kind, inside `with cache.chunk(...)` of a hybrid model's cache
         rotations = Rotations(rotary)
         layers = [trained_window_layer(i, sliding) if sliding and i in sliding.indices
                   else SinkWindowLayer(i, spec, rotations) for i in range(num_layers)]
@@ -257,14 +305,6 @@ class SinkWindowCache(StreamingCache):
         self.fixed_shape = not self.is_hybrid
         if self.is_hybrid:
             self.why_not_compiled = "a hybrid model's cache; the compiled step takes one kind of layer"
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        layer = self.layers[layer_idx]
-        return layer.update(key_states, value_states, self._plans[layer.spec] if self._plans else self.step)
-
-    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
-        layer = self.layers[layer_idx]
-        return layer.get_mask_sizes(query_length, self._plans[layer.spec] if self._plans else self.step)
 
     def default_chunk_size(self) -> int:
         """512 (:meth:`StreamingCache.default_chunk_size`); with position shift but no hand-over every query brings
@@ -310,7 +350,8 @@ class SinkWindowCache(StreamingCache):
         t = first + torch.arange(n)
         plans, masks = {}, {}
         for leader in self.leaders:
-            plan, mask = self._plan(leader.spec, first, offset, n, dtype, device)
+            plan, mask = ring_chunk_plan(leader.spec, first, offset, n, dtype, device, self.rotary, self._workspace,
+                                         self.rotate_queries)
             plans[leader.spec] = plan
             masks[leader.spec] = mask[None, None].to(device)
         if self.is_hybrid:
@@ -328,52 +369,6 @@ class SinkWindowCache(StreamingCache):
             raise RuntimeError("model: its attention no longer goes through streamlib's hand-over, which this cache "
                                "was made for (the chunk's sinks were not turned); make the cache again with "
                                "policy.make_cache(model)")
-
-    def _plan(self, spec: SinkWindowSpec, first: int, offset: int, n: int, dtype: torch.dtype,
-              device) -> tuple[ChunkPlan, torch.Tensor]:
-        """The plan and the additive mask (n, keys) of a chunk for the layers of ``spec``. Their ring may be still
-        filling (a hybrid model's other layers are full): its empty slots are hidden, and a chunk that fits what is
-        left of it is a plain causal call for these layers (no plan to follow)."""
-        empty, ring = first == 0, spec.window + 1
-        t = first + torch.arange(n)
-        if first + n <= spec.slots:
-            causal = torch.arange(first + n)[None, :] <= t[:, None]
-            return None, torch.zeros(causal.shape, dtype=dtype).masked_fill_(~causal, torch.finfo(dtype).min)
-        if empty:
-            ring_visible = torch.zeros(n, 0, dtype=torch.bool)
-        else:
-            ring_tokens = torch.arange(max(spec.n_sink, first - ring), first)
-            token_in_slot = torch.full((ring,), -1, dtype=torch.long)  # -1: an empty slot
-            token_in_slot[spec.ring_slot(ring_tokens) - spec.n_sink] = ring_tokens
-            ring_visible = (token_in_slot[None, :] >= 0) & ((t[:, None] - token_in_slot[None, :]) <= spec.window)
-        lag = t[:, None] - t[None, :]
-        # the sinks are seen through the sink block only
-        chunk_visible = (lag >= 0) & (lag <= spec.window) & (t[None, :] >= spec.n_sink)
-        sink_seen = torch.arange(spec.n_sink)[None, :] <= t[:, None]  # all of them once the stream is past them
-        rotate_queries = self.rotate_queries and spec.n_sink > 0 and spec.pos_shift
-        if rotate_queries:
-            sink_visible = sink_seen
-            # each query turned the other way to where it sees the sinks from: slot n_sink + window once full
-            cos, sin = rotation_tables(-spec.sink_delta(t, offset), self.rotary, device)
-        elif spec.n_sink and spec.pos_shift:
-            sink_visible = torch.eye(n, dtype=torch.bool).repeat_interleave(spec.n_sink, dim=1) \
-                & sink_seen.repeat(1, n)
-            cos, sin = rotation_tables(spec.sink_delta(t, offset), self.rotary, device)
-            cos, sin = cos[:, None, :], sin[:, None, :]
-        else:
-            sink_visible = sink_seen
-            cos, sin = rotation_tables(torch.tensor(float(spec.sink_delta(first, offset))), self.rotary, device)
-        visible = torch.cat([sink_visible, ring_visible, chunk_visible], dim=1)
-        mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
-        m = min(n, ring)
-        new_tokens = torch.arange(first + n - m, first + n)
-        plan = ChunkPlan(
-            first=first, n=n, n_sink=spec.n_sink, n_sink_keys=sink_visible.shape[1],
-            ring_keys=ring_visible.shape[1], kv_length=visible.shape[1], cos=cos, sin=sin,
-            ring_index=spec.ring_slot(new_tokens).to(device), ring_src_start=n - m, workspace=self._workspace,
-            rotate_queries=rotate_queries, plain_queries=min(n, spec.slots) if empty else 0,
-        )
-        return plan, mask
 
     @contextmanager
     def compiled_step(self, state: "StaticState"):

@@ -231,6 +231,7 @@ class StreamingCache(PolicyCache, Cache):
         self.rotations = rotations
         self.rebase_interval = rebase_interval
         self.step = None  # the mode of the call in progress, handed to each layer's update
+        self._plans: dict | None = None  # a hybrid model's chunk: one plan per kind of layer (its spec), or None
         # one layer of each kind answers for all of its kind (a hybrid model has two)
         self.leaders = list({layer.spec: layer for layer in reversed(layers)}.values())
         # the frame is moved back to the largest budget, so that every layer's keys keep positions >= 0
@@ -270,16 +271,25 @@ class StreamingCache(PolicyCache, Cache):
     def resident_tokens(self) -> int:
         return self.layers[0].resident
 
+    def _step_of(self, layer) -> object:
+        return self._plans[layer.spec] if self._plans else self.step
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        return self.layers[layer_idx].update(key_states, value_states, self.step)
+        layer = self.layers[layer_idx]
+        return layer.update(key_states, value_states, self._step_of(layer))
 
     def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
-        return self.layers[layer_idx].get_mask_sizes(query_length, self.step)
+        layer = self.layers[layer_idx]
+        return layer.get_mask_sizes(query_length, self._step_of(layer))
 
     def plain_room(self) -> int:
         """How many tokens the next call may hold without masks of its own: those that need no eviction in any layer
         (the cache is filling). Zero or less once a layer is full."""
         return min(layer.plain_room() for layer in self.leaders)
+
+    def chunk_room(self, chunk_size: int) -> int:
+        """How many tokens the next chunk may hold: ``chunk_size``, unless a kind of layer takes less at once."""
+        return chunk_size
 
     def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
         return self.layers[layer_idx].held_positions()
@@ -332,7 +342,7 @@ class StreamingCache(PolicyCache, Cache):
             elif chunk_size == 1 or total - start == 1 or not self.chunkable:
                 n = 1
             else:  # past a full cache: a chunk with its own positions and mask
-                n, chunked = min(chunk_size, total - start), True
+                n, chunked = min(self.chunk_room(chunk_size), total - start), True
             ids = input_ids[:, start : start + n]
             if chunked:
                 with self.chunk(n, model.dtype, input_ids.device) as (position_ids, mask):

@@ -71,16 +71,44 @@ def test_dense_keeps_the_sliding_windows_too(peaky_gemma, ids, dense_nll):
 
 def test_sdpa_equals_eager(peaky_gemma, ids):
     sdpa = make_peaky_gemma("sdpa")
-    for policy in (StreamingLLM(4, 16), StreamingLLM(2, 3, pos_shift=False), Window(6)):
+    for policy in (StreamingLLM(4, 16), StreamingLLM(2, 3, pos_shift=False), Window(6), BurstEviction(2, 12, 0.5)):
         torch.testing.assert_close(token_nll(sdpa, ids, policy, chunk_size=11),
                                    token_nll(peaky_gemma, ids, policy, chunk_size=11), atol=1e-4, rtol=0)
 
 
-def test_burst_eviction_on_the_full_layers_exact(peaky_gemma, gemma_f64, ids):
-    policy = BurstEviction(2, 12, 0.5)
+BURSTS = [BurstEviction(2, 12, 0.5), BurstEviction(2, 12, 0.5, pos_shift=False), BurstEviction(3, 24, 0.3),
+          BurstEviction(0, 10, 0.8)]
+
+
+@pytest.mark.parametrize("policy", BURSTS, ids=lambda p: p.label())
+def test_burst_eviction_on_the_full_layers_exact(peaky_gemma, gemma_f64, ids, policy):
+    """Token by token and in chunks: once the sliding rings are full, a chunk stays between two bursts and is a
+    plain call for the burst layers and a ring chunk for the sliding ones (capacities below and above the
+    sliding window of 8)."""
     kept = burst_kept_indices(ids.shape[1], policy.n_sink, policy.capacity, policy.discard)
-    expected = naive_streaming_nll(gemma_f64, ids, 0, 0, True, kept=kept).float()
-    torch.testing.assert_close(token_nll(peaky_gemma, ids, policy, chunk_size=16), expected, atol=1e-4, rtol=0)
+    expected = naive_streaming_nll(gemma_f64, ids, 0, 0, policy.pos_shift, kept=kept).float()
+    for chunk_size in (1, 5, 16):
+        torch.testing.assert_close(token_nll(peaky_gemma, ids, policy, chunk_size=chunk_size), expected,
+                                   atol=1e-4, rtol=0)
+
+
+def test_burst_chunks_of_a_hybrid_stay_between_bursts(peaky_gemma, peaky_llama, ids):
+    """Past the sliding window a hybrid burst cache takes chunks, each ending at a burst at the latest; a chunk
+    across a burst, or on a model with no sliding layers, is refused."""
+    policy = BurstEviction(2, 12, 0.5)
+    cache = policy.make_cache(peaky_gemma)
+    with torch.inference_mode():
+        calls = list(cache.feed(peaky_gemma, ids, chunk_size=16, all_logits=False))
+    assert len(calls) < ids.shape[1] // 3  # chunks, not one token at a time
+    assert cache.chunkable and cache.chunk_room(16) <= policy.discard
+    with pytest.raises(ValueError, match="a chunk must end before the next burst"):
+        with cache.chunk(policy.discard + 1, torch.float32, "cpu"):
+            pass
+    plain = policy.make_cache(peaky_llama)
+    assert not plain.chunkable
+    with pytest.raises(ValueError, match="takes chunks only for a hybrid model's sliding layers"):
+        with plain.chunk(2, torch.float32, "cpu"):
+            pass
 
 
 @pytest.fixture(scope="module")

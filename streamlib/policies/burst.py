@@ -6,12 +6,13 @@ appended, so a whole stretch between two bursts is one plain causal call."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from ..arch import RotaryInfo, SlidingLayers, rotary_of, sliding_layers_of
-from ..cache import trained_window_layer
+from ..cache import Workspace, ring_chunk_plan, trained_window_layer
 from ..cache_base import SinkLayer, StreamingCache
 from ..checks import check_bool, check_int
 from ..rotary import Rotations
@@ -181,9 +182,11 @@ class BurstLayer(SinkLayer):
 
 class BurstCache(StreamingCache):
     """Burst eviction: ``n_sink`` sinks, at most ``capacity`` tokens in view (the incoming one included), ``discard``
-    tokens evicted at once when it is full. Made by :meth:`BurstEviction.make_cache`."""
+    tokens evicted at once when it is full. Made by :meth:`BurstEviction.make_cache`.
 
-    chunkable = False  # a chunk never needs masks of its own: plain_room keeps it between two bursts
+    Its own layers never need a chunk's masks: ``plain_room`` keeps a call between two bursts. A hybrid model's
+    sliding layers do once their ring is full, so its cache is ``chunkable``: each chunk stays between two bursts
+    (``chunk_room``), a plain causal call for the burst layers and a ring chunk for the sliding ones."""
 
     def __init__(self, num_layers: int, n_sink: int, capacity: int, discard: int, pos_shift: bool,
                  rotary: RotaryInfo, rebase_interval: int = 256, sliding: SlidingLayers | None = None):
@@ -192,3 +195,39 @@ class BurstCache(StreamingCache):
         layers = [trained_window_layer(i, sliding) if sliding and i in sliding.indices
                   else BurstLayer(i, spec, rotations) for i in range(num_layers)]
         super().__init__(spec, layers, rotations, rebase_interval)
+        self.layer_types = sliding.layer_types if sliding is not None else None
+        self.chunkable = self.is_hybrid
+        self._workspace = Workspace()
+
+    def chunk_room(self, chunk_size: int) -> int:
+        """Up to the next burst: a chunk is a plain call for the burst layers."""
+        return min(chunk_size, *(layer.plain_room() for layer in self.leaders if layer.spec == self.spec))
+
+    @contextmanager
+    def chunk(self, n: int, dtype: torch.dtype, device):
+        """A hybrid model's chunk of ``n`` tokens (at most ``chunk_room``) once its sliding layers are full: yields
+        the ``position_ids`` and the masks by layer type. The burst layers take it as a plain call (keys in slot
+        order, query ``i`` in slot ``kv_length - n + i``), the sliding layers follow a ring chunk's plan."""
+        if not self.is_hybrid:
+            raise ValueError("a burst-eviction cache takes chunks only for a hybrid model's sliding layers; feed at "
+                             f"most plain_room() = {self.plain_room()} tokens per call")
+        if n > self.chunk_room(n):
+            raise ValueError(f"n: a chunk must end before the next burst ({self.chunk_room(n)} tokens); got {n}")
+        first, offset = self.layers[0].position, self.layers[0].offset
+        plans, masks = {}, {}
+        for leader in self.leaders:
+            if leader.spec == self.spec:
+                kv_length, _ = leader.get_mask_sizes(n)
+                visible = torch.arange(kv_length)[None, :] <= (kv_length - n + torch.arange(n))[:, None]
+                plan = None
+                mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
+            else:
+                plan, mask = ring_chunk_plan(leader.spec, first, offset, n, dtype, device, leader.rotations.info,
+                                             self._workspace)
+            plans[leader.spec] = plan
+            masks[self.layer_types[leader.layer_idx]] = mask[None, None].to(device)
+        self._plans = plans
+        try:
+            yield (first + torch.arange(n) - offset)[None].to(device), masks
+        finally:
+            self._plans = None
