@@ -50,13 +50,15 @@ pd.DataFrame([{'seed': t.seed, 'key': t.key, 'depth': t.depth, 'prompt tokens': 
 
 # %% [markdown]
 # ## The policies, at one KV budget
-# H2O in both splits: heavy hitters and recent tokens half and half, and a quarter heavy. TOVA and H2O read a prompt longer than their budget token by token (a full decode step each), so they get the first `retrieval_scored_seeds` seeds of the grid; the others, prefilled in chunks, get all `retrieval_seeds`.
+# StreamingLLM twice: with its 4 sinks, and keeping the whole prompt prefix (BOS, the chat markup and the instructions, at most half the budget) as its sinks in the same budget, as llama.cpp's `--keep` does. H2O in both splits: heavy hitters and recent tokens half and half, and a quarter heavy. TOVA and H2O read a prompt longer than their budget token by token (a full decode step each), so they get the first `retrieval_scored_seeds` seeds of the grid; the others, prefilled in chunks, get all `retrieval_seeds`.
 
 # %%
 budget = cfg.retrieval_cache
-policies = [Dense(), Window(budget), StreamingLLM(cfg.n_sink, budget - cfg.n_sink), TOVA(budget),
+streaming = StreamingLLM(cfg.n_sink, budget - cfg.n_sink)
+keeps_prompt = streaming.with_sinks(min(trials[0].prefix_tokens, budget // 2))
+policies = [Dense(), Window(budget), streaming, keeps_prompt, TOVA(budget),
             H2O(budget // 2, budget - budget // 2), H2O(budget // 4, budget - budget // 4)]
-[p.label() for p in policies]
+pd.DataFrame([{'label': p.label(), 'keeps (tokens)': p.budget} for p in policies])
 
 # %% [markdown]
 # ## Ask every policy

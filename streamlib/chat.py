@@ -35,6 +35,28 @@ class ChatTranscript:
         self.fed += content + (self.tokenizer.eos_token if ended and self.tokenizer.eos_token else "")
 
 
+# First user messages that begin differently: the tokens every rendering of them shares is the header
+PROBES = ("Hello", "1 + 1?", "What is the capital of France?", " (a test)")
+
+
+def chat_header_ids(tokenizer, system: str | None = None) -> list[int]:
+    """The tokens a chat template puts before the first user message's text: its BOS, the system prompt (``system``
+    or the template's own default) and the markup that opens the user's turn, tokenized as a conversation's first
+    turn is (no added special tokens). Kept as sinks (``policy.with_sinks(len(...))``), they stay in view however
+    long the conversation. Counted as the tokens shared by first turns that begin differently, so a header whose last
+    token a message's first would merge with is counted without it."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("tokenizer: it has no chat template; use a chat model such as smollm2-135m")
+    head = [{"role": "system", "content": system}] if system else []
+    renders = [tokenizer(tokenizer.apply_chat_template(head + [{"role": "user", "content": probe}], tokenize=False,
+                                                       add_generation_prompt=True), add_special_tokens=False).input_ids
+               for probe in PROBES]
+    n = 0
+    while all(len(r) > n for r in renders) and len({r[n] for r in renders}) == 1:
+        n += 1
+    return renders[0][:n]
+
+
 # Questions a reader can follow, cycled over the turns: short, and each one answerable without the others.
 QUESTIONS = ("What is the capital of France?", "Name three colours of the rainbow.", "What do bees make?",
              "How many days are in a week?", "Write one sentence about the sea.", "What is two plus three?",

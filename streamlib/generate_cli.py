@@ -7,7 +7,9 @@
 Text goes to stdout as it is produced; statistics go to stderr. With ``--interactive`` each line read from stdin
 is a turn: it is appended to the same stream and cache (nothing is recomputed), then the model answers until a
 newline, an end-of-text token or ``--max-new-tokens``. Under a bounded policy memory stays flat over any number of
-turns; one stderr line per turn shows it.
+turns; one stderr line per turn shows it, and what the cache keeps. With ``--chat`` a StreamingLLM, window or burst
+policy keeps the chat template's system header as its sinks, in the same budget (``--keep``): without it the
+header leaves the cache once the conversation outgrows it, and the model forgets who it is.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat", action="store_true",
                    help="with --interactive: each line is a user turn through the model's chat template (e.g. "
                         "--model smollm2-135m); replies end at the model's end-of-turn token")
+    p.add_argument("--keep", default=None,
+                   help="what a StreamingLLM, window or burst policy keeps as its sinks, in the same budget: "
+                        "'header' (the chat template's system header; the default with --chat), 'sinks' (the "
+                        "policy's own; the default otherwise) or N (the stream's first N tokens)")
 
 
 class TextWriter:
@@ -73,11 +79,45 @@ def _default_model() -> str:
     return Config.load(choose_profile()[0]).model
 
 
-def _stats(stream, policy, tokens: int, seconds: float) -> str:
+def kept_text(policy, header: int | None = None) -> str:
+    """What the cache keeps, for the per-turn line: the policy, and a kept chat header with its length."""
+    if header is None:
+        return policy.label()
+    return f"{policy.label()}: keeps the chat header ({header} tokens) and the last {policy.budget - header}"
+
+
+def keep_policy(policy, keep: str | None, chat: bool, tokenizer) -> tuple[object, int | None]:
+    """The policy with what ``--keep`` asks kept as its sinks, and the header's length when it is the chat header.
+    Raises ValueError naming ``--keep``."""
+    from .chat import chat_header_ids
+
+    chosen = keep if keep is not None else ("header" if chat else "sinks")
+    if chosen == "sinks":
+        return policy, None
+    if chosen == "header":
+        if not chat:
+            raise ValueError("--keep header needs --chat: the header is the chat template's")
+        if keep is None and not policy.takes_sinks:
+            return policy, None  # the default, under a policy with no sinks to give (Dense, TOVA, H2O, Recompute)
+        n = len(chat_header_ids(tokenizer))
+        try:
+            return policy.with_sinks(n), n
+        except ValueError as err:
+            raise ValueError(f"--keep header: the chat header is {n} tokens and {policy.label()} cannot keep it "
+                             f"({err}); give a larger cache, or --keep sinks") from None
+    if not chosen.isdigit():
+        raise ValueError(f"--keep must be 'header', 'sinks' or a number of tokens; got {keep!r}")
+    try:
+        return policy.with_sinks(int(chosen)), None
+    except ValueError as err:
+        raise ValueError(f"--keep {chosen}: {err}") from None
+
+
+def _stats(stream, kept: str, tokens: int, seconds: float) -> str:
     from .memory import kv_cache_bytes
 
     rate = tokens / seconds if seconds > 0 else float("nan")
-    return (f"{tokens} tokens in {seconds:.2f} s ({rate:.1f} tok/s) | {policy.label()} | "
+    return (f"{tokens} tokens in {seconds:.2f} s ({rate:.1f} tok/s) | {kept} | "
             f"KV cache {kv_cache_bytes(stream.cache) / 2**20:.3f} MiB | stream position {stream.position} | "
             f"model position {stream.cache.get_seq_length()}")
 
@@ -117,6 +157,10 @@ def run_generate(args, parser: argparse.ArgumentParser) -> int:
         fail(parser, "give --prompt or --prompt-file (or --interactive)")
     if args.chat and not args.interactive:
         fail(parser, "--chat needs --interactive: the turns are read from stdin")
+    if args.keep is not None and args.keep not in ("header", "sinks") and not args.keep.isdigit():
+        fail(parser, f"--keep must be 'header', 'sinks' or a number of tokens; got {args.keep!r}")
+    if args.keep == "header" and not args.chat:
+        fail(parser, "--keep header needs --chat: the header is the chat template's")
     if args.compile:
         try:  # the policy's own answer; a chat's length is not known, so Dense has no preallocated form here
             policy.compiled_form(max_length=None)
@@ -130,14 +174,19 @@ def run_generate(args, parser: argparse.ArgumentParser) -> int:
         tokenizer = load_tokenizer(name if not name.startswith("random:") else "micro")
     except (WeightsUnavailableError, ValueError, OSError) as err:
         fail(parser, f"--model {name!r}: {err}")
-    stream = TokenStream(model, policy, do_sample=args.temperature > 0, temperature=args.temperature or 1.0,
-                         top_p=args.top_p, seed=args.seed, compile=args.compile)
     transcript = None
     if args.chat:
         try:
             transcript = ChatTranscript(tokenizer)
         except ValueError as err:
             fail(parser, f"--chat: {err} (model {name!r})")
+    try:
+        policy, header = keep_policy(policy, args.keep, args.chat, tokenizer)
+    except ValueError as err:
+        fail(parser, str(err))
+    kept = kept_text(policy, header)
+    stream = TokenStream(model, policy, do_sample=args.temperature > 0, temperature=args.temperature or 1.0,
+                         top_p=args.top_p, seed=args.seed, compile=args.compile)
     writer = TextWriter(tokenizer)
     eos = tokenizer.eos_token_id
     generated, started = 0, time.perf_counter()
@@ -170,7 +219,7 @@ def run_generate(args, parser: argparse.ArgumentParser) -> int:
         stream.feed(encode(prompt, first=True))
         answer(stop_at_newline=False)
         sys.stdout.write("\n")
-        print(_stats(stream, policy, generated, time.perf_counter() - started), file=sys.stderr)
+        print(_stats(stream, kept, generated, time.perf_counter() - started), file=sys.stderr)
         return 0
 
     if prompt:
@@ -194,7 +243,7 @@ def run_generate(args, parser: argparse.ArgumentParser) -> int:
             transcript.assistant(*answer(stop_at_newline=False))
         seconds = time.perf_counter() - turn_started
         busy += seconds
-        print(f"[turn {turn}] " + _stats(stream, policy, generated - before, seconds), file=sys.stderr, flush=True)
-    print(f"[all {turn} turns] " + _stats(stream, policy, generated, busy)
+        print(f"[turn {turn}] " + _stats(stream, kept, generated - before, seconds), file=sys.stderr, flush=True)
+    print(f"[all {turn} turns] " + _stats(stream, kept, generated, busy)
           + f" | {time.perf_counter() - started:.2f} s wall, waiting for input included", file=sys.stderr)
     return 0

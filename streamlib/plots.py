@@ -390,10 +390,11 @@ def fig_retrieval(trials: pd.DataFrame, budget: int | None = None):
         key_cached=("key_cached", "mean"))
     groups = list(points.groupby(["label", "policy"], sort=False))
     nudge = 0.012 * (points["distance"].max() - points["distance"].min() or 1)  # bars side by side, not on top
+    seen: dict[tuple, int] = {}
     for i, ((label, policy), df) in enumerate(groups):
         df = df.sort_values("distance")
-        style = style_for(FAMILY_STYLE["H2O, recent-heavy"] if policy == "h2o" and _h2o_recent_heavy(label)
-                          else policy)
+        style = _distinct(style_for(FAMILY_STYLE["H2O, recent-heavy"] if policy == "h2o" and _h2o_recent_heavy(label)
+                                    else policy), seen)  # StreamingLLM keeping the prompt: a second style
         wilson = [wilson_interval(int(k), int(n)) for k, n in zip(df["hits"], df["n"])]
         yerr = np.array([[c - w.low for c, w in zip(df["correct"], wilson)],
                          [w.high - c for c, w in zip(df["correct"], wilson)]]).clip(min=0)

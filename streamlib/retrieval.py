@@ -34,6 +34,7 @@ class PassKeyTrial:
     prompt_ids: torch.Tensor  # (1, T)
     key_positions: list[int]  # the tokens of the key's digits (both mentions)
     question_position: int  # the first token of the question
+    prefix_tokens: int = 0  # the prompt before the filler: BOS, a chat template's header and the instructions
 
     @property
     def distance(self) -> int:
@@ -77,7 +78,7 @@ def passkey_trial(tokenizer, context_tokens: int, depth: float, seed: int, chat:
     start = len(head) + before * len(filler)
     digits = [start + i for i, t in enumerate(needle) if tokenizer.decode([t]).strip().isdigit()]
     question = len(ids) - len(tail)
-    return PassKeyTrial(seed, key, depth, torch.tensor([ids]), digits, question)
+    return PassKeyTrial(seed, key, depth, torch.tensor([ids]), digits, question, prefix_tokens=len(head))
 
 
 def passkey_grid(tokenizer, context_tokens: list[int], depths: list[float], seeds: int,

@@ -56,6 +56,10 @@ def test_the_real_command_exits_2_with_one_line():
     (["--model", "random:pythia-99m", "--prompt", "Hi"], ["--model", "architecture must be one of"]),
     (["--policy", "streamingllm:4+0", "--prompt", "Hi"], ["--policy", "window"]),
     (["--device", "tpu", "--prompt", "Hi"], ["--device"]),
+    (["--keep", "header", "--prompt", "Hi"], ["--keep header needs --chat"]),
+    (["--keep", "most", "--prompt", "Hi"], ["--keep must be 'header', 'sinks' or a number of tokens", "'most'"]),
+    (["--keep", "300", "--policy", "streamingllm:4+60", "--prompt", "Hi"], ["--keep 300", "n_sink", "[0, 63]"]),
+    (["--keep", "8", "--policy", "tova:64", "--prompt", "Hi"], ["--keep 8", "TOVA", "keeps no sinks"]),
 ])
 def test_generate_errors_are_one_line(capsys, monkeypatch, args, words):
     model = () if "--model" in args else ("--model", "micro")

@@ -360,3 +360,26 @@ def test_a_chunk_into_a_cache_that_is_filling_is_refused(peaky_model):
     with pytest.raises(ValueError, match="must be longer than the cache"):
         with StreamingLLM(4, 16).make_cache(peaky_model).chunk(21, torch.float32, "cpu"):
             pass
+
+
+def test_a_kept_prompt_is_streamingllm_with_more_sinks_in_the_same_budget(peaky_model, stream):
+    """``with_sinks(n)``: the first n tokens kept as sinks, the budget unchanged (the prefix counts in it), exact as
+    StreamingLLM with n sinks is; a Window keeping a prompt becomes StreamingLLM; a policy with no sinks, or a prefix
+    that leaves no recent token, is refused naming n_sink."""
+    from streamlib.policies import H2O, TOVA, BurstEviction
+
+    kept = StreamingLLM(4, 60).with_sinks(24)
+    assert kept == StreamingLLM(24, 40) and kept.budget == 64
+    assert StreamingLLM(4, 60, pos_shift=False).with_sinks(10) == StreamingLLM(10, 54, pos_shift=False)
+    assert Window(32).with_sinks(8) == StreamingLLM(8, 24)
+    assert BurstEviction(4, 128, 0.5).with_sinks(20) == BurstEviction(20, 128, 0.5)
+    assert kept.takes_sinks and Window(8).takes_sinks and not Dense().takes_sinks
+    torch.testing.assert_close(token_nll(peaky_model, stream, kept, chunk_size=16),
+                               naive_streaming_nll(peaky_model, stream, 24, 40, True).float(), atol=1e-4, rtol=0)
+    for policy in (Dense(), TOVA(64), H2O(32, 32), Recompute(64)):
+        with pytest.raises(ValueError, match=r"n_sink: .* keeps no sinks"):
+            policy.with_sinks(4)
+    with pytest.raises(ValueError, match=r"n_sink must be an integer in \[0, 63\]"):
+        StreamingLLM(4, 60).with_sinks(64)
+    with pytest.raises(ValueError, match=r"n_sink must be an integer in \[0, 126\]"):
+        BurstEviction(4, 128, 0.5).with_sinks(127)

@@ -93,3 +93,59 @@ def test_chat_memory_is_flat_over_fifty_piped_turns():
     assert proc.stdout.count("\n") >= 50  # one reply line per turn at least
     dense = _kv_per_turn(chat("dense").stderr)
     assert dense[50] > 5 * dense[5]  # the same chat with a dense cache grows: the check above can fail
+
+
+def _chat_in_process(monkeypatch, capsys, *args: str):
+    """``generate --model smollm2-135m --chat --interactive ARGS`` in this process on six piped turns; returns its
+    stderr, the stream (its cache) and every token id of the stream in order (fed and generated)."""
+    import io
+
+    from streamlib import generation
+    from streamlib.__main__ import main
+
+    made = []
+
+    class Recorded(generation.TokenStream):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.ids: list[int] = []
+            made.append(self)
+
+        def feed(self, input_ids):
+            self.ids += input_ids[0].tolist()
+            return super().feed(input_ids)
+
+        def generate(self, max_new_tokens, eos_token_id=None):
+            for token in super().generate(max_new_tokens, eos_token_id):
+                self.ids.append(int(token[0, 0]))
+                yield token
+
+    turns = "".join(f"Tell me one fact about the number {i}.\n" for i in range(1, 7))
+    monkeypatch.setattr(generation, "TokenStream", Recorded)
+    monkeypatch.setattr("sys.stdin", io.StringIO(turns))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit) as done:
+        main(["generate", "--model", "smollm2-135m", "--chat", "--interactive", "--max-new-tokens", "16",
+              "--temperature", "0", *args])
+    assert done.value.code in (0, None)
+    (stream,) = made
+    return capsys.readouterr().err, stream
+
+
+def test_chat_keeps_the_system_header_by_default(monkeypatch, capsys, tokenizer):
+    """Under StreamingLLM 4+60, after a conversation more than twice the 64-token cache, the chat header's token ids
+    are the first entries the cache holds in every layer, inside the same budget (24 + 40), and the per-turn line
+    says what is kept. With ``--keep sinks`` the header is gone, which is what the default prevents."""
+    from streamlib.chat import chat_header_ids
+
+    header = chat_header_ids(tokenizer)
+    assert len(header) == 24 and tokenizer.decode(header).startswith("<|im_start|>system\n")
+    err, stream = _chat_in_process(monkeypatch, capsys, "--policy", "streamingllm:4+60")
+    assert stream.position > 2 * 64
+    assert stream.cache.budget == 64
+    for held in stream.cache.held_by_layer():
+        assert [stream.ids[p] for p in held[0, : len(header)].tolist()] == header
+    assert "[turn 6] " in err and "StreamingLLM 24+40: keeps the chat header (24 tokens) and the last 40" in err
+    err, stream = _chat_in_process(monkeypatch, capsys, "--policy", "streamingllm:4+60", "--keep", "sinks")
+    held = stream.cache.held_positions(0)[0].tolist()
+    assert [stream.ids[p] for p in held[: len(header)]] != header and "StreamingLLM 4+60 |" in err

@@ -15,8 +15,10 @@ import torch
 import yaml
 
 from streamlib.config import PROFILES_DIR, Config, dry_run_values
+from streamlib.models import load_tokenizer
 from streamlib.policies import Dense, StreamingLLM, Window
 from streamlib.records import Measurement, Run, load_results, metrics_wide
+from streamlib.retrieval import passkey_trial
 from streamlib.report import CAPTIONS, comparison, decode_modes_table, in_display_units, speed_table
 from streamlib.runner import notebook_sources, read_notebook, run_chain
 
@@ -143,7 +145,11 @@ def test_smoke_chain_writes_everything(smoke_run):
     lab = burst_trace[burst_trace.policy == "burst"].kv_resident_bytes
     assert lab.max() > lab.iloc[-1] and lab.diff().min() < 0  # a sawtooth: memory falls at a burst
     retrieval = ok[(ok.group == "retrieval") & (ok.metric == "trials")]
-    assert set(retrieval.policy) == {"dense", "window", "streamingllm", "tova", "h2o"} and len(retrieval) == 6
+    assert set(retrieval.policy) == {"dense", "window", "streamingllm", "tova", "h2o"} and len(retrieval) == 7
+    kept = retrieval[retrieval.policy == "streamingllm"]  # 4 sinks, and the prompt prefix kept as sinks
+    prefix = passkey_trial(load_tokenizer("micro"), 64, 0.0, 0).prefix_tokens
+    assert prefix > cfg.n_sink and sorted(kept.n_sink) == [cfg.n_sink, min(prefix, cfg.retrieval_cache // 2)]
+    assert set(kept.n_sink + kept.window) == {cfg.retrieval_cache}  # the same KV budget
     assert "## Pass-key retrieval per policy (KV budget" in report
     # intervals beside every quality number, and how they were made
     assert "circular block bootstrap" in report

@@ -28,6 +28,7 @@ class PolicyBase:
 
     name: str = "policy"
     token_mode = False
+    takes_sinks = False  # whether with_sinks can keep a prompt prefix as its sinks
     why_not_compiled = "its cache changes shape as it evicts"
 
     def params(self) -> dict:
@@ -45,6 +46,12 @@ class PolicyBase:
         """The policy whose cache a compiled decode step runs on for a stream of at most ``max_length`` tokens (None:
         not known); a ValueError naming ``compile`` when there is none."""
         raise ValueError(NOT_COMPILABLE.format(label=self.label(), why=self.why_not_compiled))
+
+    def with_sinks(self, n_sink: int) -> "PolicyBase":
+        """The same KV budget with the stream's first ``n_sink`` tokens kept as its sinks: a prompt's system header
+        and instructions (llama.cpp's ``--keep``). StreamingLLM and burst eviction, whose sinks that prefix becomes."""
+        raise ValueError(f"n_sink: {self.label()} keeps no sinks; keeping a prompt applies to StreamingLLM, Window "
+                         "and burst eviction")
 
     def stream_flops(self, config, n_tokens: int) -> int:
         """Analytic FLOPs to stream ``n_tokens`` one at a time: each token attends what is kept and itself."""

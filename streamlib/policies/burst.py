@@ -35,6 +35,7 @@ class BurstEviction(PolicyBase):
     """
 
     name = "burst"
+    takes_sinks = True
 
     n_sink: int = 4
     capacity: int = 256
@@ -74,6 +75,11 @@ class BurstEviction(PolicyBase):
         """Tokens in view of a query on average once the stream is long: the sawtooth from ``capacity - discard + 1``
         to ``capacity``."""
         return self.capacity - (self.discard - 1) / 2
+
+    def with_sinks(self, n_sink: int) -> "BurstEviction":
+        """The same capacity and discard ratio with ``n_sink`` sinks (fewer tokens then leave at a burst)."""
+        check_int("n_sink", n_sink, 0, self.capacity - 2)
+        return BurstEviction(n_sink, self.capacity, self.discard_ratio, self.pos_shift)
 
     def make_cache(self, model) -> "BurstCache":
         check_model(model, "BurstEviction")

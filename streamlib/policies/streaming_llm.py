@@ -25,6 +25,7 @@ class StreamingLLM(PolicyBase):
     pos_shift: bool = True
 
     name = "streamingllm"
+    takes_sinks = True
 
     def __post_init__(self):
         check_int("n_sink", self.n_sink, 0)
@@ -49,6 +50,12 @@ class StreamingLLM(PolicyBase):
             rotate_queries=installed(model),
             sliding=sliding_layers_of(model),
         )
+
+    def with_sinks(self, n_sink: int) -> "StreamingLLM":
+        """StreamingLLM with ``n_sink`` sinks in the same budget (a Window becomes StreamingLLM): the kept prefix
+        counts in the KV budget, and at least one recent token stays."""
+        check_int("n_sink", n_sink, 0, self.budget - 1)
+        return StreamingLLM(n_sink, self.budget - n_sink, self.pos_shift)
 
     def compiled_form(self, max_length: int | None = None) -> "StreamingLLM":
         """Itself: its cache keeps one shape for the whole stream."""
