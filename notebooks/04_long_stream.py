@@ -73,11 +73,12 @@ run.figure(plots.fig_nll_vs_position(nll, cfg.trained_length()), 'fig1_nll_vs_po
 
 # %% [markdown]
 # ## Mean NLL by stretch of the stream
-# The same curves as numbers, each mean with its 95 % interval (block bootstrap inside the stretch): read across a row to see a policy drift, and compare two policies' stretches only where their intervals are apart.
+# The same curves as numbers, each mean with its 95 % interval (block bootstrap inside the stretch), a column per trained length past the first: read across a row to see a policy drift, and compare two policies' stretches only where their intervals are apart.
 
 # %%
-bins = [0, cfg.trained_length() // 2, cfg.trained_length(), 2 * cfg.trained_length(), nll.position.max() + 1]
-report.stretch_table(nll, [b for b in bins if b <= nll.position.max() + 1])
+end, trained = nll.position.max() + 1, cfg.trained_length()
+bins = [0, trained // 2] + list(range(trained, end, trained)) + [end]  # each trained length past the first its own column
+report.stretch_table(nll, [b for b in bins if b <= end])
 
 # %% [markdown]
 # ## Memory and latency along the stream, token by token
