@@ -442,14 +442,17 @@ def burst_speed_table(run) -> pd.DataFrame:
 
 
 def retrieval_trials(run) -> pd.DataFrame:
-    """Every pass-key trial of the run's retrieval setting (06), one row per trial and policy."""
+    """Every pass-key trial of the run's retrieval setting (06), one row per trial and policy: each policy's latest
+    measurement only (a run re-measured after its record keys changed holds the older trials too)."""
     cfg = run.cfg
     trials = run.curves("retrieval")
     if trials.empty:
         return trials
     setting = (trials["new_tokens"] == cfg.retrieval_new_tokens) \
         & trials["seeds"].isin([cfg.retrieval_seeds, cfg.retrieval_scored_seeds])
-    return trials[setting].reset_index(drop=True)
+    wide = run.metrics("retrieval")
+    latest = set(latest_of_each(wide[wide["key"].isin(trials.loc[setting, "key"])], ["label"])["key"])
+    return trials[setting & trials["key"].isin(latest)].reset_index(drop=True)
 
 
 def retrieval_table(run) -> pd.DataFrame:

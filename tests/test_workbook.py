@@ -370,3 +370,25 @@ def test_report_tables_compare_like_with_like(tmp_path):
     assert len(shown) == 2 and shown.ttft_ms.tolist() == pytest.approx([100.0, 100.0])
     modes = decode_modes_table(run)
     assert len(modes) == 2 and modes.tpot_ms.tolist() == pytest.approx([10.0, 10.0])
+
+
+def test_retrieval_tables_keep_each_policys_latest_trials(tmp_path):
+    """A policy measured twice in one run (its record key changed between the two) counts its latest trials only:
+    the tables never pool two measurements of one policy into twice the trials."""
+    from streamlib.report import retrieval_summary, retrieval_trials
+
+    cfg = Config.load("smoke", run_dir=str(tmp_path))
+    run = Run(cfg)
+
+    def trials(correct: bool):
+        curve = pd.DataFrame([{"seed": s, "depth": 0.0, "prompt_tokens": 300, "distance": 6, "pass_key": "12345",
+                               "answer": "", "found": None, "correct": correct, "key_cached": 1.0} for s in range(3)])
+        return lambda: Measurement(rows=[("trials", 3, "")], curve=curve)
+
+    setting = dict(new_tokens=cfg.retrieval_new_tokens, seeds=cfg.retrieval_seeds)
+    run.measure("retrieval", Dense(), trials(False), attempt=1, **setting)
+    run.measure("retrieval", Dense(), trials(True), attempt=2, **setting)  # another key: measured again
+    assert len(run.curves("retrieval")) == 6
+    assert len(retrieval_trials(run)) == 3 and retrieval_trials(run).correct.all()
+    summary = retrieval_summary(run)
+    assert summary.trials.tolist() == [3] and summary.correct.tolist() == [3]
