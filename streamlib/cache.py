@@ -233,8 +233,8 @@ def ring_chunk_plan(spec: SinkWindowSpec, first: int, offset: int, n: int, dtype
                     rotate_queries: bool = False) -> tuple[ChunkPlan | None, torch.Tensor]:
     """The plan and the additive mask (n, keys) of a chunk of ``n`` tokens from stream position ``first`` for the
     sink-and-ring layers of ``spec`` (see :meth:`SinkWindowCache.chunk`). Their ring may be still filling (a hybrid
-model's other layers are full): its empty slots are hidden, and a chunk that fits what is left of it is a plain
-causal call for these layers (no plan to follow)."""
+    model's other layers are full): its empty slots are hidden, and a chunk that fits what is left of it is a plain
+    causal call for these layers (no plan to follow)."""
     empty, ring = first == 0, spec.window + 1
     t = first + torch.arange(n)
     if first + n <= spec.slots:
