@@ -51,13 +51,13 @@ print(f'{ids.shape[1]} tokens of {cfg.long_stream_corpus}: {ids.shape[1] / cfg.t
 
 # %% [markdown]
 # ## The policies
-# Dense stops at `max_dense_tokens`; Recompute, at one forward over its window per token, reads the first `recompute_tokens` only. The lab's press (burst eviction, the first of `burst_configs`) streams the whole text too.
+# Dense stops at `max_dense_tokens`; Recompute, at one forward over its window per token, reads the first `recompute_tokens` only. The bounded policies named in `long_stream_policies` (StreamingLLM, Window and the lab's press, burst eviction with the first of `burst_configs`, unless the profile says otherwise) stream the whole text; the others stop where Dense does.
 
 # %%
 policies = [Dense(), Window(cfg.n_sink + cfg.window), Recompute(cfg.recompute_window), cfg.streaming_policy(),
             cfg.burst_policies()[0]]
-stretch = {p: ids[:, : cfg.max_dense_tokens] if p.budget is None  # Dense: keeps everything
-           else ids[:, : cfg.recompute_tokens] if p.token_mode else ids for p in policies}
+stretch = {p: ids[:, : cfg.recompute_tokens] if p.token_mode
+           else ids if p.name in cfg.long_stream_policies else ids[:, : cfg.max_dense_tokens] for p in policies}
 pd.DataFrame([{'label': p.label(), 'keeps': p.budget, 'tokens streamed': stretch[p].shape[1]} for p in policies])
 
 # %% [markdown]
@@ -65,20 +65,34 @@ pd.DataFrame([{'label': p.label(), 'keeps': p.budget, 'tokens streamed': stretch
 
 # %%
 for policy in policies:
-    run.measure('long_nll', policy, lambda: measure_perplexity(model, stretch[policy], policy, progress=True),
-                dataset=cfg.long_stream_corpus, n_tokens=stretch[policy].shape[1])
+    run.measure('long_nll', policy, lambda: measure_perplexity(model, stretch[policy], policy, kv_bytes=True,
+                progress=True), dataset=cfg.long_stream_corpus, n_tokens=stretch[policy].shape[1])
 labels = [p.label() for p in policies]
 nll = run.curves('long_nll').query('dataset == @cfg.long_stream_corpus and label in @labels')
 run.figure(plots.fig_nll_vs_position(nll, cfg.trained_length()), 'fig1_nll_vs_position')
 
 # %% [markdown]
 # ## Mean NLL by stretch of the stream
-# The same curves as numbers, each mean with its 95 % interval (block bootstrap inside the stretch), a column per trained length past the first: read across a row to see a policy drift, and compare two policies' stretches only where their intervals are apart.
+# The same curves as numbers, each mean with its 95 % interval (block bootstrap inside the stretch), a column per trained length past the first up to 4x, then stretches that double: read across a row to see a policy drift, and compare two policies' stretches only where their intervals are apart.
 
 # %%
 end, trained = nll.position.max() + 1, cfg.trained_length()
-bins = [0, trained // 2] + list(range(trained, end, trained)) + [end]  # each trained length past the first its own column
+bins = [0, trained // 2] + list(range(trained, min(end, 4 * trained + 1), trained))
+bins += [trained * 2**k for k in range(3, 40) if trained * 2**k < end] + [end]  # then 8x, 16x, 32x ...
 report.stretch_table(nll, [b for b in bins if b <= end])
+
+# %% [markdown]
+# ## KV memory along the whole stream
+# What each cache held after every forward of the NLL pass above, to the end of the stream: Dense grows with every token it reads, the bounded caches stay flat however long the stream (the traces below follow the first `trace_tokens` token by token).
+
+# %%
+held = nll.dropna(subset=['kv_bytes']) if 'kv_bytes' in nll else nll.iloc[:0]
+if len(held):
+    run.figure(plots.fig_trace(held, 'kv_bytes', 'KV cache held (MiB)', 'KV cache along the whole stream',
+               1 / 2**20), 'fig12_kv_whole_stream')
+held.groupby('label').agg(tokens=('position', 'max'), first_mib=('kv_bytes', 'first'),
+                          last_mib=('kv_bytes', 'last'), max_mib=('kv_bytes', 'max')).div(
+    [1, 2**20, 2**20, 2**20]).round(2) if len(held) else held
 
 # %% [markdown]
 # ## Memory and latency along the stream, token by token

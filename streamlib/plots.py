@@ -108,50 +108,63 @@ def _markevery(n: int) -> int:
     return max(1, n // 12)
 
 
-def _binned(x: np.ndarray, y: np.ndarray, width: int):
-    """Mean of y in bins of ``width`` positions (NLL per token is noisy; the paper's Figure 3 is smoothed too)."""
-    idx = (x - 1) // width
+def _bins(x: np.ndarray, width: int | np.ndarray) -> np.ndarray:
+    """The bin of each position: ``width`` positions per bin, or the bins between the sorted ``edges`` given."""
+    return (x - 1) // width if np.isscalar(width) else np.searchsorted(width, x, side="right")
+
+
+def _binned(x: np.ndarray, y: np.ndarray, width: int | np.ndarray):
+    """Mean of y in bins of ``width`` positions (NLL per token is noisy; the paper's Figure 3 is smoothed too), or
+    between ``width``'s edges."""
+    idx = _bins(x, width)
     keys = np.unique(idx)
     return np.array([x[idx == k].mean() for k in keys]), np.array([y[idx == k].mean() for k in keys])
 
 
-def _binned_band(x: np.ndarray, y: np.ndarray, width: int):
-    """Per bin of ``width`` positions: the mean's 95 % interval, a block bootstrap inside the bin (blocks of an
-    eighth of the bin, at least 8 tokens)."""
+def _binned_band(x: np.ndarray, y: np.ndarray, width: int | np.ndarray):
+    """Per bin: the mean's 95 % interval, a block bootstrap inside the bin (blocks of an eighth of the bin, at
+    least 8 tokens)."""
     from .stats import mean_interval
 
-    idx = (x - 1) // width
-    block = max(8, width // 8)
+    idx = _bins(x, width)
     lows, highs = [], []
     for k in np.unique(idx):
         values = y[idx == k]
         if values.size < 2:
             lows.append(values.mean()), highs.append(values.mean())
             continue
-        iv = mean_interval(values, block=min(block, values.size), resamples=200, seed=int(k))
+        iv = mean_interval(values, block=min(max(8, values.size // 8), values.size), resamples=200, seed=int(k))
         lows.append(iv.low), highs.append(iv.high)
     return np.array(lows), np.array(highs)
 
 
 def fig_nll_vs_position(curves: pd.DataFrame, trained_length: int | None = None, bands: bool = True):
     """Figure 1: NLL (log scale) against token position, one line per policy, with the 95 % interval of each bin's
-    mean as a band. ``curves``: label, policy, pos_shift, position, nll."""
+    mean as a band. A stream longer than 16 trained lengths (the long profile's million tokens) gets a log position
+    axis with bins of equal width on it, so the stretch around the trained length stays readable.
+    ``curves``: label, policy, pos_shift, position, nll."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    width = max(1, int(curves["position"].max()) // 64)  # one bin width for every policy
+    end = int(curves["position"].max())
+    log_x = bool(trained_length) and end > 16 * trained_length
+    # one set of bins for every policy: 64 of equal width, or 96 equal on a log axis from 64 tokens on
+    bins = np.unique(np.geomspace(64, end + 1, 96).astype(int)) if log_x else max(1, end // 64)
+    width = f"{end // 64} tokens" if not log_x else "bin"
     for label, df in curves.groupby("label", sort=False):
-        x, y = _binned(df["position"].to_numpy(), df["nll"].to_numpy(), width)
+        x, y = _binned(df["position"].to_numpy(), df["nll"].to_numpy(), bins)
         style = style_for(df["policy"].iloc[0], df["pos_shift"].iloc[0])
         ax.plot(x, y, label=label, markevery=_markevery(len(x)), **style)
-        if bands and width > 1:
-            low, high = _binned_band(df["position"].to_numpy(), df["nll"].to_numpy(), width)
+        if bands and (log_x or bins > 1):
+            low, high = _binned_band(df["position"].to_numpy(), df["nll"].to_numpy(), bins)
             ax.fill_between(x, low, high, color=style["color"], alpha=0.15, lw=0)
     if trained_length:
         ax.axvline(trained_length, color="grey", lw=0.8, ls=":")
         ax.text(trained_length, ax.get_ylim()[1], " trained length", va="top", fontsize=7, color="grey")
     plain_log_axis(ax)
-    ax.set_xlabel("token position in the stream")
-    ax.set_ylabel(f"NLL (nats, mean per {width} tokens)")
-    ax.set_title("Language modelling along a long stream" + (" (bands: 95 % CI)" if bands and width > 1 else ""))
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel("token position in the stream" + (" (log scale)" if log_x else ""))
+    ax.set_ylabel(f"NLL (nats, mean per {width})")
+    ax.set_title("Language modelling along a long stream" + (" (bands: 95 % CI)" if bands else ""))
     ax.legend(ncols=2, loc="lower right")
     return fig
 

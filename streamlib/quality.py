@@ -42,11 +42,12 @@ def _progress(total: int, enabled: bool, desc: str):
 
 @torch.inference_mode()
 def token_nll(model, input_ids: torch.Tensor, policy, *, mode: str = "chunked", chunk_size: int | None = None,
-              progress: bool = False) -> torch.Tensor:
+              progress: bool = False, after_chunk=None) -> torch.Tensor:
     """Per-token NLL (nats) of ``input_ids[0, 1:]`` under ``policy``; a float32 CPU tensor of length ``T - 1``.
 
     ``input_ids``: shape ``(1, T)``, integer dtype, ``T >= 2``. ``mode``: ``"chunked"`` (default) or ``"token"``.
     ``chunk_size``: tokens per forward in chunked mode (default: 512; Recompute reads 8 windows per forward).
+    ``after_chunk(end, cache)``: called after each forward with the number of tokens read so far.
     """
     check_input_ids(input_ids, batch_one=True, min_len=2)
     if mode not in MODES:
@@ -61,6 +62,8 @@ def token_nll(model, input_ids: torch.Tensor, policy, *, mode: str = "chunked", 
     for start, logits in forward_chunks(model, inputs, cache, step):
         n = logits.shape[1]
         out[start : start + n] = _nll(logits, targets[:, start : start + n].to(logits.device)).cpu()
+        if after_chunk is not None:
+            after_chunk(start + n, cache)
         if bar is not None:
             bar.update(n)
     if bar is not None:
@@ -83,11 +86,19 @@ def perplexity(model, input_ids: torch.Tensor, policy, **kwargs) -> PerplexityRe
     return PerplexityResult(ppl=math.exp(mean), mean_nll=mean, n_tokens=int(nll.numel()), nll=nll)
 
 
-def measure_perplexity(model, input_ids: torch.Tensor, policy, **kwargs) -> Measurement:
+def measure_perplexity(model, input_ids: torch.Tensor, policy, kv_bytes: bool = False, **kwargs) -> Measurement:
     """:func:`perplexity` as a record: rows ``ppl`` and ``mean_nll``, and the NLL per position as its curve
-    (``position`` is the index of the predicted token, 1..T-1)."""
+    (``position`` is the index of the predicted token, 1..T-1). ``kv_bytes``: the curve also has the bytes the cache
+    holds after each forward, at the forward's last position (empty elsewhere): memory along the whole stream."""
+    held: dict[int, int] = {}
+    if kv_bytes:
+        from .memory import kv_cache_bytes
+
+        kwargs["after_chunk"] = lambda end, cache: held.__setitem__(end, kv_cache_bytes(cache))
     result = perplexity(model, input_ids, policy, **kwargs)
     curve = pd.DataFrame({"position": range(1, result.n_tokens + 1), "nll": result.nll.numpy()})
+    if kv_bytes:
+        curve["kv_bytes"] = curve["position"].map(held)
     return Measurement(rows=[("ppl", result.ppl, ""), ("mean_nll", result.mean_nll, "nats")], curve=curve)
 
 

@@ -36,6 +36,13 @@ CAPTIONS = {
     "fig11_kv_at_length": "KV cache held up to the trained length, from the model's shapes (a hybrid model's sliding "
                           "layers keep their window whatever the policy; dotted: every layer keeping every token), "
                           "and the formula against the measured traces over the first tokens.",
+    "fig12_kv_whole_stream": "KV cache held after every forward of the long stream's NLL pass, to its end: Dense "
+                             "grows, the bounded caches stay flat.",
+    "fig13_streameval": "StreamEval: questions in one stream about facts a set number of lines back, accuracy "
+                        "(Wilson 95 % CI bars) against the tokens from fact to question, before and past the trained "
+                        "length.",
+    "fig14_recall": "Recall across turns of one chat: accuracy (Wilson 95 % CI bars) against the turns from a fact to "
+                    "its question, and the KV cache held after each turn.",
 }
 
 STYLE = """body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;

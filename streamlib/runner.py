@@ -72,6 +72,7 @@ def run_chain(profile: str = "auto", run_dir: str | None = None, only: list[str]
     name = f"{Path(profile).stem}-{'dryrun-' if dry_run else ''}{stamp}"
     run_path = (Path(run_dir) if run_dir else repo_root() / "runs" / name).resolve()
     sources = notebook_sources(notebooks_dir)
+    only = only or cfg.notebooks  # the profile's own list (the long profile runs 00, 04 and 07)
     chosen = [p for p in sources if not only or any(p.stem.startswith(o) for o in only)]
     if not chosen:
         raise ConfigError(f"only must name notebooks among {[p.stem for p in sources]}; got {only}")
