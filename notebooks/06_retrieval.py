@@ -14,25 +14,33 @@ force = False  # re-measure configurations already recorded
 retrieval_cache = None  # the KV budget (tokens) every bounded policy gets
 retrieval_context_tokens = None  # prompt lengths
 retrieval_depths = None  # where the key sits in the filler, 0 (start) to 1 (end)
+streameval_tokens = None  # the StreamEval stream's length (past the trained length to see what Dense does there)
+recall_turns = None  # turns of the scripted chat (0: none)
 
 # %% [markdown]
-# # 06 · What each policy remembers: pass-key retrieval
+# # 06 · What each policy remembers: pass key, StreamEval, recall across turns
 #
 # **Question.** Perplexity says how well a policy predicts the next token. It does not say whether a fact stated many tokens ago can still be recalled. A five-digit pass key is hidden in filler text (Mohtashami & Jaggi, 2023); at the end the model is asked for it. Each policy gets the same KV budget; a prompt longer than the cache is streamed through it, so the key may be evicted before the question arrives.
 #
 # **What to expect.** StreamingLLM's own FAQ says it does not extend the context: it should recall the key only while the key is within its window. Dense, with every token cached, is the ceiling: where Dense fails, the model is the limit, not the cache. Whether TOVA and H2O, which keep the tokens that received attention, hold on to the key is the open question this measures. Beside each accuracy curve, the share of trials whose key was still cached when the question was asked (read from the cache, every layer) says why a policy got it right or wrong.
+#
+# Then two tasks in one stream each, the way a streaming model meets them: **StreamEval** (the paper's section 4.4, rebuilt: questions every few lines of a long record, each about a line a set distance back, on past the trained length) and **recall across the turns of one chat** (facts the user states, asked again some turns later, the model writing every reply).
 
 # %%
 import pandas as pd
 
 from streamlib import plots, report, workbook as wb
+from streamlib.chat import chat_header_ids
 from streamlib.models import describe
-from streamlib.policies import H2O, TOVA, Dense, StreamingLLM, Window
+from streamlib.policies import H2O, TOVA, BurstEviction, Dense, StreamingLLM, Window
+from streamlib.recall import measure_recall, recall_script
 from streamlib.retrieval import measure_retrieval, passkey_grid
+from streamlib.streameval import measure_streameval, streameval_task
 
 # %%
 cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force, retrieval_cache=retrieval_cache,
-                       retrieval_context_tokens=retrieval_context_tokens, retrieval_depths=retrieval_depths)
+                       retrieval_context_tokens=retrieval_context_tokens, retrieval_depths=retrieval_depths,
+                       streameval_tokens=streameval_tokens, recall_turns=recall_turns)
 
 # %% [markdown]
 # ## The model and the trials
@@ -90,3 +98,64 @@ report.retrieval_summary(run).round(2)
 
 # %%
 report.retrieval_table(run).round(2)
+
+# %% [markdown]
+# ## StreamEval: questions all along one stream
+# A record of registers, one line each ("amber-falcon: 4821"), and after every `streameval_every` lines a question: a register's name again, about the line `d` lines back, `d` from `streameval_lines_back`. The answer's digits are in the stream (as if every earlier question had been answered right), and a question counts when the model's greedy choice is right at each digit, which is what greedy decoding would write. One stream, one cache per policy, read in chunks: it runs on past the trained length.
+#
+# **What to look for.** A bounded cache should answer whenever the line asked about is still in its window (left of the dotted budget line), at any stream length, and fail beyond it; Dense holds every line, so its accuracy is the model's own ceiling, until the stream passes the trained length (right panel).
+
+# %%
+task = streameval_task(tokenizer, cfg.streameval_tokens, cfg.streameval_lines_back, cfg.streameval_every,
+                       bos=cfg.bos)
+print(tokenizer.decode(task.ids[0, :task.prefix_tokens + 60]), '...')
+task.questions.groupby('lines_back').agg(questions=('line', 'size'), tokens_back=('tokens_back', 'mean'))
+
+# %% [markdown]
+# The same budget as the pass key. StreamingLLM also keeps the record's instructions as sinks, and the lab's press (burst eviction with the first `burst_configs` ratio) runs at this budget too. TOVA and H2O read token by token: they get the first `streameval_scored_tokens` of the stream (0 leaves them out).
+
+# %%
+ratio = cfg.burst_configs[0][1]
+stream_policies = [Dense(), Window(budget), streaming, streaming.with_sinks(min(task.prefix_tokens, budget // 2)),
+                   BurstEviction(cfg.n_sink, budget, ratio)]
+if cfg.streameval_scored_tokens:
+    stream_policies += [TOVA(budget), H2O(budget // 2, budget - budget // 2)]
+for policy in stream_policies:
+    read = cfg.streameval_scored_tokens if policy.token_mode else cfg.streameval_tokens
+    run.measure('streameval', policy, lambda: measure_streameval(model, task, policy, max_tokens=read),
+                stream_tokens=cfg.streameval_tokens, tokens_read=read, every=cfg.streameval_every,
+                lines_back=cfg.streameval_lines_back)
+questions = report.streameval_questions(run)
+run.figure(plots.fig_streameval(questions, budget), 'fig13_streameval')
+
+# %% [markdown]
+# Per policy, distance and part of the stream, with Wilson's interval. Read a bounded policy's rows inside its window against Dense's: where the intervals overlap, the cache costs nothing there.
+
+# %%
+report.streameval_table(run).round(2)
+
+# %% [markdown]
+# ## Recall across the turns of one chat
+# A scripted conversation through the model's chat template, one cache for all of it: the user states facts about themselves ("My dog is called Biscuit.") and asks for each one some turns later; the model writes every reply, and a question's reply is primed ("Your dog is called") so that only the fact is asked for. A model without a chat template skips this (`recall_turns: 0`).
+#
+# **What to look for.** Accuracy against how far back the fact was stated: a bounded cache recalls what its window still holds; keeping the chat's header as sinks costs window. On the right, the KV cache held along the chat: Dense grows with every turn, the bounded caches stay flat.
+
+# %%
+chat = bool(cfg.recall_turns) and bool(getattr(tokenizer, 'chat_template', None))
+script = recall_script(cfg.recall_turns, cfg.recall_turns_back) if chat else []
+pd.DataFrame(script)[['turn', 'kind', 'turns_back', 'user', 'primed']].head(8) if chat else 'no recall chat'
+
+# %%
+if chat:
+    header = len(chat_header_ids(tokenizer))
+    chat_policies = [Dense(), Window(budget), streaming, streaming.with_sinks(min(header, budget // 2)),
+                     BurstEviction(cfg.n_sink, budget, ratio)]
+    if cfg.recall_scored:
+        chat_policies += [TOVA(budget), H2O(budget // 2, budget - budget // 2)]
+    for policy in chat_policies:
+        run.measure('recall', policy, lambda: measure_recall(model, tokenizer, policy, script),
+                    turns=cfg.recall_turns, turns_back=cfg.recall_turns_back)
+    run.figure(plots.fig_recall(report.recall_turns(run), budget), 'fig14_recall')
+
+# %%
+report.recall_table(run).round(2) if chat else 'no recall chat'

@@ -426,6 +426,70 @@ def fig_retrieval(trials: pd.DataFrame, budget: int | None = None):
     return fig
 
 
+def _policy_style(label: str, policy: str, seen: dict) -> dict:
+    """A policy's line style; a second StreamingLLM (keeping the prompt) or H2O split gets a style of its own."""
+    return _distinct(style_for(FAMILY_STYLE["H2O, recent-heavy"] if policy == "h2o" and _h2o_recent_heavy(label)
+                               else policy), seen)
+
+
+def _accuracy_lines(ax, rows: pd.DataFrame, x: str, group: str) -> None:
+    """Accuracy against ``x`` (the mean of each ``group``) per policy, Wilson 95 % bars. ``rows``: one per trial,
+    with label, policy, correct and the columns named."""
+    from .stats import wilson_interval
+
+    seen: dict[tuple, int] = {}
+    for label, df in rows.groupby("label", sort=False):
+        points = df.groupby(group).agg(x=(x, "mean"), hits=("correct", "sum"), n=("correct", "size")).sort_values("x")
+        wilson = [wilson_interval(int(k), int(n)) for k, n in zip(points["hits"], points["n"])]
+        acc = points["hits"] / points["n"]
+        yerr = np.array([[a - w.low for a, w in zip(acc, wilson)], [w.high - a for a, w in zip(acc, wilson)]])
+        ax.errorbar(points["x"], acc, yerr=yerr.clip(min=0), label=label, capsize=2,
+                    **_policy_style(label, df["policy"].iloc[0], seen))
+    ax.set_xscale("log")
+    ax.set_ylim(-0.05, 1.05)
+
+
+def fig_streameval(questions: pd.DataFrame, budget: int | None = None):
+    """StreamEval: accuracy against the tokens from fact to question (log scale), one line per policy, one panel per
+    part of the stream (before and past the trained length). ``questions``: one row per question and policy with
+    label, policy, part, lines_back, tokens_back, correct."""
+    parts = list(dict.fromkeys(sorted(questions["part"], key=lambda p: p.startswith("past"))))
+    fig, axes = plt.subplots(1, len(parts), figsize=(4.6 * len(parts), 3.4), sharey=True, squeeze=False)
+    for ax, part in zip(axes[0], parts):
+        _accuracy_lines(ax, questions[questions["part"] == part].astype({"correct": bool}), "tokens_back",
+                        "lines_back")
+        if budget:
+            ax.axvline(budget, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("tokens from the fact to its question")
+        ax.set_title(f"questions {part} tokens")
+    axes[0][0].set_ylabel("answered (Wilson 95 % CI)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncols=min(len(labels), 4), bbox_to_anchor=(0.5, -0.12))
+    return fig
+
+
+def fig_recall(turns: pd.DataFrame, budget: int | None = None):
+    """Recall across turns: accuracy against the tokens from a fact's turn to its question (left, Wilson bars) and
+    the KV cache held after each turn (right), one line per policy. ``turns``: one row per turn and policy with
+    label, policy, kind, turn, turns_back, tokens_back, correct, kv_bytes."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    asked = turns[turns["kind"] == "question"].astype({"correct": bool})
+    _accuracy_lines(a, asked, "tokens_back", "turns_back")
+    if budget:
+        a.axvline(budget, color="grey", lw=0.8, ls=":")
+    a.set_xlabel("tokens from the fact to its question")
+    a.set_title("Fact recalled (points: 1, 3, 6 ... turns back)")
+    seen: dict[tuple, int] = {}
+    for label, df in turns.groupby("label", sort=False):
+        b.plot(df["turn"], df["kv_bytes"] / 2**20, label=label, **_policy_style(label, df["policy"].iloc[0], seen))
+    b.set_xlabel("turn")
+    b.set_ylabel("MiB")
+    b.set_title("KV cache held after each turn")
+    handles, labels = a.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncols=min(len(labels), 4), bbox_to_anchor=(0.5, -0.12))
+    return fig
+
+
 def _h2o_recent_heavy(label: str) -> bool:
     """``H2O 32+96``: fewer heavy hitters than recent tokens."""
     heavy, recent = (int(x) for x in label.split(" ")[1].split("+"))

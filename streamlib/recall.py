@@ -90,10 +90,16 @@ def recall_script(turns: int, turns_back: list[int], seed: int = 0) -> list[dict
     return script
 
 
+SKIPPED = {"the", "a", "an", "mr", "mrs", "ms", "called", "named"}  # words a reply may put before the name
+
+
 def answered(reply: str, answer: str) -> bool:
-    """Whether the reply's first word is the answer (case and punctuation aside)."""
-    word = re.match(r"\W*(\w+)", reply)
-    return bool(word) and word.group(1).lower() == answer.lower()
+    """Whether the reply's first word past an article or title ("the Tobiah", ". Ottilie") is the answer, case and
+    punctuation aside."""
+    words = [w for w in re.findall(r"\w+", reply.lower())]
+    while words and words[0] in SKIPPED:
+        words.pop(0)
+    return bool(words) and words[0] == answer.lower()
 
 
 @torch.inference_mode()

@@ -485,6 +485,64 @@ def retrieval_summary(run) -> pd.DataFrame:
     return table.drop(columns=["policy"])
 
 
+def latest_curves(run, group: str, **setting) -> pd.DataFrame:
+    """The curve rows of ``group`` measured with these field values, each policy's latest measurement only."""
+    curves = run.curves(group)
+    if curves.empty:
+        return curves
+    wide = latest_of_each(_same_setting(run.metrics(group), **setting), ["label"])
+    return curves[curves["key"].isin(set(wide["key"]))].reset_index(drop=True)
+
+
+def streameval_questions(run) -> pd.DataFrame:
+    """Every StreamEval question of the run's setting (06), one row per question and policy, with ``part``: whether
+    the question came before or past the model's trained length."""
+    cfg = run.cfg
+    questions = latest_curves(run, "streameval", stream_tokens=cfg.streameval_tokens, every=cfg.streameval_every)
+    if questions.empty:
+        return questions
+    trained = cfg.trained_length()
+    return questions.assign(part=np.where(questions["question_position"] < trained, f"before {trained}",
+                                          f"past {trained}"))
+
+
+def streameval_table(run) -> pd.DataFrame:
+    """StreamEval accuracy per policy, lines back and part of the stream (before / past the trained length), with
+    Wilson's 95 % interval and the mean tokens from fact to question; Dense first."""
+    questions = streameval_questions(run)
+    if questions.empty:
+        return questions
+    table = questions.groupby(["policy", "label", "part", "lines_back"], sort=False).agg(
+        tokens_back=("tokens_back", "mean"), trials=("correct", "size"), correct=("correct", "sum"),
+        accuracy=("correct", "mean")).reset_index()
+    return _with_wilson(_in_kind_order(table, ["label", "part", "lines_back"])).drop(columns=["policy"])
+
+
+def recall_turns(run) -> pd.DataFrame:
+    """Every turn of the recall chat (06), one row per turn and policy, each policy's latest measurement."""
+    cfg = run.cfg
+    return latest_curves(run, "recall", turns=cfg.recall_turns)
+
+
+def recall_table(run) -> pd.DataFrame:
+    """Recall accuracy per policy and turns back, with Wilson's 95 % interval and the mean tokens from statement to
+    question; then every question pooled, with the most KV the chat held."""
+    turns = recall_turns(run)
+    if turns.empty:
+        return turns
+    asked = turns[turns["kind"] == "question"].astype({"correct": bool})
+    table = asked.groupby(["policy", "label", "turns_back"], sort=False).agg(
+        tokens_back=("tokens_back", "mean"), trials=("correct", "size"), correct=("correct", "sum"),
+        accuracy=("correct", "mean")).reset_index()
+    pooled = asked.groupby(["policy", "label"], sort=False).agg(
+        tokens_back=("tokens_back", "mean"), trials=("correct", "size"), correct=("correct", "sum"),
+        accuracy=("correct", "mean")).reset_index().assign(turns_back="all")
+    kv = turns.groupby("label")["kv_bytes"].max() / 2**20
+    table = table.sort_values("turns_back").astype({"turns_back": int}).astype({"turns_back": str})
+    table = _with_wilson(_in_kind_order(pd.concat([table, pooled]), ["label"])).drop(columns=["policy"])
+    return table.assign(max_kv_mib=table["label"].map(kv))
+
+
 def _in_kind_order(table: pd.DataFrame, then: list[str]) -> pd.DataFrame:
     order = {kind: i for i, kind in enumerate(KIND_ORDER)}
     table = table.assign(kind=table["policy"].map(lambda kind: order.get(kind, len(order))))

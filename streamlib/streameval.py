@@ -1,14 +1,17 @@
-"""StreamEval, rebuilt: one long stream of numbered facts with a question every few lines whose answer lies a set
-number of lines back, all through one cache (Xiao et al., 2023, section 4.4 and appendix: built on LongEval's line
-retrieval, Li et al., 2023; their code was never released, so this is ours from the description).
+"""StreamEval, rebuilt: one long stream of facts with a question every few lines whose answer lies a set number of
+lines back, all through one cache (Xiao et al., 2023, section 4.4 and appendix: built on LongEval's line retrieval,
+Li et al., 2023; their code was never released, so this is ours from the description).
 
-Each fact line names a register by two words and gives it a five-digit value; a question repeats the register's
-name and primes the answer ("... The value of register amber-falcon is"), so a model that can copy from its context
-answers with the five digits. Every question asks about a different line, and no value repeats, so the answer can
-only come from the line asked about. The answer's digits are in the stream (teacher-forced, as if every earlier
-question had been answered right), and a question counts as answered when the model's greedy choice at each digit
-is the digit: exactly what greedy decoding would write, without a decode loop per question. So one pass over the
-stream in chunks scores every question, at any stream length.
+Each fact is a line with a register's name, two words, and a four-digit value ("amber-falcon: 4821"); a question is
+the name of the register ``d`` lines back said again, with its colon, and the answer is the value that follows,
+which a model gives by copying from its context. Measured on SmolLM2-135M with its whole context (Dense, 2,500-token
+streams): this bare form is answered 65-80 % of the time, against 29-50 % for questions in sentences ("What is the
+value of register amber-falcon? The value of register amber-falcon is"). Every question asks about a different line
+and no value repeats, so the answer can only come from the line asked about. The answer's digits are in the stream
+(teacher-forced, as if every earlier question had been answered right), and a question counts as answered when the
+model's greedy choice at each of the answer's tokens (the space, then the digits) is that token: exactly when greedy
+decoding would write the answer, without a decode loop
+per question. So one pass over the stream in chunks scores every question, at any stream length.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from .data import stream_bos
 from .generation import forward_chunks
 from .measurement import Measurement
 
-INTRO = ("Below is a record of registers. Each line gives a register's name and its value. Now and then you are "
-         "asked for the value of a register named earlier; answer with its value.\n")
+INTRO = ("Below is a record of registers, one per line: a register's name and its value. Now and then a register "
+         "named earlier is called again, and its value follows.\n")
 FACT = "{name}: {value}\n"
 QUESTION = "{name}:"
 ANSWER = " {value}\n"
@@ -43,8 +46,8 @@ NOUNS = ("falcon", "river", "lantern", "meadow", "anchor", "basket", "candle", "
 
 @dataclass
 class StreamEvalTask:
-    """One stream: token ids, and per question the stream positions of its answer's digits (the tokens a greedy
-    decoder must write), the line it asks about, and how far back that line is."""
+    """One stream: token ids, and per question the stream positions of its answer's tokens up to the last digit (what
+    a greedy decoder must write), the line it asks about, and how far back that line is."""
 
     ids: torch.Tensor  # (1, T)
     questions: pd.DataFrame  # one row per question: line, asked_at_line, lines_back, tokens_back, answer positions
@@ -55,15 +58,18 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
-def streameval_task(tokenizer, tokens: int, lines_back: list[int], every: int = 4, seed: int = 0, digits: int = 5,
+def streameval_task(tokenizer, tokens: int, lines_back: list[int], every: int = 3, seed: int = 0, digits: int = 4,
                     bos: bool | None = None) -> StreamEvalTask:
-    """A stream of about ``tokens`` tokens: fact lines, and after every ``every``-th line a question about the line
-    ``d`` lines back, ``d`` cycling through ``lines_back`` (a question whose line was already asked, or lies before
-    the first, is skipped for that round). Deterministic for a ``seed``."""
+    """A stream of at least ``tokens`` tokens (BOS where the tokenizer adds one, the instructions, then fact lines
+    with values of ``digits`` digits), and after every ``every``-th line a question about the line ``d`` lines back:
+    ``d`` the distance of ``lines_back`` asked least so far whose line is not asked yet (none: no question there).
+    Deterministic for a ``seed``."""
     if not lines_back or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in lines_back):
         raise ValueError(f"lines_back must be a non-empty list of integers >= 1; got {lines_back!r}")
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"every must be an integer >= 1; got {every!r}")
+    if isinstance(digits, bool) or not isinstance(digits, int) or not 2 <= digits <= 9:
+        raise ValueError(f"digits must be an integer in [2, 9]; got {digits!r}")
     rng = random.Random(seed)
     names = [f"{a}-{n}" for a in ADJECTIVES for n in NOUNS]
     rng.shuffle(names)
@@ -100,9 +106,10 @@ def streameval_task(tokenizer, tokens: int, lines_back: list[int], every: int = 
         ids += _ids(tokenizer, QUESTION.format(name=name))
         question_end = len(ids)
         answer = _ids(tokenizer, ANSWER.format(value=value))
-        answer_at = [question_end + i for i, t in enumerate(answer) if tokenizer.decode([t]).strip().isdigit()]
+        digit_at = [i for i, t in enumerate(answer) if tokenizer.decode([t]).strip().isdigit()]
+        answer_at = [question_end + i for i in range(digit_at[-1] + 1)]  # up to the last digit, its space too
         rows.append({"line": line, "asked_after_line": len(facts) - 1, "lines_back": d,
-                     "tokens_back": question_end - end, "value": value, "digit_positions": answer_at,
+                     "tokens_back": question_end - end, "value": value, "answer_positions": answer_at,
                      "question_position": question_end})
         ids += answer
     return StreamEvalTask(torch.tensor([ids]), pd.DataFrame(rows), prefix)
@@ -112,11 +119,15 @@ def streameval_task(tokenizer, tokens: int, lines_back: list[int], every: int = 
 def measure_streameval(model, task: StreamEvalTask, policy, chunk_size: int | None = None,
                        max_tokens: int | None = None) -> Measurement:
     """The whole stream through one cache under ``policy`` (in chunks; token by token for TOVA and H2O), up to
-    ``max_tokens``; a question is answered when the greedy choice at each of its digits is that digit. The curve has
-    a row per question the stream reached, with whether each digit's token was still cached when the question came."""
+    ``max_tokens``; a question is answered when the greedy choice at each of its answer's tokens is that token. The
+    curve has a row per question the stream reached: whether it was answered, the share of its answer's tokens
+    right, and the token ids the model chose at them."""
     ids = task.ids if max_tokens is None else task.ids[:, :max_tokens]
-    want = task.questions[task.questions.digit_positions.map(max) < ids.shape[1]]
-    targets = {p for positions in want.digit_positions for p in positions}
+    want = task.questions[task.questions.answer_positions.map(max) < ids.shape[1]]
+    if want.empty:
+        raise ValueError(f"max_tokens: the first question's answer ends at token "
+                         f"{max(task.questions.answer_positions.iloc[0]) + 1}; got {max_tokens}")
+    targets = {p for positions in want.answer_positions for p in positions}
     predicted: dict[int, int] = {}
     cache = policy.make_cache(model)
     for start, logits in forward_chunks(model, ids, cache, 1 if policy.token_mode else chunk_size):
@@ -126,10 +137,11 @@ def measure_streameval(model, task: StreamEvalTask, policy, chunk_size: int | No
     stream = ids[0].tolist()
     rows = []
     for q in want.itertuples():
-        right = [predicted[p] == stream[p] for p in q.digit_positions]
+        right = [predicted[p] == stream[p] for p in q.answer_positions]
         rows.append({"line": q.line, "lines_back": q.lines_back, "tokens_back": q.tokens_back,
                      "question_position": q.question_position, "correct": all(right),
-                     "digits_right": sum(right) / len(right)})
+                     "tokens_right": sum(right) / len(right),
+                     "predicted": " ".join(str(predicted[p]) for p in q.answer_positions)})
     curve = pd.DataFrame(rows)
     return Measurement(rows=[("streameval_accuracy", float(curve.correct.mean()), ""),
-                             ("questions", len(curve), ""), ("stream_tokens", ids.shape[1], "tokens")], curve=curve)
+                             ("questions", len(curve), "")], curve=curve)
