@@ -27,7 +27,7 @@ import pandas as pd
 from IPython.display import display
 
 from streamlib import plots, workbook as wb
-from streamlib.chat import measure_chat
+from streamlib.chat import chat_header_ids, measure_chat
 from streamlib.data import load_stream, tokenize_stream
 from streamlib.generation import excerpt
 from streamlib.models import describe
@@ -92,11 +92,14 @@ summary.assign(ttft_ms=summary.ttft * 1e3, tpot_ms=summary.tpot_mean * 1e3,
 
 # %% [markdown]
 # ## A conversation past the cache
-# The paper's headline use: one cache serves a whole chat. Each user turn goes through the model's chat template into the same stream under StreamingLLM; watch the stream position pass the cache size while the KV bytes stay flat. (Needs a chat model, such as SmolLM2 in the `offline` profile; `chat_turns = 0` skips it.)
+# The paper's headline use: one cache serves a whole chat. Each user turn goes through the model's chat template into the same stream under StreamingLLM, which keeps the template's header (the system prompt and the markup before the first message) as its sinks in the same budget, as `generate --chat` does: with 4 sinks the header leaves the cache once the chat passes its size, and the model loses its persona. Watch the stream position pass the cache size while the KV bytes stay flat. (Needs a chat model, such as SmolLM2 in the `offline` profile; `chat_turns = 0` skips it.)
 
 # %%
 chatty = cfg.chat_turns > 0 and getattr(tokenizer, 'chat_template', None) is not None
 policy = cfg.streaming_policy()
+if chatty:
+    policy = policy.with_sinks(len(chat_header_ids(tokenizer)))
+    print(f'{policy.label()}: keeps the chat header ({policy.n_sink} tokens) and the last {policy.window}')
 chat = run.measure('chat', policy, lambda: measure_chat(model, tokenizer, policy, cfg.chat_turns,
                    cfg.chat_new_tokens), turns=cfg.chat_turns, new_tokens=cfg.chat_new_tokens) if chatty else None
 if chat is not None and chat.curve is not None:

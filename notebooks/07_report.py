@@ -47,6 +47,9 @@ nll = run.curves('long_nll')
 if not nll.empty:
     nll = nll.query('dataset == @cfg.long_stream_corpus')
     run.figure(plots.fig_nll_vs_position(nll, cfg.trained_length()), 'fig1_nll_vs_position')
+    if 'kv_bytes' in nll and nll.kv_bytes.notna().any():
+        run.figure(plots.fig_trace(nll.dropna(subset=['kv_bytes']), 'kv_bytes', 'KV cache held (MiB)',
+                   'KV cache along the whole stream', 1 / 2**20), 'fig12_kv_whole_stream')
 
 # %%
 traces = run.curves('trace')
@@ -135,6 +138,21 @@ if not retrieval.empty:
 retrieval_summary.round(2)
 
 # %% [markdown]
+# StreamEval (06): questions all along one stream about facts a set number of lines back, before and past the trained length; then recall across the turns of one chat (models with a chat template).
+
+# %%
+streameval = report.streameval_table(run)
+if not streameval.empty:
+    run.figure(plots.fig_streameval(report.streameval_questions(run), cfg.retrieval_cache), 'fig13_streameval')
+streameval.round(2)
+
+# %%
+recall = report.recall_table(run)
+if not recall.empty:
+    run.figure(plots.fig_recall(report.recall_turns(run), cfg.retrieval_cache), 'fig14_recall')
+recall.round(2)
+
+# %% [markdown]
 # ## Published numbers
 # For shape, not digits: models, data and protocols differ.
 
@@ -166,6 +184,12 @@ if not retrieval.empty:
         columns=['accuracy_low', 'accuracy_high']).round(2)
     tables['Pass-key retrieval by distance (accuracy, key still cached)'] = retrieval.drop(
         columns=['accuracy_low', 'accuracy_high']).round(2)
+if not streameval.empty:
+    tables[f'StreamEval ({cfg.streameval_tokens} tokens, a question every {cfg.streameval_every} lines; KV budget '
+           f'{cfg.retrieval_cache})'] = streameval.drop(columns=['accuracy_low', 'accuracy_high']).round(2)
+if not recall.empty:
+    tables[f'Recall across the turns of one chat ({cfg.recall_turns} turns; KV budget {cfg.retrieval_cache})'] = \
+        recall.drop(columns=['accuracy_low', 'accuracy_high']).round(2)
 tables['Published numbers (for shape, not digits)'] = published[['source', 'model', 'dataset', 'n_sink', 'window', 'ppl']]
 report_md = report.write_report(run, tables, note=report.INTERVALS_NOTE)
 print('wrote', report_md)
