@@ -89,7 +89,7 @@ report.stretch_table(nll, [b for b in bins if b <= end])
 held = nll.dropna(subset=['kv_bytes']) if 'kv_bytes' in nll else nll.iloc[:0]
 if len(held):
     run.figure(plots.fig_trace(held, 'kv_bytes', 'KV cache held (MiB)', 'KV cache along the whole stream',
-               1 / 2**20), 'fig12_kv_whole_stream')
+               1 / 2**20, log_x=end > 16 * trained), 'fig12_kv_whole_stream')
 held.groupby('label').agg(tokens=('position', 'max'), first_mib=('kv_bytes', 'first'),
                           last_mib=('kv_bytes', 'last'), max_mib=('kv_bytes', 'max')).div(
     [1, 2**20, 2**20, 2**20]).round(2) if len(held) else held

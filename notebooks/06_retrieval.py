@@ -136,7 +136,7 @@ report.streameval_table(run).round(2)
 
 # %% [markdown]
 # ## Recall across the turns of one chat
-# A scripted conversation through the model's chat template, one cache for all of it: the user states facts about themselves ("My dog is called Biscuit.") and asks for each one some turns later; the model writes every reply, and a question's reply is primed ("Your dog is called") so that only the fact is asked for. A model without a chat template skips this (`recall_turns: 0`).
+# A scripted conversation through the model's chat template, one cache for all of it (Dense, Window and both StreamingLLMs; burst eviction, TOVA and H2O too with `recall_more_policies`): the user states facts about themselves ("My dog is called Biscuit.") and asks for each one some turns later; the model writes every reply, and a question's reply is primed ("Your dog is called") so that only the fact is asked for. A model without a chat template skips this (`recall_turns: 0`).
 #
 # **What to look for.** Accuracy against how far back the fact was stated: a bounded cache recalls what its window still holds; keeping the chat's header as sinks costs window. On the right, the KV cache held along the chat: Dense grows with every turn, the bounded caches stay flat.
 
@@ -148,10 +148,9 @@ pd.DataFrame(script)[['turn', 'kind', 'turns_back', 'user', 'primed']].head(8) i
 # %%
 if chat:
     header = len(chat_header_ids(tokenizer))
-    chat_policies = [Dense(), Window(budget), streaming, streaming.with_sinks(min(header, budget // 2)),
-                     BurstEviction(cfg.n_sink, budget, ratio)]
-    if cfg.recall_scored:
-        chat_policies += [TOVA(budget), H2O(budget // 2, budget - budget // 2)]
+    chat_policies = [Dense(), Window(budget), streaming, streaming.with_sinks(min(header, budget // 2))]
+    if cfg.recall_more_policies:
+        chat_policies += [BurstEviction(cfg.n_sink, budget, ratio), TOVA(budget), H2O(budget // 2, budget - budget // 2)]
     for policy in chat_policies:
         run.measure('recall', policy, lambda: measure_recall(model, tokenizer, policy, script),
                     turns=cfg.recall_turns, turns_back=cfg.recall_turns_back)

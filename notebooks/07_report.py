@@ -49,7 +49,8 @@ if not nll.empty:
     run.figure(plots.fig_nll_vs_position(nll, cfg.trained_length()), 'fig1_nll_vs_position')
     if 'kv_bytes' in nll and nll.kv_bytes.notna().any():
         run.figure(plots.fig_trace(nll.dropna(subset=['kv_bytes']), 'kv_bytes', 'KV cache held (MiB)',
-                   'KV cache along the whole stream', 1 / 2**20), 'fig12_kv_whole_stream')
+                   'KV cache along the whole stream', 1 / 2**20,
+                   log_x=nll.position.max() > 16 * cfg.trained_length()), 'fig12_kv_whole_stream')
 
 # %%
 traces = run.curves('trace')

@@ -99,7 +99,7 @@ class Config:
     streameval_scored_tokens: int = 512  # TOVA and H2O, token by token, read this much of the stream (0: skip them)
     recall_turns: int = 0  # 06: a scripted chat of this many turns (models with a chat template); 0: none
     recall_turns_back: list = field(default_factory=lambda: [1, 3, 6, 12])  # turns from a fact to its question
-    recall_scored: bool = False  # TOVA and H2O join the recall chat too (token by token: minutes more)
+    recall_more_policies: bool = False  # burst eviction, TOVA and H2O join the recall chat (minutes more)
     long_stream_policies: list = field(default_factory=lambda: ["window", "streamingllm", "burst"])  # 04: the
     # bounded policies that stream the whole long text; the others stop at max_dense_tokens
     notebooks: list | None = None  # the notebooks the chain runs (name prefixes, e.g. ["00", "04", "07"]); None: all
@@ -155,7 +155,7 @@ class Config:
         check_int("streameval_scored_tokens", self.streameval_scored_tokens, 0)
         check_int("recall_turns", self.recall_turns, 0)
         check_ints("recall_turns_back", self.recall_turns_back, 1)
-        check_bool("recall_scored", self.recall_scored)
+        check_bool("recall_more_policies", self.recall_more_policies)
         kinds = ("window", "streamingllm", "burst")
         if not isinstance(self.long_stream_policies, list) or any(k not in kinds for k in self.long_stream_policies):
             raise ValueError(f"long_stream_policies must be a list drawn from {list(kinds)}; "

@@ -169,15 +169,18 @@ def fig_nll_vs_position(curves: pd.DataFrame, trained_length: int | None = None,
     return fig
 
 
-def fig_trace(traces: pd.DataFrame, column: str, ylabel: str, title: str, scale: float = 1.0):
-    """Figures 2 and 3: a per-position trace (memory or latency) of each policy."""
+def fig_trace(traces: pd.DataFrame, column: str, ylabel: str, title: str, scale: float = 1.0, log_x: bool = False):
+    """Figures 2 and 3: a per-position trace (memory or latency) of each policy; ``log_x``: a log position axis (a
+    million-token stream beside a Dense that stopped at 16 K)."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     seen: dict[tuple, int] = {}
     for label, df in traces.groupby("label", sort=False):
         style = style_for(df["policy"].iloc[0], df["pos_shift"].iloc[0])
         style = _distinct(style, seen)
         ax.plot(df["position"], df[column] * scale, label=label, markevery=_markevery(len(df)), **style)
-    ax.set_xlabel("token position in the stream")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel("token position in the stream" + (" (log scale)" if log_x else ""))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(ncols=2)
@@ -432,7 +435,7 @@ def _policy_style(label: str, policy: str, seen: dict) -> dict:
                                else policy), seen)
 
 
-def _accuracy_lines(ax, rows: pd.DataFrame, x: str, group: str) -> None:
+def _accuracy_lines(ax, rows: pd.DataFrame, x: str, group: str, log_x: bool = True) -> None:
     """Accuracy against ``x`` (the mean of each ``group``) per policy, Wilson 95 % bars. ``rows``: one per trial,
     with label, policy, correct and the columns named."""
     from .stats import wilson_interval
@@ -445,7 +448,8 @@ def _accuracy_lines(ax, rows: pd.DataFrame, x: str, group: str) -> None:
         yerr = np.array([[a - w.low for a, w in zip(acc, wilson)], [w.high - a for a, w in zip(acc, wilson)]])
         ax.errorbar(points["x"], acc, yerr=yerr.clip(min=0), label=label, capsize=2,
                     **_policy_style(label, df["policy"].iloc[0], seen))
-    ax.set_xscale("log")
+    if log_x:
+        plain_log_axis(ax, "x")
     ax.set_ylim(-0.05, 1.05)
 
 
@@ -463,9 +467,15 @@ def fig_streameval(questions: pd.DataFrame, budget: int | None = None):
         ax.set_xlabel("tokens from the fact to its question")
         ax.set_title(f"questions {part} tokens")
     axes[0][0].set_ylabel("answered (Wilson 95 % CI)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncols=min(len(labels), 4), bbox_to_anchor=(0.5, -0.12))
+    _legend_below(fig, axes[0][0])
     return fig
+
+
+def _legend_below(fig, ax) -> None:
+    """One legend for the figure, under its axes (a saved figure's tight box takes it in)."""
+    fig.tight_layout()
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncols=min(len(labels), 4), bbox_to_anchor=(0.5, 0.0))
 
 
 def fig_recall(turns: pd.DataFrame, budget: int | None = None):
@@ -474,7 +484,7 @@ def fig_recall(turns: pd.DataFrame, budget: int | None = None):
     label, policy, kind, turn, turns_back, tokens_back, correct, kv_bytes."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
     asked = turns[turns["kind"] == "question"].astype({"correct": bool})
-    _accuracy_lines(a, asked, "tokens_back", "turns_back")
+    _accuracy_lines(a, asked, "tokens_back", "turns_back", log_x=False)
     if budget:
         a.axvline(budget, color="grey", lw=0.8, ls=":")
     a.set_xlabel("tokens from the fact to its question")
@@ -485,8 +495,7 @@ def fig_recall(turns: pd.DataFrame, budget: int | None = None):
     b.set_xlabel("turn")
     b.set_ylabel("MiB")
     b.set_title("KV cache held after each turn")
-    handles, labels = a.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncols=min(len(labels), 4), bbox_to_anchor=(0.5, -0.12))
+    _legend_below(fig, a)
     return fig
 
 

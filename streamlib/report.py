@@ -491,7 +491,13 @@ def latest_curves(run, group: str, **setting) -> pd.DataFrame:
     if curves.empty:
         return curves
     wide = latest_of_each(_same_setting(run.metrics(group), **setting), ["label"])
-    return curves[curves["key"].isin(set(wide["key"]))].reset_index(drop=True)
+    curves = curves[curves["key"].isin(set(wide["key"]))]
+    # Dense first, then by kind, fewest sinks first (StreamingLLM 4+124 before 36+92): the figures' line order
+    order = {kind: i for i, kind in enumerate(KIND_ORDER)}
+    rank = curves.assign(_kind=curves["policy"].map(lambda k: order.get(k, len(order))),
+                         _sinks=curves["n_sink"] if "n_sink" in curves else 0)
+    return rank.sort_values(["_kind", "_sinks", "label"], kind="stable").drop(columns=["_kind", "_sinks"]) \
+        .reset_index(drop=True)
 
 
 def streameval_questions(run) -> pd.DataFrame:

@@ -71,6 +71,11 @@ def test_profiles_load_and_validate():
     with pytest.raises(ValueError, match="device_map must be None or 'auto'"):
         Config.load("smoke", device_map="balanced")
     assert Config.load("paper-12b").device_map == "auto"
+    for name, bad in (("streameval_lines_back", []), ("streameval_lines_back", [0]), ("streameval_every", 0),
+                      ("recall_turns", -1), ("recall_turns_back", []), ("recall_more_policies", 1),
+                      ("long_stream_policies", ["dense"]), ("notebooks", []), ("notebooks", "04")):
+        with pytest.raises(ValueError, match=name):
+            Config.load("smoke", **{name: bad})
     for outside in ("/tmp/figs", "../figures", ""):
         with pytest.raises(ValueError, match="figures_dir must be a folder inside the repository"):
             Config.load("smoke", figures_dir=outside)
@@ -184,6 +189,33 @@ def test_rerun_skips_what_is_recorded(smoke_run):
     assert len(load_results(smoke_run)) == before
     executed = nbformat.read(smoke_run / "05_generation.ipynb", as_version=4)
     assert _inline_images(executed) >= 1  # figures are drawn from what was read back
+
+
+def test_the_long_profile_runs_its_own_notebooks(tmp_path):
+    """A dry run of the million-token profile: only the notebooks it names, StreamingLLM alone reading the whole
+    stream, and the KV bytes recorded after every forward."""
+    profile = yaml.safe_load((PROFILES_DIR / "long.yaml").read_text())
+    profile["max_dense_tokens"] = 1024  # below the dry run's 2,048-token stream, so reading it all shows
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "streamlib", "run", "--profile", str(path), "--dry-run",
+                           "--run-dir", str(run_dir)], capture_output=True, text=True, cwd=ROOT,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.stem for p in run_dir.glob("*.ipynb")) == ["00_download", "04_long_stream", "07_report"]
+    cfg = Config.load(str(path), dry_run=True)
+    assert cfg.max_dense_tokens == 1024 < cfg.long_stream_tokens
+    ok = load_results(run_dir)
+    read = ok[(ok.group == "long_nll") & (ok.metric == "ppl")].set_index("policy").n_tokens
+    assert read["streamingllm"] == cfg.long_stream_tokens  # the whole stream
+    assert read["window"] == read["burst"] == read["dense"] == cfg.max_dense_tokens  # stopped with Dense
+    curves = pd.concat([pd.read_csv(p) for p in (run_dir / "curves").glob("long_nll-*.csv")])
+    held = curves.dropna(subset=["kv_bytes"])
+    streaming = held[held.policy == "streamingllm"].kv_bytes
+    assert len(streaming) >= 3 and streaming.nunique() == 1  # flat after every forward
+    assert held[held.policy == "dense"].kv_bytes.is_monotonic_increasing
+    assert (run_dir / "figures" / "fig12_kv_whole_stream.png").is_file()
 
 
 @pytest.mark.parametrize("profile", ["cpu", "paper", "paper-12b"])
