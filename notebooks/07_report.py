@@ -185,6 +185,8 @@ if not retrieval.empty:
         columns=['accuracy_low', 'accuracy_high']).round(2)
     tables['Pass-key retrieval by distance (accuracy, key still cached)'] = retrieval.drop(
         columns=['accuracy_low', 'accuracy_high']).round(2)
+
+# %%
 if not streameval.empty:
     tables[f'StreamEval ({cfg.streameval_tokens} tokens, a question every {cfg.streameval_every} lines; KV budget '
            f'{cfg.retrieval_cache})'] = streameval.drop(columns=['accuracy_low', 'accuracy_high']).round(2)

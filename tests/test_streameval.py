@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from streamlib.models import is_cached, load_tokenizer
-from streamlib.policies import H2O, Dense, StreamingLLM, Window
+from streamlib.policies import H2O, TOVA, BurstEviction, Dense, StreamingLLM, Window
 from streamlib.recall import answered, measure_recall, recall_script
 from streamlib.streameval import measure_streameval, streameval_task
 
@@ -132,3 +132,6 @@ def test_smollm2_recall_chat_holds_flat_memory_under_a_bounded_cache(smollm2):
     assert (asked.tokens_back > 0).all() and dense.stream_position.is_monotonic_increasing
     assert dense.kv_bytes.is_monotonic_increasing and dense.kv_bytes.iloc[-1] > 2 * bounded.kv_bytes.max()
     assert bounded.kv_bytes.nunique() == 1  # allocated once, whatever the turn
+    for policy in (TOVA(64), BurstEviction(4, 64, 0.5)):  # offline-full's recall_more_policies
+        turns = measure_recall(model, tokenizer, policy, script[:4], reply_tokens=8).curve
+        assert len(turns) == 4 and turns.kv_bytes.max() <= bounded.kv_bytes.max() + 2**20
