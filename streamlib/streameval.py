@@ -84,6 +84,8 @@ def streameval_task(tokenizer, tokens: int, lines_back: list[int], every: int = 
     while len(ids) < tokens:
         if len(facts) == len(names):
             raise ValueError(f"tokens: {tokens} needs more than the {len(names)} register names there are")
+        if len(values) == 9 * 10 ** (digits - 1):  # every value used: another line would repeat one
+            raise ValueError(f"digits: {tokens} tokens need more than the {len(values)} values of {digits} digits")
         value = f"{rng.randrange(10 ** (digits - 1), 10 ** digits)}"
         while value in values:
             value = f"{rng.randrange(10 ** (digits - 1), 10 ** digits)}"

@@ -45,6 +45,8 @@ def test_every_question_names_the_line_it_asks_about(micro_tokenizer):
                        ({"every": 0}, "every"), ({"digits": 1}, "digits")):
         with pytest.raises(ValueError, match=match):
             streameval_task(tok, 500, **{"lines_back": [1], **bad})
+    with pytest.raises(ValueError, match="digits"):  # 90 two-digit values run out before 3,000 tokens
+        streameval_task(tok, 3000, [1], digits=2)
 
 
 @pytest.mark.parametrize("policy", [Dense(), StreamingLLM(4, 44), Window(48)], ids=lambda p: p.label())
