@@ -13,6 +13,7 @@ import torch
 from .arch import SlidingLayers
 from .cache_base import SinkLayer, StreamingCache
 from .handover import hand_over, sink_rotated_attention
+from .kv_quant import KVQuantSpec, attach, layer_class
 from .rotary import Rotations, RotaryInfo, angle_tables, rotate, rotation_tables
 
 
@@ -125,6 +126,16 @@ class SinkWindowLayer(SinkLayer):
             # last `capacity` positions up to the query's
             return self.capacity, (self.get_seq_length() + 1 - self.capacity if self.is_sliding else 0)
         return (step.kv_length if isinstance(step, ChunkPlan) else self.position + query_length), 0
+
+    def slot_positions(self) -> torch.Tensor:
+        """The stream position of the token in each slot, shape (1, 1, slots), -1 where empty: the sinks, then the
+        ring's last ``window + 1`` tokens (the oldest about to leave)."""
+        out = torch.full((1, 1, self.capacity), -1, dtype=torch.long)
+        sinks = min(self.n_sink, self.position)
+        out[..., :sinks] = torch.arange(sinks)
+        ring = torch.arange(max(self.n_sink, self.position - self.spec.window - 1), max(self.n_sink, self.position))
+        out[..., self.spec.ring_slot(ring)] = ring
+        return out.to(self.device)
 
     def held_positions(self) -> torch.Tensor:
         """Stream positions of the tokens the next query sees besides itself, shape (1, n): the sinks and the last
@@ -289,7 +300,8 @@ class SinkWindowCache(StreamingCache):
     starts_in_chunk = True  # a prompt longer than the cache can start the stream in one chunk (no filling call)
 
     def __init__(self, num_layers: int, n_sink: int, window: int, pos_shift: bool, rotary: RotaryInfo,
-                 rebase_interval: int = 256, rotate_queries: bool = False, sliding: SlidingLayers | None = None):
+                 rebase_interval: int = 256, rotate_queries: bool = False, sliding: SlidingLayers | None = None,
+                 quant: KVQuantSpec | None = None):
         spec = SinkWindowSpec(n_sink, window, pos_shift)
         if sliding is not None and n_sink >= sliding.window:
             raise ValueError(f"n_sink must be below the model's sliding window ({sliding.window}); got {n_sink}")
@@ -298,11 +310,12 @@ class SinkWindowCache(StreamingCache):
         self.layer_types = sliding.layer_types if sliding is not None else None
         self._workspace = Workspace()
         rotations = Rotations(rotary)
+        policy_layer = layer_class(SinkWindowLayer, quant)  # a hybrid model's sliding layers stay in full precision
         layers = [trained_window_layer(i, sliding) if sliding and i in sliding.indices
-                  else SinkWindowLayer(i, spec, rotations) for i in range(num_layers)]
-        super().__init__(spec, layers, rotations, rebase_interval)
+                  else policy_layer(i, spec, rotations) for i in range(num_layers)]
+        super().__init__(spec, layers, rotations, rebase_interval, quant, attach(layers, quant))
         # one shape for the whole stream: a compiled decode step can run on it (one kind of layer, for now)
-        self.fixed_shape = not self.is_hybrid
+        self.fixed_shape = not self.is_hybrid and quant is None
         if self.is_hybrid:
             self.why_not_compiled = "a hybrid model's cache; the compiled step takes one kind of layer"
 

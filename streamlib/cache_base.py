@@ -72,6 +72,7 @@ class StreamLayer(CacheLayerMixin):
 
     is_compileable = False
     is_sliding = False  # masks treat it as full attention; the cache decides what is visible
+    slots_follow_position = True  # which token sits in which slot depends on the stream position alone
     is_croppable = False
 
     def __init__(self, layer_idx: int, spec, rotations: Rotations, is_sliding: bool = False):
@@ -99,10 +100,18 @@ class StreamLayer(CacheLayerMixin):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads, _, k_dim = key_states.shape
         self.device, self.batch_size = key_states.device, batch
-        self.keys = torch.zeros(batch, heads, self.capacity, k_dim, dtype=key_states.dtype, device=self.device)
-        self.values = torch.zeros(batch, heads, self.capacity, value_states.shape[-1], dtype=value_states.dtype,
-                                  device=self.device)
+        self.keys, self.values = self.slot_buffers(batch, heads, k_dim, value_states.shape[-1], key_states.dtype)
         self.is_initialized = True
+
+    def slot_buffers(self, batch: int, heads: int, k_dim: int, v_dim: int, dtype: torch.dtype):
+        """The keys and values of the layer's slots, (batch, heads, capacity, dim) each (a quantized layer's are a
+        scratch rebuilt before each call, :mod:`streamlib.kv_quant`)."""
+        return (torch.zeros(batch, heads, self.capacity, k_dim, dtype=dtype, device=self.device),
+                torch.zeros(batch, heads, self.capacity, v_dim, dtype=dtype, device=self.device))
+
+    def slot_tensors(self) -> list[torch.Tensor]:
+        """The tensors indexed by slot along dim 2: what moves when tokens change slots (burst eviction)."""
+        return [self.keys, self.values]
 
     def check_batch(self, key_states: torch.Tensor) -> None:
         if key_states.shape[0] != self.keys.shape[0]:
@@ -226,8 +235,15 @@ class StreamingCache(PolicyCache, Cache):
     chunkable = True
     starts_in_chunk = False
 
-    def __init__(self, spec, layers: list[StreamLayer], rotations: Rotations, rebase_interval: int = 256):
+    def __init__(self, spec, layers: list[StreamLayer], rotations: Rotations, rebase_interval: int = 256,
+                 quant=None, scratch=None):
         self.spec = spec  # the policy's settings (a hybrid model's sliding layers keep their own window)
+        self.quant = quant  # a KVQuantSpec when the policy's layers store codes (streamlib.kv_quant), else None
+        self.scratch = scratch  # their shared full-precision slots
+        if quant is not None:
+            self.starts_in_chunk = False  # every call stays inside one block of the residual
+            self.fixed_shape = False
+            self.why_not_compiled = "its keys and values are rebuilt from codes at every step"
         self.rotations = rotations
         self.rebase_interval = rebase_interval
         self.step = None  # the mode of the call in progress, handed to each layer's update
@@ -284,12 +300,15 @@ class StreamingCache(PolicyCache, Cache):
 
     def plain_room(self) -> int:
         """How many tokens the next call may hold without masks of its own: those that need no eviction in any layer
-        (the cache is filling). Zero or less once a layer is full."""
-        return min(layer.plain_room() for layer in self.leaders)
+        (the cache is filling), and no more than the rest of the residual's block for a quantized cache. Zero or less
+        once a layer is full."""
+        room = min(layer.plain_room() for layer in self.leaders)
+        return room if self.quant is None else min(room, self.quant.room(self.position))
 
     def chunk_room(self, chunk_size: int) -> int:
-        """How many tokens the next chunk may hold: ``chunk_size``, unless a kind of layer takes less at once."""
-        return chunk_size
+        """How many tokens the next chunk may hold: ``chunk_size``, unless a kind of layer takes less at once (a
+        quantized cache: the rest of the residual's block)."""
+        return chunk_size if self.quant is None else min(chunk_size, self.quant.room(self.position))
 
     def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
         return self.layers[layer_idx].held_positions()
@@ -317,6 +336,8 @@ class StreamingCache(PolicyCache, Cache):
         for layer in self.layers:
             a, r = layer.kv_bytes()
             allocated, resident = allocated + a, resident + r
+        if self.scratch is not None:  # a quantized cache's full-precision slots, one layer's worth for all
+            allocated += self.scratch.nbytes()
         return allocated, resident
 
     def chunk(self, n: int, dtype: torch.dtype, device):

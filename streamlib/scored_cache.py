@@ -14,6 +14,7 @@ from .arch import SlidingLayers
 from .cache import trained_window_layer
 from .cache_base import StreamingCache, StreamLayer
 from .handover import WRAPPED, attention_probs, hand_over
+from .kv_quant import KVQuantSpec, attach, layer_class
 from .handover import install as _install_handover
 from .rotary import Rotations, RotaryInfo
 
@@ -71,6 +72,8 @@ class ScoredSpec:
 class ScoredLayer(StreamLayer):
     """One layer: ``budget + 1`` slots of keys and values, each slot's original position and (H2O) its score. The
     layer applies its policy's rule itself, after each step's attention."""
+
+    slots_follow_position = False  # each layer (and head) evicts by its own scores
 
     def __init__(self, layer_idx: int, spec: ScoredSpec, rotations: Rotations):
         super().__init__(layer_idx, spec, rotations)
@@ -141,6 +144,10 @@ class ScoredLayer(StreamLayer):
             self.free = self.rule.evict(probs, self.positions[:, :, :length], self.scores[:, :, :length],
                                         self.position - 1)
 
+    def slot_positions(self) -> torch.Tensor:
+        """The stream position of the token in each slot, (batch, rows, slots), -1 where empty."""
+        return self.positions
+
     def held_positions(self) -> torch.Tensor:
         """Stream positions of the tokens the layer holds for the first row of the batch, one row per kv head for
         H2O (one row for TOVA), shape (rows, n); the slot freed for the next token is left out."""
@@ -172,10 +179,11 @@ class ScoredCache(StreamingCache):
     chunkable = False
 
     def __init__(self, num_layers: int, rule: EvictionRule, rotary: RotaryInfo, rebase_interval: int = 256,
-                 sliding: SlidingLayers | None = None):
+                 sliding: SlidingLayers | None = None, quant: KVQuantSpec | None = None):
         spec = ScoredSpec(rule)
         rotations = Rotations(rotary)
+        policy_layer = layer_class(ScoredLayer, quant)
         layers = [trained_window_layer(i, sliding) if sliding and i in sliding.indices
-                  else ScoredLayer(i, spec, rotations) for i in range(num_layers)]
-        super().__init__(spec, layers, rotations, rebase_interval)
+                  else policy_layer(i, spec, rotations) for i in range(num_layers)]
+        super().__init__(spec, layers, rotations, rebase_interval, quant, attach(layers, quant))
 

@@ -128,12 +128,68 @@ class Naive:
         return torch.nn.functional.cross_entropy(logits.double(), target)
 
 
+class NaiveQuant:
+    """Quantized keys and values from the definition (KIVI's grouping, as ``streamlib.kv_quant`` states it), with
+    no packing and no buffers: blocks of ``residual`` consecutive positions; a query sees the earlier tokens of its
+    own block, and the first ``n_fp_sinks``, as they are; every other token as ``dequantize(quantize(x))``, where a
+    block is quantized once, after the step of its last token, from its tokens that step saw (``members``). Values:
+    per token, ``group`` channels per scale. Keys: per channel over the block's members (``per_channel``), or per
+    token like the values. Keys are quantized before rotary. Asymmetric: scale ``(max - min) / (2^bits - 1)``, zero
+    point ``min``, code ``round((x - min) / scale)``."""
+
+    def __init__(self, bits: int, residual: int, group: int, per_channel: bool, n_fp_sinks: int):
+        self.levels, self.residual, self.group = 2**bits - 1, residual, group
+        self.per_channel, self.n_fp_sinks = per_channel, n_fp_sinks
+        self.seen: dict = {}  # (layer, kv head, token) -> (key, value) as every later query of another block sees it
+
+    def fake(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        scale = (hi - lo) / self.levels
+        codes = torch.where(scale > 0, (x - lo) / torch.where(scale > 0, scale, 1.0), 0.0).round().clamp(0, self.levels)
+        return codes * scale + lo
+
+    def per_token(self, x: torch.Tensor) -> torch.Tensor:
+        g = x.view(-1, self.group)
+        return self.fake(g, g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)).view(x.shape)
+
+    def close_block(self, li: int, head: int, members: list[int], raw_keys, values) -> None:
+        """Quantize a finished block's ``members`` (token indices) in layer ``li``, kv head ``head``."""
+        members = [i for i in members if i >= self.n_fp_sinks]
+        if not members:
+            return
+        keys = torch.stack([raw_keys[i][head] for i in members])  # (m, d)
+        if self.per_channel:
+            keys = self.fake(keys, keys.amin(0, keepdim=True), keys.amax(0, keepdim=True))
+        else:
+            keys = torch.stack([self.per_token(k) for k in keys])
+        for j, i in enumerate(members):
+            self.seen[li, head, i] = (keys[j], self.per_token(values[i][head]))
+
+    def view(self, li: int, head: int, i: int, t: int, raw_keys, values):
+        """Token ``i``'s key (unrotated) and value as the query at ``t`` sees them in layer ``li``, kv head ``head``."""
+        if i // self.residual == t // self.residual or i < self.n_fp_sinks:
+            return raw_keys[i][head], values[i][head]
+        return self.seen[li, head, i]
+
+
+def _view_of(quant, net, li, t, idx, raw_keys, values):
+    """Per kv head: (keys unrotated (n, d), values (n, d)) of tokens ``idx`` as the query at ``t`` sees them."""
+    out = []
+    for h in range(net.kv_heads):
+        if quant is None or net.sliding(li):
+            pairs = [(raw_keys[i][h], values[i][h]) for i in idx]
+        else:
+            pairs = [quant.view(li, h, i, t, raw_keys, values) for i in idx]
+        out.append((torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])))
+    return out
+
+
 @torch.no_grad()
 def naive_streaming_nll(model, input_ids: torch.Tensor, n_sink: int, window: int, pos_shift: bool,
-                        kept: list[list[int]] | None = None) -> torch.Tensor:
+                        kept: list[list[int]] | None = None, quant: NaiveQuant | None = None) -> torch.Tensor:
     """StreamingLLM's NLL from its definition; ``kept`` (per token, the earlier tokens in view) replaces its rule,
     e.g. with :func:`burst_kept_indices`. With ``pos_shift`` keys sit at their index in the kept list and the query
-    after them; without it every token keeps its original position."""
+    after them; without it every token keeps its original position. ``quant``: keys and values quantized
+    (:class:`NaiveQuant`)."""
     net = Naive(model)
     ids = input_ids[0]
     raw_keys = [[] for _ in net.layers]  # per layer, per token: (kv_heads, d), before rotary
@@ -155,8 +211,13 @@ def naive_streaming_nll(model, input_ids: torch.Tensor, n_sink: int, window: int
             values[li].append(v)
             all_idx = in_view + [t]
             all_pos = torch.tensor(key_pos + [query_pos], dtype=torch.long)
-            keys = net.rotate(torch.stack([raw_keys[li][i] for i in all_idx], dim=1), all_pos, li)  # (kv, n, d)
-            vals = torch.stack([values[li][i] for i in all_idx], dim=1)
+            seen = _view_of(quant, net, li, t, all_idx, raw_keys[li], values[li])
+            keys = net.rotate(torch.stack([s[0] for s in seen]), all_pos, li)  # (kv, n, d)
+            vals = torch.stack([s[1] for s in seen])
+            if quant is not None and not net.sliding(li) and (t + 1) % quant.residual == 0:
+                block = [i for i in all_idx if i // quant.residual == t // quant.residual]
+                for h in range(net.kv_heads):
+                    quant.close_block(li, h, block, raw_keys[li], values[li])
             q = net.rotate(q[:, None, :], torch.tensor([query_pos]), li)  # (heads, 1, d)
             out, _ = net.attend(q, list(keys), list(vals))
             x = net.block(layer, x, out)
@@ -176,7 +237,8 @@ def naive_recompute_nll(model, input_ids: torch.Tensor, window: int) -> torch.Te
 
 
 @torch.no_grad()
-def naive_scored_nll(model, input_ids: torch.Tensor, policy: str, budget: int, n_recent: int = 0):
+def naive_scored_nll(model, input_ids: torch.Tensor, policy: str, budget: int, n_recent: int = 0,
+                     quant: NaiveQuant | None = None):
     """TOVA (``policy='tova'``) or H2O (``'h2o'``, ``budget = n_heavy + n_recent``) from their definitions, token by
     token, with explicit lists of held tokens (per layer; per layer and kv head for H2O) at original positions.
     TOVA averages the weights over every query head; H2O credits a kv head's token with the weights of every query
@@ -214,9 +276,17 @@ def naive_scored_nll(model, input_ids: torch.Tensor, policy: str, budget: int, n
                     held[li][h] = net.sliding_view(t)
                 held[li][h].append(t)
                 idx = held[li][h]
-                rotated = net.rotate(torch.stack([raw_keys[li][i][h] for i in idx])[None], torch.tensor(idx), li)
-                keys.append(rotated[0])
-                vals.append(torch.stack([values[li][i][h] for i in idx]))
+                if quant is None or net.sliding(li):
+                    raw = torch.stack([raw_keys[li][i][h] for i in idx])
+                    vals.append(torch.stack([values[li][i][h] for i in idx]))
+                else:
+                    pairs = [quant.view(li, h, i, t, raw_keys[li], values[li]) for i in idx]
+                    raw = torch.stack([p[0] for p in pairs])
+                    vals.append(torch.stack([p[1] for p in pairs]))
+                keys.append(net.rotate(raw[None], torch.tensor(idx), li)[0])
+                if quant is not None and not net.sliding(li) and (t + 1) % quant.residual == 0:
+                    quant.close_block(li, h, [i for i in idx if i // quant.residual == t // quant.residual],
+                                      raw_keys[li], values[li])
             out, probs = net.attend(q, keys, vals)
             if net.sliding(li):
                 pass

@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 from ..arch import family_of
 from ..flops import bounded_stream_flops
+from ..kv_quant import KVQuantSpec
 from ..memory import held_kv_bytes
 
 # The one answer to "can this policy's decode step be compiled": each policy's compiled_form.
@@ -41,6 +42,20 @@ class PolicyBase:
 
     def label(self) -> str:
         return self.name
+
+    def kv_quant(self, key_axis: str = "channel") -> KVQuantSpec | None:
+        """The quantization of the policy's cache (its ``bits``, ``residual``, ``quantize_sinks`` fields), or None at
+        16 bits (:mod:`streamlib.kv_quant`)."""
+        bits = getattr(self, "bits", 16)
+        if bits == 16:
+            return None
+        return KVQuantSpec(bits, self.residual, key_axis, getattr(self, "n_sink", 0),
+                           getattr(self, "quantize_sinks", False))
+
+    def check_not_quantized(self, what: str) -> None:
+        if getattr(self, "bits", 16) != 16:
+            raise ValueError(f"bits: {what} takes a full-precision cache; {self.label()} stores {self.bits}-bit codes "
+                             "(use bits=16, or compile=False)")
 
     def compiled_form(self, max_length: int | None = None) -> "PolicyBase":
         """The policy whose cache a compiled decode step runs on for a stream of at most ``max_length`` tokens (None:

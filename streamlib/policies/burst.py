@@ -15,6 +15,7 @@ from ..arch import RotaryInfo, SlidingLayers, rotary_of, sliding_layers_of
 from ..cache import Workspace, ring_chunk_plan, trained_window_layer
 from ..cache_base import SinkLayer, StreamingCache
 from ..checks import check_bool, check_int
+from ..kv_quant import KVQuantSpec, attach, check_quant_fields, layer_class, quant_label
 from ..rotary import Rotations
 from .base import PolicyBase, check_model
 from .streaming_llm import StreamingLLM
@@ -41,6 +42,9 @@ class BurstEviction(PolicyBase):
     capacity: int = 256
     discard_ratio: float = 0.5
     pos_shift: bool = True
+    bits: int = 16  # 8, 4, 2: quantized keys and values (streamlib.kv_quant)
+    residual: int = 32
+    quantize_sinks: bool = False
 
     def __post_init__(self):
         check_int("n_sink", self.n_sink, 0)
@@ -49,6 +53,7 @@ class BurstEviction(PolicyBase):
                 or not 0 < self.discard_ratio <= 1:
             raise ValueError(f"discard_ratio must be a number in (0, 1]; got {self.discard_ratio!r}")
         check_bool("pos_shift", self.pos_shift)
+        check_quant_fields(self.bits, self.residual, self.quantize_sinks)
         if self.discard < 1:
             raise ValueError(f"discard_ratio * (capacity - n_sink) must be at least 1 token; got {self.discard_ratio} * "
                              f"{self.capacity - self.n_sink} < 1")
@@ -79,16 +84,18 @@ class BurstEviction(PolicyBase):
     def with_sinks(self, n_sink: int) -> "BurstEviction":
         """The same capacity and discard ratio with ``n_sink`` sinks (fewer tokens then leave at a burst)."""
         check_int("n_sink", n_sink, 0, self.capacity - 2)
-        return BurstEviction(n_sink, self.capacity, self.discard_ratio, self.pos_shift)
+        return BurstEviction(n_sink, self.capacity, self.discard_ratio, self.pos_shift, self.bits, self.residual,
+                             self.quantize_sinks)
 
     def make_cache(self, model) -> "BurstCache":
         check_model(model, "BurstEviction")
         return BurstCache(model.config.num_hidden_layers, self.n_sink, self.capacity, self.discard, self.pos_shift,
-                          rotary_of(model), sliding=sliding_layers_of(model))
+                          rotary_of(model), sliding=sliding_layers_of(model), quant=self.kv_quant())
 
     def label(self) -> str:
         shift = "" if self.pos_shift else ", no shift"
-        return f"Burst {self.n_sink}/{self.capacity} drop {self.discard_ratio:g}{shift}"
+        quant = quant_label(self.bits, self.residual, self.quantize_sinks, self.n_sink)
+        return f"Burst {self.n_sink}/{self.capacity} drop {self.discard_ratio:g}{shift}{quant}"
 
 
 def streaming_matches(burst: BurstEviction) -> tuple[StreamingLLM, StreamingLLM]:
@@ -147,6 +154,12 @@ class BurstLayer(SinkLayer):
         recent = torch.arange(self.position - (self.held - sinks), self.position)
         return torch.cat([torch.arange(sinks), recent])[None]
 
+    def slot_positions(self) -> torch.Tensor:
+        """The stream position of the token in each slot, shape (1, 1, capacity), -1 where empty."""
+        out = torch.full((1, 1, self.capacity), -1, dtype=torch.long)
+        out[0, :, : self.held] = self.held_positions()
+        return out.to(self.device)
+
     def held_after_burst(self, n: int) -> int:
         """The slots in use once the cache has made room for ``n`` incoming tokens."""
         return self.held - self.discard if self.held + n > self.capacity else self.held
@@ -181,7 +194,7 @@ class BurstLayer(SinkLayer):
         """The oldest ``discard`` tokens after the sinks leave; the rest move down, as the model rotated them (their
         distances to every later query are unchanged; only the sinks' change, and place_sinks sees to that)."""
         s, d, held = self.n_sink, self.discard, self.held
-        for buffer in (self.keys, self.values):
+        for buffer in self.slot_tensors():
             buffer[:, :, s : held - d] = buffer[:, :, s + d : held].clone()
         self.held -= d
 
@@ -195,19 +208,22 @@ class BurstCache(StreamingCache):
     (``chunk_room``), a plain causal call for the burst layers and a ring chunk for the sliding ones."""
 
     def __init__(self, num_layers: int, n_sink: int, capacity: int, discard: int, pos_shift: bool,
-                 rotary: RotaryInfo, rebase_interval: int = 256, sliding: SlidingLayers | None = None):
+                 rotary: RotaryInfo, rebase_interval: int = 256, sliding: SlidingLayers | None = None,
+                 quant: KVQuantSpec | None = None):
         spec = BurstSpec(n_sink, capacity, discard, pos_shift)
         rotations = Rotations(rotary)
+        policy_layer = layer_class(BurstLayer, quant)
         layers = [trained_window_layer(i, sliding) if sliding and i in sliding.indices
-                  else BurstLayer(i, spec, rotations) for i in range(num_layers)]
-        super().__init__(spec, layers, rotations, rebase_interval)
+                  else policy_layer(i, spec, rotations) for i in range(num_layers)]
+        super().__init__(spec, layers, rotations, rebase_interval, quant, attach(layers, quant))
         self.layer_types = sliding.layer_types if sliding is not None else None
         self.chunkable = self.is_hybrid
         self._workspace = Workspace()
 
     def chunk_room(self, chunk_size: int) -> int:
         """Up to the next burst: a chunk is a plain call for the burst layers."""
-        return min(chunk_size, *(layer.plain_room() for layer in self.leaders if layer.spec == self.spec))
+        return min(super().chunk_room(chunk_size),
+                   *(layer.plain_room() for layer in self.leaders if layer.spec == self.spec))
 
     @contextmanager
     def chunk(self, n: int, dtype: torch.dtype, device):

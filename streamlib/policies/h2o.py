@@ -8,6 +8,7 @@ import torch
 
 from ..arch import rotary_of, sliding_layers_of
 from ..checks import check_int
+from ..kv_quant import check_quant_fields, quant_label
 from ..scored_cache import ScoredCache, install, lowest_slot
 from .base import PolicyBase, check_model
 
@@ -25,6 +26,8 @@ class H2O(PolicyBase):
 
     n_heavy: int = 256
     n_recent: int = 256
+    bits: int = 16  # 8, 4, 2: quantized keys and values, keys grouped per token (streamlib.kv_quant)
+    residual: int = 32
 
     name = "h2o"
     per_head = True  # each kv head keeps its own heavy hitters
@@ -34,6 +37,7 @@ class H2O(PolicyBase):
     def __post_init__(self):
         check_int("n_heavy", self.n_heavy, 0)
         check_int("n_recent", self.n_recent, 0)
+        check_quant_fields(self.bits, self.residual)
         if self.n_heavy + self.n_recent < 1:
             raise ValueError(f"n_heavy + n_recent must be >= 1; got {self.n_heavy} + {self.n_recent}")
 
@@ -44,7 +48,9 @@ class H2O(PolicyBase):
     def make_cache(self, model) -> ScoredCache:
         check_model(model, "H2O")
         install(model)
-        return ScoredCache(model.config.num_hidden_layers, self, rotary_of(model), sliding=sliding_layers_of(model))
+        # keys per token: these evict single tokens anywhere, so a block's per-channel scales would outlive it
+        return ScoredCache(model.config.num_hidden_layers, self, rotary_of(model), sliding=sliding_layers_of(model),
+                           quant=self.kv_quant(key_axis="token"))
 
     # -- the rule, as the layers of its cache apply it after each step's attention ------------------------------
     def score(self, scores: torch.Tensor, probs: torch.Tensor) -> None:
@@ -60,4 +66,4 @@ class H2O(PolicyBase):
         return lowest_slot(scores, positions, candidates)
 
     def label(self) -> str:
-        return f"H2O {self.n_heavy}+{self.n_recent}"
+        return f"H2O {self.n_heavy}+{self.n_recent}" + quant_label(self.bits, self.residual)

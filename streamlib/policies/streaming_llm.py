@@ -8,6 +8,7 @@ from ..arch import rotary_of, sliding_layers_of
 from ..cache import SinkWindowCache
 from ..handover import WRAPPED, base_of, install, installed
 from ..checks import check_bool, check_int
+from ..kv_quant import check_quant_fields, quant_label
 from .base import PolicyBase, check_model
 
 
@@ -18,11 +19,17 @@ class StreamingLLM(PolicyBase):
     Xiao, Tian, Chen, Han, Lewis: *Efficient Streaming Language Models with Attention Sinks*, ICLR 2024
     (arXiv 2309.17453). With ``pos_shift`` (the paper's choice) positions are assigned within the cache, so the
     model never sees a position beyond ``n_sink + window``; without it every token keeps its original position.
+
+    ``bits`` 8, 4 or 2 stores the kept keys and values quantized (KIVI's grouping, :mod:`streamlib.kv_quant`): the
+    last ``residual`` tokens' block in full precision, the sinks too unless ``quantize_sinks``.
     """
 
     n_sink: int = 4
     window: int = 1020
     pos_shift: bool = True
+    bits: int = 16
+    residual: int = 32
+    quantize_sinks: bool = False
 
     name = "streamingllm"
     takes_sinks = True
@@ -31,6 +38,7 @@ class StreamingLLM(PolicyBase):
         check_int("n_sink", self.n_sink, 0)
         check_int("window", self.window, 1)
         check_bool("pos_shift", self.pos_shift)
+        check_quant_fields(self.bits, self.residual, self.quantize_sinks)
 
     @property
     def budget(self) -> int:
@@ -49,18 +57,24 @@ class StreamingLLM(PolicyBase):
             rotary=rotary_of(model),
             rotate_queries=installed(model),
             sliding=sliding_layers_of(model),
+            quant=self.kv_quant(),
         )
 
     def with_sinks(self, n_sink: int) -> "StreamingLLM":
         """StreamingLLM with ``n_sink`` sinks in the same budget (a Window becomes StreamingLLM): the kept prefix
         counts in the KV budget, and at least one recent token stays."""
         check_int("n_sink", n_sink, 0, self.budget - 1)
-        return StreamingLLM(n_sink, self.budget - n_sink, self.pos_shift)
+        return StreamingLLM(n_sink, self.budget - n_sink, self.pos_shift, self.bits, self.residual,
+                            self.quantize_sinks)
 
     def compiled_form(self, max_length: int | None = None) -> "StreamingLLM":
-        """Itself: its cache keeps one shape for the whole stream."""
+        """Itself: its cache keeps one shape for the whole stream (a full-precision one)."""
+        self.check_not_quantized("compile=True")
         return self
 
     def label(self) -> str:
         shift = "" if self.pos_shift else ", no shift"
-        return f"StreamingLLM {self.n_sink}+{self.window}{shift}"
+        return f"StreamingLLM {self.n_sink}+{self.window}{shift}" + self.quant_label()
+
+    def quant_label(self) -> str:
+        return quant_label(self.bits, self.residual, self.quantize_sinks, self.n_sink)

@@ -8,6 +8,7 @@ import torch
 
 from ..arch import rotary_of, sliding_layers_of
 from ..checks import check_int
+from ..kv_quant import check_quant_fields, quant_label
 from ..scored_cache import ScoredCache, install, lowest_slot
 from .base import PolicyBase, check_model
 
@@ -22,6 +23,8 @@ class TOVA(PolicyBase):
     """
 
     budget: int = 512
+    bits: int = 16  # 8, 4, 2: quantized keys and values, keys grouped per token (streamlib.kv_quant)
+    residual: int = 32
 
     name = "tova"
     per_head = False  # one choice per layer, for all its heads
@@ -30,11 +33,14 @@ class TOVA(PolicyBase):
 
     def __post_init__(self):
         check_int("budget", self.budget, 1)
+        check_quant_fields(self.bits, self.residual)
 
     def make_cache(self, model) -> ScoredCache:
         check_model(model, "TOVA")
         install(model)
-        return ScoredCache(model.config.num_hidden_layers, self, rotary_of(model), sliding=sliding_layers_of(model))
+        # keys per token: these evict single tokens anywhere, so a block's per-channel scales would outlive it
+        return ScoredCache(model.config.num_hidden_layers, self, rotary_of(model), sliding=sliding_layers_of(model),
+                           quant=self.kv_quant(key_axis="token"))
 
     # -- the rule, as the layers of its cache apply it after each step's attention ------------------------------
     def score(self, scores: torch.Tensor, probs: torch.Tensor) -> None:
@@ -46,4 +52,4 @@ class TOVA(PolicyBase):
         return lowest_slot(weights, positions, positions >= 0)
 
     def label(self) -> str:
-        return f"TOVA {self.budget}"
+        return f"TOVA {self.budget}" + quant_label(self.bits, self.residual)

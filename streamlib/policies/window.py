@@ -21,14 +21,18 @@ class Window(StreamingLLM):
 
     name = "window"
 
-    def __init__(self, window: int = 1024):
+    def __init__(self, window: int = 1024, bits: int = 16, residual: int = 32):
         object.__setattr__(self, "n_sink", 0)
         object.__setattr__(self, "window", window)
         object.__setattr__(self, "pos_shift", True)
+        object.__setattr__(self, "bits", bits)
+        object.__setattr__(self, "residual", residual)
+        object.__setattr__(self, "quantize_sinks", False)
         self.__post_init__()
 
     def params(self) -> dict:
-        return {"policy": self.name, "n_sink": 0, "window": self.window, "pos_shift": True}
+        return {"policy": self.name, "n_sink": 0, "window": self.window, "pos_shift": True, "bits": self.bits,
+                "residual": self.residual}
 
     def label(self) -> str:
-        return f"Window {self.window}"
+        return f"Window {self.window}" + self.quant_label()

@@ -1,0 +1,245 @@
+"""Quantized KV caches (streamlib.kv_quant): exact against a naive float64 reference written from the definition
+(quantize, dequantize, attend) for every bounded policy, token by token and in chunks, on GPT-NeoX, the Llama family
+and Gemma 3; the bytes held against the formula; the arithmetic; names, records and errors."""
+
+import copy
+
+import pytest
+import torch
+
+from conftest import make_peaky_llama, make_peaky_model
+from reference import NaiveQuant, burst_kept_indices, naive_scored_nll, naive_streaming_nll
+from streamlib import kv_quant
+from streamlib.generation import stream_generate
+from streamlib.policies import H2O, TOVA, BurstEviction, StreamingLLM, Window, from_params, parse_policy
+from streamlib.quality import token_nll
+
+TOL = 1e-4  # float64 runs: what float32 NLLs of equal computations differ by
+
+
+@pytest.fixture(scope="module")
+def neox64():
+    return make_peaky_model().double()
+
+
+@pytest.fixture(scope="module")
+def llama64():
+    return make_peaky_llama().double()
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(0, 97, (1, 96), generator=torch.Generator().manual_seed(1))
+
+
+def reference_quant(policy, head_dim: int = 32) -> NaiveQuant:
+    fp_sinks = 0 if policy.quantize_sinks else policy.n_sink
+    return NaiveQuant(policy.bits, policy.residual, kv_quant.group_size(head_dim), True, fp_sinks)
+
+
+# -- the arithmetic ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_codes_pack_into_bits_per_code_and_back(bits):
+    codes = torch.randint(0, 2**bits, (3, 5, 64), dtype=torch.uint8)
+    packed = kv_quant.pack(codes, bits)
+    assert packed.shape == (3, 5, 64 * bits // 8) and packed.dtype == torch.uint8
+    assert torch.equal(kv_quant.unpack(packed, bits), codes)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_per_token_quantization_is_within_half_a_step_and_exact_on_constant_groups(bits):
+    x = torch.randn(4, 64, dtype=torch.float64)
+    x[0, :32] = 1.5  # a group of one value: no range, returned exactly
+    codes, scale, zero = kv_quant.quantize_per_token(x, bits, 32, torch.float64)
+    assert codes.max() <= 2**bits - 1
+    back = kv_quant.dequantize_per_token(codes, scale, zero)
+    step = scale.repeat_interleave(32, dim=-1)
+    assert ((back - x).abs() <= step / 2 + 1e-12).all()
+    assert torch.equal(back[0, :32], x[0, :32])
+    # the group's extremes are representable: min and max come back exactly (up to rounding of the scale)
+    torch.testing.assert_close(back.view(4, 2, 32).amax(-1), x.view(4, 2, 32).amax(-1))
+    torch.testing.assert_close(back.view(4, 2, 32).amin(-1), x.view(4, 2, 32).amin(-1))
+
+
+def test_per_channel_quantization_reads_only_the_members():
+    x = torch.randn(1, 1, 6, 8, dtype=torch.float64)
+    members = torch.tensor([True, True, False, True, False, True])
+    x_out = x.clone()
+    x_out[0, 0, 2] = 1e6  # not a member: must not stretch the range
+    _, scale, zero = kv_quant.quantize_per_channel(x_out, members, 4, torch.float64)
+    m = x[0, 0, members]
+    torch.testing.assert_close(zero[0, 0], m.amin(0))
+    torch.testing.assert_close(scale[0, 0], (m.amax(0) - m.amin(0)) / 15)
+
+
+def test_group_size_divides_every_head_size():
+    assert [kv_quant.group_size(d) for d in (64, 80, 128, 256, 32, 16)] == [32, 20, 32, 32, 32, 16]
+
+
+# -- exact against the reference ----------------------------------------------------------------------------------
+STREAMING = [StreamingLLM(4, 24, True, 4, 8), StreamingLLM(4, 24, False, 4, 8, True), StreamingLLM(2, 30, True, 2, 16),
+             StreamingLLM(4, 20, True, 4, 32)]
+
+
+@pytest.mark.parametrize("family", ["neox", "llama"])
+@pytest.mark.parametrize("policy", STREAMING, ids=[p.label() for p in STREAMING])
+def test_streamingllm_exact_against_reference(request, family, policy, ids):
+    model = request.getfixturevalue(f"{family}64")
+    expected = naive_streaming_nll(model, ids, policy.n_sink, policy.window, policy.pos_shift,
+                                   quant=reference_quant(policy)).float()
+    full_precision = naive_streaming_nll(model, ids, policy.n_sink, policy.window, policy.pos_shift).float()
+    assert (expected - full_precision).abs().max() > 100 * TOL  # quantization matters on this model
+    for mode, chunk in [("token", None), ("chunked", 7), ("chunked", 40)]:
+        got = token_nll(model, ids, policy, mode=mode, chunk_size=chunk)
+        torch.testing.assert_close(got, expected, atol=TOL, rtol=0, msg=f"{mode} {chunk}")
+
+
+def test_eight_bits_and_window_exact_against_reference(neox64, ids):
+    """At 8 bits a code step is small enough that the model's own float32 rotary angles (which the cache turns back
+    exactly) can move a key across a rounding boundary on the fully rotated Llama heads; GPT-NeoX rotates a quarter
+    of each head and is exact."""
+    for policy in (StreamingLLM(4, 24, True, 8, 8), Window(20, 8, 8)):
+        expected = naive_streaming_nll(neox64, ids, policy.n_sink, policy.window, True,
+                                       quant=reference_quant(policy)).float()
+        full_precision = naive_streaming_nll(neox64, ids, policy.n_sink, policy.window, True).float()
+        assert (expected - full_precision).abs().max() > 5 * TOL
+        for chunk in (1, 40):
+            torch.testing.assert_close(token_nll(neox64, ids, policy, chunk_size=chunk), expected, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["neox", "llama"])
+def test_burst_eviction_exact_against_reference(request, family, ids):
+    model = request.getfixturevalue(f"{family}64")
+    policy = BurstEviction(2, 24, 0.5, True, 4, 8)
+    kept = burst_kept_indices(ids.shape[1], 2, 24, policy.discard)
+    expected = naive_streaming_nll(model, ids, 2, 0, True, kept=kept, quant=reference_quant(policy)).float()
+    for mode in ("token", "chunked"):
+        torch.testing.assert_close(token_nll(model, ids, policy, mode=mode, chunk_size=7), expected, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("kind,policy,budget,n_recent", [("tova", TOVA(12, 4, 8), 12, 0),
+                                                          ("h2o", H2O(6, 6, 4, 8), 12, 6),
+                                                          ("h2o", H2O(8, 12, 2, 16), 20, 12)])
+def test_tova_and_h2o_exact_against_reference(kind, policy, budget, n_recent):
+    model = make_peaky_model("eager", scale=2.0, seed=3).double()
+    ids = torch.randint(0, 97, (1, 80), generator=torch.Generator().manual_seed(31))
+    quant = NaiveQuant(policy.bits, policy.residual, 32, False, 0)  # keys per token: these evict anywhere
+    expected, gap = naive_scored_nll(model, ids, kind, budget, n_recent, quant=quant)
+    assert gap > 1e-5, f"a near tie ({gap:.2e}) that rounding could decide either way"
+    full_precision, _ = naive_scored_nll(model, ids, kind, budget, n_recent)
+    assert (expected - full_precision).abs().max() > 10 * TOL
+    torch.testing.assert_close(token_nll(model, ids, policy), expected, atol=TOL, rtol=0)
+
+
+def test_hybrid_model_quantizes_its_full_layers_only(peaky_gemma):
+    """Gemma 3's sliding layers keep their trained window in full precision; the full layers follow the policy."""
+    model = copy.deepcopy(peaky_gemma).double()
+    ids = torch.randint(0, 97, (1, 64), generator=torch.Generator().manual_seed(1))
+    policy = StreamingLLM(4, 16, True, 4, 8)
+    expected = naive_streaming_nll(model, ids, 4, 16, True, quant=reference_quant(policy, head_dim=16)).float()
+    for chunk in (1, 7):
+        torch.testing.assert_close(token_nll(model, ids, policy, chunk_size=chunk), expected, atol=TOL, rtol=0)
+    cache = policy.make_cache(model)
+    assert sum(isinstance(layer, kv_quant.QuantizedLayer) for layer in cache.layers) == 2  # of 6: 4 sliding
+
+
+def test_float32_chunks_equal_tokens_and_generation_runs(peaky_llama, ids):
+    policy = StreamingLLM(4, 40, True, 4, 16)
+    token = token_nll(peaky_llama, ids, policy, mode="token")
+    torch.testing.assert_close(token_nll(peaky_llama, ids, policy, chunk_size=512), token, atol=1e-5, rtol=0)
+    new = stream_generate(peaky_llama, ids[:, :50], policy, 30)
+    assert new.shape == (1, 30)
+
+
+# -- bytes held ---------------------------------------------------------------------------------------------------
+def test_bytes_held_match_the_formula(peaky_llama, ids):
+    """2 layers x 2 kv heads x head_dim 32, float32; StreamingLLM 4+60 at 4 bits, residual 16, after 200 tokens."""
+    stream = torch.randint(0, 97, (1, 200), generator=torch.Generator().manual_seed(5))
+    policy = StreamingLLM(4, 60, True, 4, 16)
+    cache = policy.make_cache(peaky_llama)
+    for _ in cache.feed(peaky_llama, stream, chunk_size=16):
+        pass
+    layers, heads, d, e = 2, 2, 32, 4
+    # the next query (position 200, block 12 from 192) sees: 4 sinks in full precision, 192..199 in full precision,
+    # 140..191 quantized (52 tokens in blocks 8..11)
+    fp_tokens, quantized, key_blocks = 4 + 8, 52, 4
+    per_head = (fp_tokens * 2 * d * e  # full-precision keys and values
+                + quantized * 2 * d * 4 // 8  # 4-bit codes, keys and values
+                + quantized * 2 * e * (d // 32)  # value scale and zero point per token (one group of 32)
+                + key_blocks * 2 * e * d)  # key scale and zero point per channel per block
+    allocated, resident = cache.kv_bytes()
+    assert resident == layers * heads * per_head
+    slots = 65
+    store = (2 * slots * d * 4 // 8 + 2 * slots * e * (d // 32)  # codes, value scales
+             + (2 + 5) * 2 * e * d  # key scale tables: block 0 and ceil(65 / 16) + 1 more
+             + 16 * 2 * d * e + 4 * 2 * d * e  # residual block and full-precision sinks
+             + 4 * d * e)  # the sinks' rotated working copy
+    scratch = heads * slots * 2 * d * e  # one layer's full-precision slots, shared
+    assert allocated == layers * heads * store + scratch
+    fp = StreamingLLM(4, 60).make_cache(peaky_llama)
+    for _ in fp.feed(peaky_llama, stream):
+        pass
+    assert fp.kv_bytes()[1] == layers * heads * 64 * 2 * d * e
+    # fewer bits, fewer bytes: 2-bit below 4-bit below 8-bit below full precision
+    held = []
+    for bits in (2, 4, 8):
+        c = StreamingLLM(4, 60, True, bits, 16).make_cache(peaky_llama)
+        for _ in c.feed(peaky_llama, stream):
+            pass
+        held.append(c.kv_bytes()[1])
+    assert held[0] < held[1] == resident < held[2] < fp.kv_bytes()[1]
+
+
+def test_h2o_counts_each_heads_tokens(peaky_llama, ids):
+    cache = H2O(10, 10, 8, 8).make_cache(peaky_llama)
+    for _ in cache.feed(peaky_llama, ids):
+        pass
+    d, e = 32, 4
+    resident = 0
+    for layer in cache.layers:
+        held = layer.held_positions()
+        assert held.shape == (2, 20)
+        fp = int((held // 8 == 96 // 8).sum())  # position 96 opens block 12: nothing of it is held yet
+        q = held.numel() - fp
+        resident += fp * 2 * d * e + q * (2 * d + 2 * e + 2 * e)  # 8-bit codes, value and key scales per token
+    assert fp == 0 and cache.kv_bytes()[1] == resident
+
+
+# -- names, records, errors ----------------------------------------------------------------------------------------
+def test_policy_strings_and_records_round_trip():
+    cases = {"streamingllm:4+1020:int4": StreamingLLM(4, 1020, True, 4),
+             "streamingllm:4+252:noshift:int8:r64": StreamingLLM(4, 252, False, 8, 64),
+             "streamingllm:4+252:int4:qsinks": StreamingLLM(4, 252, True, 4, 32, True),
+             "window:256:int2": Window(256, 2), "burst:4/256:0.7:int4": BurstEviction(4, 256, 0.7, True, 4),
+             "tova:64:int8": TOVA(64, 8), "h2o:32+32:int4": H2O(32, 32, 4)}
+    for text, policy in cases.items():
+        assert parse_policy(text) == policy
+        assert from_params(policy.params()) == policy
+        assert policy.params()["bits"] == policy.bits
+    assert StreamingLLM(4, 1020, True, 4).label() == "StreamingLLM 4+1020 int4"
+    assert StreamingLLM(4, 252, True, 4, 32, True).label() == "StreamingLLM 4+252 int4, sinks int4"
+    assert from_params({"policy": "streamingllm", "n_sink": 4, "window": 252}).bits == 16  # older records
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: StreamingLLM(4, 60, True, 3), "bits must be one of 16"),
+    (lambda: StreamingLLM(4, 60, True, 4, 0), "residual must be an integer >= 1"),
+    (lambda: TOVA(8, 5), "bits must be one of 16"),
+    (lambda: BurstEviction(4, 64, 0.5, True, 4, 16, "yes"), "quantize_sinks must be True or False"),
+    (lambda: parse_policy("dense:int4"), "dense takes no quantization"),
+    (lambda: parse_policy("recompute:64:int8"), "recompute takes no quantization"),
+])
+def test_bad_settings_name_the_parameter(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_compiling_and_long_plain_calls_are_refused_with_directions(peaky_llama, ids):
+    with pytest.raises(ValueError, match="bits: compile=True takes a full-precision cache"):
+        StreamingLLM(4, 60, True, 4).compiled_form()
+    cache = StreamingLLM(4, 60, True, 4, 16).make_cache(peaky_llama)
+    with pytest.raises(ValueError, match="cross a block .* feed at most 16 tokens .* prefill_chunk_size=16"):
+        peaky_llama(input_ids=ids[:, :20], cache=cache)
+    with pytest.raises(ValueError, match="head size 30 does not divide"):
+        model = make_peaky_llama(head_dim=30, hidden_size=60)
+        token_nll(model, ids[:, :10], StreamingLLM(4, 60, True, 2))
