@@ -58,6 +58,8 @@ for size in cfg.sweep_cache_sizes:
     cache_policies += [Window(size), StreamingLLM(4, size - 4), StreamingLLM(4, size - 4, pos_shift=False)]
     if cfg.sweep_recompute:
         cache_policies.append(Recompute(size))
+for size in cfg.sweep_cache_sizes:  # the same StreamingLLM caches with quantized keys and values (quant_bits)
+    cache_policies += [StreamingLLM(4, size - 4, bits=bits) for bits in cfg.quant_bits]
 for size in cfg.sweep_scored_cache_sizes:  # score-based eviction: TOVA, H2O with two heavy:recent splits
     cache_policies += [TOVA(size), H2O(size // 2, size - size // 2), H2O(size // 4, size - size // 4)]
 sink_policies = [StreamingLLM(s, cfg.sweep_sink_cache - s) for s in cfg.sweep_sinks]
@@ -91,6 +93,46 @@ sweep.query("sweep != 'sinks'").pivot_table(index='cache_size', columns='family'
 # %%
 sweep.query("sweep != 'sinks'")[['label', 'cache_size', 'ppl', 'ppl_low', 'ppl_high', 'vs_streamingllm',
                                   'vs_low', 'vs_high']].sort_values(['cache_size', 'ppl']).round(3)
+
+# %% [markdown]
+# ## Bits per kept token
+# The other axis of KV memory: each kept token's keys and values stored in 8, 4 or 2 bits (`quant_bits`; KIVI's grouping, the last block of 32 tokens and the sinks in full precision, `streamlib.kv_quant`). Three series on a stream longer than every cache: the same cache of `quant_budget` tokens at fewer bits (what quantization costs), caches of equal code bytes (16-bit 4+252, 8-bit 4+508, 4-bit 4+1020: fewer bits or fewer tokens?), and the same caches with their sinks quantized too (do the sinks, which take much of the attention, need full precision?). The KV column is measured from each cache's own tensors: codes, scales and zero points, the full-precision part, and the one layer of full-precision slots the layers share while they attend.
+
+# %%
+bit_series = cfg.quant_policies()
+quant_ids = load_stream(cfg.datasets[0], tokenizer, max_tokens=cfg.quant_tokens, bos=cfg.bos)
+pd.DataFrame([{'series': name, 'label': p.label(), 'bits': p.bits, 'keeps (tokens)': p.budget}
+              for name, policies in bit_series.items() for p in policies])
+
+# %%
+bit_policies = list(dict.fromkeys(p for policies in bit_series.values() for p in policies))
+for policy in bit_policies:
+    run.measure('ppl', policy, lambda: measure_perplexity(model, quant_ids, policy),
+                dataset=cfg.datasets[0], n_tokens=quant_ids.shape[1])
+    run.measure('quant_kv', policy, lambda: measure_kv(model, policy, prompt[:, : policy.budget]),
+                prompt_tokens=prompt.shape[1])
+
+# %% [markdown]
+# Each row's `change` is the paired ratio of perplexities on the same tokens against `against` (the 16-bit cache of `quant_budget` tokens; for the quantized sinks, the same cache with full-precision sinks). Where its interval includes no change, this text does not tell the two apart.
+
+# %%
+bits = report.bits_table(run)
+report.bits_report(bits).round(3) if not bits.empty else bits
+
+# %%
+if not bits.empty:
+    run.figure(plots.fig_bits(bits), 'fig15_bits')
+
+# %% [markdown]
+# What does dequantizing cost a decode step? The same-token caches, and the largest equal-bytes one, timed in turns against Dense (`speed_repeats` rounds). On a CPU each layer rebuilds its keys and values from the codes before it attends.
+
+# %%
+quant_timed = list(dict.fromkeys([Dense()] + bit_series['same tokens'] + bit_series['equal bytes'][-1:])) \
+    if cfg.quant_bits else []
+if quant_timed:
+    run.measure_all('quant_speed', quant_timed, lambda: measure_interleaved(model, quant_timed, prompt, 16,
+                    rounds=cfg.speed_repeats), prompt_tokens=prompt.shape[1], new_tokens=16, rounds=cfg.speed_repeats)
+report.latency_table(run, 'quant_speed', new_tokens=16).round(3)
 
 # %% [markdown]
 # ## Decode latency: does the cache size matter?

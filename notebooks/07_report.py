@@ -87,6 +87,11 @@ if not sweep.empty:
     run.figure(plots.fig_tradeoff(sweep[sweep.sweep.str.contains('cache')], latency), 'fig4_tradeoff')
 
 # %%
+bits = report.bits_table(run)
+if not bits.empty:
+    run.figure(plots.fig_bits(bits), 'fig15_bits')
+
+# %%
 if not sweep.empty:
     run.figure(plots.fig_sinks(sweep[sweep.sweep.str.contains('sinks')].sort_values('n_sink'),
                report.published_results().query("table == 'table2'")), 'fig5_ppl_vs_sinks')
@@ -171,6 +176,12 @@ if not sweep.empty:
 if not latency.empty:
     tables[f'Decode latency against Dense, interleaved (prompt {cfg.speed_prompt_tokens}, 16 new)'] = latency[
         ['label', 'cache_size', 'ttft_ms', 'TTFT IQR (ms)', 'tpot_ms', 'TPOT IQR (ms)', 'TPOT vs Dense (IQR)', 'rounds']].round(2)
+if not bits.empty:
+    tables[f'Bits per kept token ({cfg.datasets[0]}, {cfg.quant_tokens} tokens)'] = report.bits_report(bits).round(3)
+quant_latency = report.latency_table(run, 'quant_speed', new_tokens=16)
+if not quant_latency.empty:
+    tables['Decode latency of the quantized caches against Dense, interleaved'] = quant_latency[
+        ['label', 'cache_size', 'tpot_ms', 'TPOT IQR (ms)', 'TPOT vs Dense (IQR)', 'rounds']].round(2)
 modes = report.decode_modes_table(run)
 if not modes.empty:
     tables[f'Eager and compiled decoding (batch 1, prompt {cfg.speed_prompt_tokens}, {cfg.speed_new_tokens} new)'] = modes.round(3)

@@ -20,7 +20,7 @@ PROFILES_DIR = repo_root() / "profiles"
 TOKEN_COUNTS = ("ppl_tokens", "speed_prompt_tokens", "speed_new_tokens", "flops_tokens", "sweep_tokens",
                 "long_stream_tokens", "trace_tokens", "trace_every", "max_dense_tokens", "recompute_window",
                 "sweep_sink_cache", "generation_prompt_tokens", "generation_new_tokens", "recompute_tokens",
-                "burst_tokens", "burst_new_tokens", "retrieval_cache")
+                "burst_tokens", "burst_new_tokens", "retrieval_cache", "quant_tokens")
 
 # A dry run: the profile's chain, every notebook and code path, offline on CPU in a few minutes.
 DRY_RUN_MODEL = "random:pythia-14m"  # random weights of the smallest Pythia shape
@@ -31,7 +31,7 @@ DRY_RUN_CAPS = {"ppl_tokens": 512, "sweep_tokens": 1024, "long_stream_tokens": 2
                 "trace_every": 32, "max_dense_tokens": 2048, "streameval_tokens": 1024, "streameval_scored_tokens": 256,
                 "recompute_tokens": 256, "speed_prompt_tokens": 256, "speed_new_tokens": 16,
                 "speed_repeats": 1, "flops_tokens": 128, "generation_prompt_tokens": 32,
-                "generation_new_tokens": 384, "burst_tokens": 1024, "burst_new_tokens": 64}
+                "generation_new_tokens": 384, "burst_tokens": 1024, "burst_new_tokens": 64, "quant_tokens": 1024}
 
 
 class ConfigError(ValueError):
@@ -100,6 +100,9 @@ class Config:
     recall_turns: int = 0  # 06: a scripted chat of this many turns (models with a chat template); 0: none
     recall_turns_back: list = field(default_factory=lambda: [1, 3, 6, 12])  # turns from a fact to its question
     recall_more_policies: bool = False  # burst eviction, TOVA and H2O join the recall chat (minutes more)
+    quant_bits: list = field(default_factory=list)  # 03: quantized KV caches at these bit widths (8, 4, 2); [] none
+    quant_budget: int = 256  # 03: the full-precision cache the equal-memory series matches (4+252 = 8-bit 4+508 ...)
+    quant_tokens: int = 4096  # 03: the stream the bit widths are compared on (longer than the largest cache)
     long_stream_policies: list = field(default_factory=lambda: ["window", "streamingllm", "burst"])  # 04: the
     # bounded policies that stream the whole long text; the others stop at max_dense_tokens
     notebooks: list | None = None  # the notebooks the chain runs (name prefixes, e.g. ["00", "04", "07"]); None: all
@@ -183,6 +186,10 @@ class Config:
         check_ints("sweep_scored_cache_sizes", self.sweep_scored_cache_sizes, 4)
         check_ints("sweep_sinks", self.sweep_sinks, 0, self.sweep_sink_cache - 1)
         check_ints("speed_batch_sizes", self.speed_batch_sizes, 1)
+        if not isinstance(self.quant_bits, list) or any(b not in (8, 4, 2) for b in self.quant_bits):
+            raise ValueError(f"quant_bits must be a list drawn from [8, 4, 2] (empty: no quantized caches); "
+                             f"got {self.quant_bits!r}")
+        check_int("quant_budget", self.quant_budget, self.n_sink + 2)
         for name in ("compare_compiled", "sweep_recompute", "pos_shift", "export_figures"):
             check_bool(name, getattr(self, name))
         if self.bos is not None:
@@ -219,6 +226,19 @@ class Config:
     def burst_policies(self) -> list[BurstEviction]:
         """The lab's press first, then its tuning table: burst eviction with ``n_sink`` sinks."""
         return [BurstEviction(self.n_sink, capacity, float(ratio)) for capacity, ratio in self.burst_configs]
+
+    def quant_policies(self) -> dict[str, list[StreamingLLM]]:
+        """The bit-width comparison of notebook 03, StreamingLLM with ``n_sink`` sinks: ``same tokens`` (a cache of
+        ``quant_budget`` tokens at 16 bits and at each of ``quant_bits``), ``equal bytes`` (at ``b`` bits the cache
+        that fits the 16-bit one's codes: ``16 / b`` times the tokens) and ``sinks quantized`` (the same-token caches
+        with their sinks quantized too)."""
+        budget, s = self.quant_budget, self.n_sink
+        return {"same tokens": [StreamingLLM(s, budget - s)] + [StreamingLLM(s, budget - s, bits=b)
+                                                                for b in self.quant_bits],
+                "equal bytes": [StreamingLLM(s, budget - s)] + [StreamingLLM(s, budget * 16 // b - s, bits=b)
+                                                                for b in self.quant_bits],
+                "sinks quantized": [StreamingLLM(s, budget - s, bits=b, quantize_sinks=True) for b in self.quant_bits]
+                if s else []}
 
     def streaming_policy(self) -> StreamingLLM:
         return StreamingLLM(self.n_sink, self.window, self.pos_shift)
@@ -258,6 +278,7 @@ def dry_run_values(values: dict) -> dict:
     v["sweep_sink_cache"] = max(16, v.get("sweep_sink_cache", 64) // div)
     v["sweep_sinks"] = [s for s in v.get("sweep_sinks", []) if s < v["sweep_sink_cache"]]
     v["recompute_window"] = max(16, v.get("recompute_window", 256) // div)
+    v["quant_budget"] = max(16, v.get("quant_budget", 256) // div)
     v["retrieval_cache"] = max(16, v.get("retrieval_cache", 128) // div)
     v["retrieval_context_tokens"] = sorted({min(256, n) for n in v.get("retrieval_context_tokens", [512])})
     v["retrieval_seeds"] = v["retrieval_scored_seeds"] = 1

@@ -58,10 +58,13 @@ def family_label(policy) -> str:
     p = policy.params()
     if p["policy"] == "h2o":
         return "H2O, heavy = recent" if p["n_heavy"] == p["n_recent"] else "H2O, recent-heavy"
-    return kind_label(p["policy"], p.get("pos_shift", True))
+    bits = p.get("bits", 16)
+    return kind_label(p["policy"], p.get("pos_shift", True)) + (f", int{bits}" if bits != 16 else "")
 
 
 FAMILY_STYLE = {"H2O, recent-heavy": "h2o-recent"}
+BITS_STYLE = {8: {"linestyle": "--", "mfc": "none"}, 4: {"linestyle": ":", "mfc": "none"},
+              2: {"linestyle": (0, (1, 3)), "mfc": "none"}}  # a quantized cache: its policy's colour, hollow
 
 
 def style_for(policy: str, pos_shift=True) -> dict:
@@ -273,6 +276,7 @@ def fig_tradeoff(sweep: pd.DataFrame, latency: pd.DataFrame | None = None):
         df = df.sort_values("cache_size")
         first = df.iloc[0]
         st = style_for(FAMILY_STYLE.get(name, first["policy"]), first["pos_shift"])
+        st.update(BITS_STYLE.get(int(first.get("bits", 16)), {}))
         a.errorbar(df["kv_mib"], df["ppl"], yerr=_yerr(df, "ppl", "ppl_low", "ppl_high"), label=name, capsize=2, **st)
     front = pareto_front(sweep.dropna(subset=["ppl"]), "kv_mib", "ppl")
     if not front.empty:
@@ -297,6 +301,48 @@ def fig_tradeoff(sweep: pd.DataFrame, latency: pd.DataFrame | None = None):
         b.set_visible(False)
     handles, labels = a.get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.05), ncols=4, frameon=False)
+    return fig
+
+
+def fig_bits(table: pd.DataFrame):
+    """Figure 15: bits per kept token. Left: the paired change in perplexity on the same tokens against the 16-bit
+    cache (95 % interval bars) against KV memory, for the same cache at fewer bits (``same tokens``) and for caches of
+    equal code bytes (``equal bytes``: 4+252 at 16 bits, 4+508 at 8, 4+1020 at 4 ...), each point marked with its bits
+    and tokens. Right: the paired change from quantizing the sinks too, against the same cache with full-precision
+    sinks, per bit width. ``table``: :func:`streamlib.report.bits_table`."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.5, 3.4), gridspec_kw={"width_ratios": [1.6, 1]})
+    styles = {"same tokens": ("#0072B2", "D", "-", 6), "equal bytes": ("#D55E00", "o", "--", -10)}
+    for series, (colour, marker, ls, dy) in styles.items():
+        df = table[table["series"] == series].sort_values("kv_mib")
+        if df.empty:
+            continue
+        change = (df["vs"] - 1) * 100
+        err = np.vstack([change - (df["vs_low"] - 1) * 100, (df["vs_high"] - 1) * 100 - change]).clip(min=0)
+        a.errorbar(df["kv_mib"], change, yerr=err, color=colour, marker=marker, linestyle=ls, capsize=2,
+                   label=series)
+        for (_, row), y in zip(df.iterrows(), change):
+            a.annotate(f"{int(row['bits'])}-bit {int(row['tokens'])}", (row["kv_mib"], y),
+                       textcoords="offset points", xytext=(4, dy), fontsize=7, color=colour)
+    a.axhline(0, color="black", lw=0.8, ls=":")
+    a.set_xlabel("KV-cache memory (MiB: codes, scales, full-precision part)")
+    reference = table["against"].iloc[0] if not table.empty else "16-bit"
+    a.set_ylabel(f"perplexity vs {reference} (%)", fontsize=8)
+    plain_log_axis(a, "x")
+    a.set_title("Fewer bits or fewer tokens? (paired 95 % CI)", fontsize=9)
+    a.legend(fontsize=8, frameon=False)
+    sinks = table[table["series"] == "sinks quantized"].sort_values("bits", ascending=False)
+    if sinks.empty:
+        b.set_visible(False)
+    else:
+        x = np.arange(len(sinks))
+        change = (sinks["vs"] - 1) * 100
+        err = np.vstack([change - (sinks["vs_low"] - 1) * 100, (sinks["vs_high"] - 1) * 100 - change])
+        b.errorbar(x, change, yerr=err, color="#0072B2", marker="D", linestyle="none", capsize=3)
+        b.axhline(0, color="black", lw=0.8, ls=":")
+        b.set_xticks(x, [f"{int(v)}-bit" for v in sinks["bits"]])
+        b.set_ylabel("perplexity change (%)")
+        b.set_title("Sinks quantized vs kept in full precision", fontsize=9)
+    fig.tight_layout()
     return fig
 
 

@@ -4,6 +4,7 @@ page they go on (``report.md``, ``report.html``, the figure captions) is :mod:`s
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -327,6 +328,7 @@ def sweep_table(run) -> pd.DataFrame:
     out["pos_shift"] = out["pos_shift"].fillna(True).astype(bool)
     out["n_sink"] = out["n_sink"].fillna(0).astype(int)
     out["cache_size"] = [p.budget for p in policies]
+    out["bits"] = [getattr(p, "bits", 16) for p in policies]
     out["kv_mib"] = out["kv_bytes_after_prompt"] / 2**20
     out.insert(1, "family", [family_label(p) for p in policies])
     nll = nll_curves(run, "ppl", out)
@@ -339,9 +341,55 @@ def sweep_table(run) -> pd.DataFrame:
     in_cache = (out["cache_size"].isin(cfg.sweep_cache_sizes) & ((out["policy"] != "streamingllm")
                                                                   | (out["n_sink"] == SWEEP_SINKS))) \
         | (out["policy"] == "burst")  # the lab's tuning table: its own capacities
-    in_sinks = (out["policy"] == "streamingllm") & out["pos_shift"] & (out["cache_size"] == cfg.sweep_sink_cache)
+    in_sinks = (out["policy"] == "streamingllm") & out["pos_shift"] & (out["cache_size"] == cfg.sweep_sink_cache) \
+        & (out["bits"] == 16)
     out["sweep"] = ["cache+sinks" if a and b else "cache" if a else "sinks" if b else "" for a, b in zip(in_cache, in_sinks)]
     return out[out["sweep"] != ""].drop(columns=["kv_bytes_after_prompt", "key"]).reset_index(drop=True)
+
+
+def bits_table(run) -> pd.DataFrame:
+    """Notebook 03's bit widths (``cfg.quant_policies()``) on the ``quant_tokens`` stream: one row per series and
+    policy, with its bits, tokens kept, KV bytes after a prompt of its budget (MiB), perplexity and its 95 % interval,
+    and the paired ratio on the same tokens against its reference (``against``): the 16-bit cache of
+    ``quant_budget`` tokens, or for ``sinks quantized`` the same cache with its sinks in full precision."""
+    cfg = run.cfg
+    ppl = latest_of_each(_same_setting(run.metrics("ppl"), n_tokens=cfg.quant_tokens, dataset=cfg.datasets[0]),
+                         ["label"])
+    kv = latest_of_each(run.metrics("quant_kv"), ["label"])
+    if ppl.empty or kv.empty:
+        return pd.DataFrame()
+    nll = nll_curves(run, "ppl", ppl)
+    kv_mib = dict(zip(kv["label"], kv["kv_bytes_after_prompt"] / 2**20))
+    rows = []
+    for series, policies in cfg.quant_policies().items():
+        for policy in policies:
+            label = policy.label()
+            if label not in nll:
+                continue
+            if series == "sinks quantized":
+                against = replace(policy, quantize_sinks=False).label()
+            else:
+                against = policies[0].label()
+            iv, paired = ppl_interval(nll, label), paired_interval(nll, label, against)
+            rows.append({"series": series, "label": label, "bits": policy.bits, "tokens": policy.budget,
+                         "kv_mib": kv_mib.get(label, np.nan), "ppl": iv.value, "ppl_low": iv.low,
+                         "ppl_high": iv.high, "against": against,
+                         "vs": paired.value if paired else np.nan, "vs_low": paired.low if paired else np.nan,
+                         "vs_high": paired.high if paired else np.nan})
+    return pd.DataFrame(rows)
+
+
+def bits_report(table: pd.DataFrame) -> pd.DataFrame:
+    """The bit widths as report.md shows them: perplexity with its 95 % CI and the paired change against each row's
+    reference ("not resolved" where its interval includes no change)."""
+    if table.empty:
+        return table
+    out = table[["series", "label", "bits", "tokens", "kv_mib", "ppl"]].copy()
+    out[f"ppl {CI}"] = [format_interval(a, b) for a, b in zip(table["ppl_low"], table["ppl_high"])]
+    out["against"] = table["against"]
+    out["change"] = [f"{(v - 1) * 100:+.2f} %" if v == v else "–" for v in table["vs"]]
+    out[f"change {CI}"] = [_resolved(v, a, b) for v, a, b in zip(table["vs"], table["vs_low"], table["vs_high"])]
+    return out
 
 
 def sweep_report(sweep: pd.DataFrame) -> pd.DataFrame:

@@ -43,6 +43,9 @@ CAPTIONS = {
                         "length.",
     "fig14_recall": "Recall across turns of one chat: accuracy (Wilson 95 % CI bars) against the turns from a fact to "
                     "its question, and the KV cache held after each turn.",
+    "fig15_bits": "Bits per kept token: the paired change in perplexity (95 % CI bars) against KV memory for one cache at fewer bits and for "
+                  "caches of equal code bytes (more tokens at fewer bits), and the paired change from quantizing the "
+                  "sinks too.",
 }
 
 STYLE = """body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;

@@ -73,7 +73,8 @@ def test_profiles_load_and_validate():
     assert Config.load("paper-12b").device_map == "auto"
     for name, bad in (("streameval_lines_back", []), ("streameval_lines_back", [0]), ("streameval_every", 0),
                       ("recall_turns", -1), ("recall_turns_back", []), ("recall_more_policies", 1),
-                      ("long_stream_policies", ["dense"]), ("notebooks", []), ("notebooks", "04")):
+                      ("long_stream_policies", ["dense"]), ("notebooks", []), ("notebooks", "04"),
+                      ("quant_bits", [3]), ("quant_bits", 4), ("quant_budget", 5)):
         with pytest.raises(ValueError, match=name):
             Config.load("smoke", **{name: bad})
     for outside in ("/tmp/figs", "../figures", ""):
@@ -161,6 +162,15 @@ def test_smoke_chain_writes_everything(smoke_run):
     assert len(streameval) == 7 and (streameval.value > 0).all()  # StreamingLLM twice: 4 sinks, the prompt kept
     assert set(streameval[streameval.policy == "tova"].tokens_read) == {cfg.streameval_scored_tokens}
     assert f"## StreamEval ({cfg.streameval_tokens} tokens" in report
+    # quantized caches: the bit widths on their own stream, each KV read from the cache, timed against Dense
+    bits = ok[(ok.metric == "ppl") & (ok.n_tokens == cfg.quant_tokens)]
+    assert sorted(set(bits.bits)) == sorted([16, *cfg.quant_bits]) and bits.quantize_sinks.fillna(False).sum() == 2
+    assert set(bits.label) == set(ok[ok.group == "quant_kv"].label)
+    assert set(ok[(ok.group == "quant_speed") & (ok.metric == "tpot_mean")].bits.fillna(16)) == {16, 8, 4}
+    assert f"## Bits per kept token (kjv-heldout, {cfg.quant_tokens} tokens)" in report
+    assert "| StreamingLLM 4+124 int8 | 8 | 128 |" in report  # equal code bytes: twice the tokens at 8 bits
+    sweep_bits = ok[(ok.metric == "ppl") & (ok.n_tokens == cfg.sweep_tokens) & (ok.bits.fillna(16) < 16)]
+    assert len(sweep_bits) == len(cfg.sweep_cache_sizes) * len(cfg.quant_bits)  # on the trade-off curves too
     # intervals beside every quality number, and how they were made
     assert "circular block bootstrap" in report
     comparison_md = (smoke_run / "tables" / "comparison.md").read_text()
