@@ -23,6 +23,7 @@ bench: env
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_quality.py
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_scored.py
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_decode.py
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_quant.py
 
 gpu-check: env
 	bash bench/gpu_check.sh

@@ -8,7 +8,7 @@ On random-weight Pythia-2.8b in fp16, batch 1, a 2048-token prompt and 256 new t
 * the device-to-device copy bandwidth in the same run, and TPOT over its floor: the weight bytes read once per token
   divided by that bandwidth;
 * agreement: chunked vs token-by-token evaluation in fp16 (StreamingLLM 4+252 on the trained micro model and on the
-  2.8b shapes), fp16 on the GPU vs fp32 on the CPU (micro), compiled vs eager greedy decoding in fp16 (micro).
+  2.8b shapes; StreamingLLM 4+124 with 4-bit keys and values on the micro model; 4+1020 at 4 bits is timed eager), fp16 on the GPU vs fp32 on the CPU (micro), compiled vs eager greedy decoding in fp16 (micro).
 
 It writes ``gpu_check.json`` (after every stage, ``complete`` false until the end) and ``gpu_check.md`` to
 ``--out``. ``--smoke`` runs the same code on the CPU with tiny
@@ -33,9 +33,11 @@ from streamlib.quality import token_nll
 from streamlib.timing import measure_generation
 
 FULL = {"model": "random:pythia-2.8b", "prompt": 2048, "new_tokens": 256, "repeats": 2, "copy_mib": 2048,
-        "policies": [Dense(), StreamingLLM(4, 252), StreamingLLM(4, 1020)], "exact_tokens": 600, "micro_steps": 400}
+        "policies": [Dense(), StreamingLLM(4, 252), StreamingLLM(4, 1020), StreamingLLM(4, 1020, bits=4)],
+        "exact_tokens": 600, "micro_steps": 400}
 SMOKE = {"model": "random:pythia-14m", "prompt": 64, "new_tokens": 8, "repeats": 1, "copy_mib": 16,
-         "policies": [Dense(), StreamingLLM(4, 12), StreamingLLM(4, 28)], "exact_tokens": 160, "micro_steps": 40}
+         "policies": [Dense(), StreamingLLM(4, 12), StreamingLLM(4, 28), StreamingLLM(4, 28, bits=4)],
+         "exact_tokens": 160, "micro_steps": 40}
 
 
 def copy_bandwidth(device: torch.device, mib: int, repeats: int = 10) -> float:
@@ -60,7 +62,8 @@ def speed_rows(model, cfg: dict, bandwidth: float, log, rows: list, save) -> Non
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     floor_s = weight_bytes / bandwidth
     for policy in cfg["policies"]:
-        for compiled in (False, True):
+        for compiled in (False, True) if getattr(policy, "bits", 16) == 16 \
+                else (False,):  # a quantized cache runs eager only
             t0 = time.perf_counter()
             m = measure_generation(model, policy, ids, cfg["new_tokens"], repeats=cfg["repeats"], warmup=1,
                                    compile=compiled)
@@ -99,7 +102,8 @@ def micro_agreement(device: torch.device, cfg: dict) -> dict:
     out = {"dtype": describe(low)["dtype"],
            "max_abs_nll_diff_vs_fp32_cpu": (nll_low - nll_ref).abs().max().item(),
            "ppl": torch.exp(nll_low.mean()).item(), "ppl_fp32_cpu": torch.exp(nll_ref.mean()).item(),
-           "chunked_vs_token": chunked_vs_token(low, ids, policy)}
+           "chunked_vs_token": chunked_vs_token(low, ids, policy),
+           "quantized_chunked_vs_token": chunked_vs_token(low, ids, StreamingLLM(4, 124, bits=4))}
     eager, compiled = TokenStream(low, policy), TokenStream(low, policy, compile=True)
     prompt = ids[:, :140]  # past the 129 tokens that fill the cache: every step below is a compiled one
     eager.feed(prompt)
@@ -136,6 +140,8 @@ def markdown(results: dict) -> str:
               f"{micro['max_abs_nll_diff_vs_fp32_cpu']:.2e}; ppl {micro['ppl']:.3f} vs {micro['ppl_fp32_cpu']:.3f} |",
               f"| micro chunked vs token, {micro['dtype']} | max abs NLL diff "
               f"{micro['chunked_vs_token']['max_abs_nll_diff']:.2e} over {micro['chunked_vs_token']['tokens']} tokens |",
+              f"| micro chunked vs token, {micro['quantized_chunked_vs_token']['policy']}, {micro['dtype']} | max abs "
+              f"NLL diff {micro['quantized_chunked_vs_token']['max_abs_nll_diff']:.2e} |",
               f"| {results['model']['model']} chunked vs token, {big['policy']} | max abs NLL diff "
               f"{big['max_abs_nll_diff']:.2e} over {big['tokens']} tokens |",
               f"| micro compiled vs eager, greedy | {cv['same_greedy_tokens']}/{cv['steps']} same tokens, "

@@ -96,11 +96,11 @@ sweep.query("sweep != 'sinks'")[['label', 'cache_size', 'ppl', 'ppl_low', 'ppl_h
 
 # %% [markdown]
 # ## Bits per kept token
-# The other axis of KV memory: each kept token's keys and values stored in 8, 4 or 2 bits (`quant_bits`; KIVI's grouping, the last block of 32 tokens and the sinks in full precision, `streamlib.kv_quant`). Three series on a stream longer than every cache: the same cache of `quant_budget` tokens at fewer bits (what quantization costs), caches of equal code bytes (16-bit 4+252, 8-bit 4+508, 4-bit 4+1020: fewer bits or fewer tokens?), and the same caches with their sinks quantized too (do the sinks, which take much of the attention, need full precision?). The KV column is measured from each cache's own tensors: codes, scales and zero points, the full-precision part, and the one layer of full-precision slots the layers share while they attend.
+# The other axis of KV memory: each kept token's keys and values stored in 8, 4 or 2 bits (`quant_bits`; KIVI's grouping, the last block of 32 tokens and the sinks in full precision, `streamlib.kv_quant`). Three series on a stream longer than every cache: the same cache of `quant_budget` tokens at fewer bits (what quantization costs), caches of equal code bytes (16-bit 4+252, 8-bit 4+508, 4-bit 4+1020: fewer bits or fewer tokens?), and the same caches with their sinks quantized too (do the sinks, which take much of the attention, need full precision?). The KV column is measured from each cache's own tensors: codes, scales and zero points, the full-precision part, and the one layer of full-precision slots the layers share while they attend. Profiles without `quant_bits` (offline, to keep its 20 minutes) skip this section; offline-full, cpu and paper run it.
 
 # %%
 bit_series = cfg.quant_policies()
-quant_ids = load_stream(cfg.datasets[0], tokenizer, max_tokens=cfg.quant_tokens, bos=cfg.bos)
+quant_ids = load_stream(cfg.datasets[0], tokenizer, max_tokens=cfg.quant_tokens, bos=cfg.bos) if bit_series else None
 pd.DataFrame([{'series': name, 'label': p.label(), 'bits': p.bits, 'keeps (tokens)': p.budget}
               for name, policies in bit_series.items() for p in policies])
 
@@ -124,11 +124,10 @@ if not bits.empty:
     run.figure(plots.fig_bits(bits), 'fig15_bits')
 
 # %% [markdown]
-# What does dequantizing cost a decode step? The same-token caches, and the largest equal-bytes one, timed in turns against Dense (`speed_repeats` rounds). On a CPU each layer rebuilds its keys and values from the codes before it attends.
+# What does dequantizing cost a decode step? Every cache of the first two series, timed in turns against Dense (`speed_repeats` rounds). On a CPU each layer rebuilds its keys and values from the codes before it attends, so expect the cost to grow with the tokens kept.
 
 # %%
-quant_timed = list(dict.fromkeys([Dense()] + bit_series['same tokens'] + bit_series['equal bytes'][-1:])) \
-    if cfg.quant_bits else []
+quant_timed = list(dict.fromkeys([Dense()] + bit_series['same tokens'] + bit_series['equal bytes'])) if bit_series else []
 if quant_timed:
     run.measure_all('quant_speed', quant_timed, lambda: measure_interleaved(model, quant_timed, prompt, 16,
                     rounds=cfg.speed_repeats), prompt_tokens=prompt.shape[1], new_tokens=16, rounds=cfg.speed_repeats)

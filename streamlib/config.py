@@ -231,7 +231,9 @@ class Config:
         """The bit-width comparison of notebook 03, StreamingLLM with ``n_sink`` sinks: ``same tokens`` (a cache of
         ``quant_budget`` tokens at 16 bits and at each of ``quant_bits``), ``equal bytes`` (at ``b`` bits the cache
         that fits the 16-bit one's codes: ``16 / b`` times the tokens) and ``sinks quantized`` (the same-token caches
-        with their sinks quantized too)."""
+        with their sinks quantized too). Empty without ``quant_bits``."""
+        if not self.quant_bits:
+            return {}
         budget, s = self.quant_budget, self.n_sink
         return {"same tokens": [StreamingLLM(s, budget - s)] + [StreamingLLM(s, budget - s, bits=b)
                                                                 for b in self.quant_bits],

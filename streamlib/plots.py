@@ -313,7 +313,7 @@ def fig_bits(table: pd.DataFrame):
     fig, (a, b) = plt.subplots(1, 2, figsize=(8.5, 3.4), gridspec_kw={"width_ratios": [1.6, 1]})
     styles = {"same tokens": ("#0072B2", "D", "-", 6), "equal bytes": ("#D55E00", "o", "--", -10)}
     for series, (colour, marker, ls, dy) in styles.items():
-        df = table[table["series"] == series].sort_values("kv_mib")
+        df = table[table["series"] == series].sort_values("bits", ascending=False)  # 16 bits, then fewer
         if df.empty:
             continue
         change = (df["vs"] - 1) * 100

@@ -1,0 +1,84 @@
+"""Quantized KV caches against the full-precision cache of the same policy, as ratios measured in one run (CPU, fp32,
+random SmolLM2-135M weights by default; on CUDA it uses the GPU):
+
+  1. decode step of StreamingLLM 4+252 at 8 and 4 bits, and of 4+1020 at 4 bits, against 16-bit 4+252 (rounds
+     alternate the policies against drift): what rebuilding the keys and values from codes costs per step
+  2. evaluation throughput (tokens/s, chunked): a quantized cache reads a stream in chunks of at most its residual
+  3. KV bytes held after a full cache, against 16-bit 4+252
+
+    .venv/bin/python bench/bench_quant.py [--arch smollm2-135m] [--steps 48] [--rounds 3] [--eval-tokens 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bench_policies import median_step
+from streamlib.models import describe, load_model
+from streamlib.policies import StreamingLLM
+from streamlib.quality import token_nll
+
+
+def eval_throughput(model, policy, n_tokens: int) -> float:
+    ids = torch.randint(0, model.config.vocab_size, (1, n_tokens + 1), generator=torch.Generator().manual_seed(2))
+    start = time.perf_counter()
+    token_nll(model, ids, policy)
+    return n_tokens / (time.perf_counter() - start)
+
+
+def held_bytes(model, policy, n_tokens: int) -> int:
+    ids = torch.randint(0, model.config.vocab_size, (1, n_tokens), generator=torch.Generator().manual_seed(3))
+    cache = policy.make_cache(model)
+    with torch.no_grad():
+        for _ in cache.feed(model, ids, all_logits=False):
+            pass
+    return cache.kv_bytes()[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="smollm2-135m", help="random weights of this shape (pythia-XXX, smollm2-135m)")
+    ap.add_argument("--model", default=None, help="a real model instead, e.g. smollm2-135m (load_model's names)")
+    ap.add_argument("--steps", type=int, default=48)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--eval-tokens", type=int, default=2048)
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model = load_model(args.model or f"random:{args.arch}")
+    tag = (args.model or args.arch).replace("/", "_")
+    info = describe(model)
+    print(json.dumps(info))
+    policies = {"fp 4+252": StreamingLLM(4, 252), "int8 4+252": StreamingLLM(4, 252, bits=8),
+                "int4 4+252": StreamingLLM(4, 252, bits=4), "int4 4+1020": StreamingLLM(4, 1020, bits=4)}
+
+    steps = {name: [] for name in policies}
+    for _ in range(args.rounds):
+        for name, policy in policies.items():
+            steps[name].append(median_step(model, policy, 2 * policy.budget, args.steps))
+    step = {name: statistics.median(t) for name, t in steps.items()}
+    throughput = {name: eval_throughput(model, p, args.eval_tokens) for name, p in policies.items()}
+    held = {name: held_bytes(model, p, 2 * p.budget) for name, p in policies.items()}
+
+    base = "fp 4+252"
+    result = {"machine": info, "torch_threads": torch.get_num_threads(), "decode_step_s": step,
+              "decode_step_vs_fp": {k: v / step[base] for k, v in step.items()},
+              "eval_tokens_per_s": throughput, "eval_vs_fp": {k: v / throughput[base] for k, v in throughput.items()},
+              "kv_held_bytes": held, "kv_held_vs_fp": {k: v / held[base] for k, v in held.items()}}
+    print(json.dumps(result, indent=1))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"quant-{info['device']}-{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
+    for name in policies:
+        print(f"{name:12s} decode step x{result['decode_step_vs_fp'][name]:.2f}, evaluation x"
+              f"{result['eval_vs_fp'][name]:.2f}, KV held x{result['kv_held_vs_fp'][name]:.3f} (against {base})")
+
+
+if __name__ == "__main__":
+    main()
