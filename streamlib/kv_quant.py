@@ -161,8 +161,9 @@ def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
     per = 8 // bits
     if per == 1:
         return packed
-    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
-    return ((packed[..., None] >> shifts) & (2**bits - 1)).flatten(-2)
+    # one shift and mask per code position (about twice as fast on a CPU as one broadcast shift)
+    mask = 2**bits - 1
+    return torch.stack([(packed >> (bits * j)) & mask for j in range(per)], dim=-1).flatten(-2)
 
 
 # ------------------------------------------------------------------------------------------------ the storage --
@@ -299,19 +300,20 @@ class QuantizedLayer:
         else:
             keys = dequantize_per_token(key_codes, self.key_scale, self.key_zero)
         recent, sink = self.fp_slots(positions, position // q.residual)
-        index = (positions % q.residual).clamp(min=0).expand(shape)[..., None]
-        keys = torch.where(recent[..., None], self.recent_keys.gather(2, index.expand(-1, -1, -1, keys.shape[-1])),
-                           keys)
-        values = torch.where(recent[..., None],
-                             self.recent_values.gather(2, index.expand(-1, -1, -1, values.shape[-1])), values)
-        if q.fp_sinks:
-            n = q.fp_sinks
-            sink_index = positions.clamp(0, n - 1).expand(shape)[..., None]
-            keys = torch.where(sink[..., None],
-                               self.sink_store_keys.gather(2, sink_index.expand(-1, -1, -1, keys.shape[-1])), keys)
-            values = torch.where(sink[..., None],
-                                 self.sink_store_values.gather(2, sink_index.expand(-1, -1, -1, values.shape[-1])),
-                                 values)
+        if positions.shape[:2] == (1, 1):  # one set of slots for every row: copy the few full-precision ones
+            for mask, store_k, store_v, index in ((recent, self.recent_keys, self.recent_values, q.residual),
+                                                  (sink, self.sink_store_keys, self.sink_store_values, None)):
+                slots = mask[0, 0].nonzero()[:, 0]
+                if slots.numel():
+                    source = positions[0, 0, slots] % index if index else positions[0, 0, slots]
+                    keys[:, :, slots] = store_k[:, :, source]
+                    values[:, :, slots] = store_v[:, :, source]
+        else:  # each row (H2O's kv heads) holds its own tokens
+            index = (positions % q.residual).clamp(min=0).expand(shape)[..., None]
+            keys = torch.where(recent[..., None],
+                               self.recent_keys.gather(2, index.expand(-1, -1, -1, keys.shape[-1])), keys)
+            values = torch.where(recent[..., None],
+                                 self.recent_values.gather(2, index.expand(-1, -1, -1, values.shape[-1])), values)
         if hasattr(self, "sink_keys") and self.n_sink:  # the sinks as first rotated: at their own positions, frame 0
             cos, sin = self.scratch.tables("sinks", torch.arange(self.n_sink), (self.n_sink,), self.rotations.info,
                                            self.device)
