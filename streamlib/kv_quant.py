@@ -166,6 +166,22 @@ def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.stack([(packed >> (bits * j)) & mask for j in range(per)], dim=-1).flatten(-2)
 
 
+def held_bytes(quant: KVQuantSpec, held: torch.Tensor, position: int, k_dim: int, v_dim: int, element: int) -> int:
+    """Bytes one kv head of one layer holds for the tokens at positions ``held`` when ``position`` tokens have been
+    fed: the full-precision ones (the current block, the sinks unless quantized) at ``element`` bytes a value; the
+    others as codes, a value scale and zero point per group, and the key scales and zero points (per live block for
+    keys per channel, per group for keys per token)."""
+    recent = held // quant.residual == position // quant.residual
+    fp = recent | (held < quant.fp_sinks)
+    quantized = held[~fp]
+    per_token = (k_dim + v_dim) * quant.bits // 8 + 2 * element * v_dim // group_size(v_dim)
+    if quant.key_axis == "channel":
+        key_scales = 2 * element * k_dim * len(torch.unique(quantized // quant.residual))
+    else:
+        key_scales = 2 * element * (k_dim // group_size(k_dim)) * len(quantized)
+    return int(fp.sum()) * (k_dim + v_dim) * element + len(quantized) * per_token + key_scales
+
+
 # ------------------------------------------------------------------------------------------------ the storage --
 
 
@@ -378,24 +394,11 @@ class QuantizedLayer:
         return allocated, self.resident_bytes()
 
     def resident_bytes(self) -> int:
-        q = self.quant
         batch, heads, _, k_dim = self.recent_keys.shape
-        v_dim = self.recent_values.shape[-1]
-        e = self.value_scale.element_size()
         held = self.held_positions()
-        rows = held.shape[0]
-        total = 0
-        for row in held:
-            recent, sink = self.fp_slots(row, self.position // q.residual)
-            fp = int((recent | sink).sum())
-            quantized = row[~(recent | sink)]
-            per_token = (k_dim + v_dim) * q.bits // 8 + 2 * e * v_dim // self.group
-            if q.key_axis == "channel":
-                keys_scales = 2 * e * k_dim * len(torch.unique(quantized // q.residual))
-            else:
-                keys_scales = 2 * e * (k_dim // self.key_group) * len(quantized)
-            total += fp * (k_dim + v_dim) * e + len(quantized) * per_token + keys_scales
-        return total * batch * (heads // rows)
+        total = sum(held_bytes(self.quant, row, self.position, k_dim, self.recent_values.shape[-1],
+                               self.value_scale.element_size()) for row in held)
+        return total * batch * (heads // held.shape[0])
 
     def batch_tensors(self) -> list[torch.Tensor]:
         return super().batch_tensors() + self.store_tensors()

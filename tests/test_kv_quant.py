@@ -188,6 +188,7 @@ def test_bytes_held_match_the_formula(peaky_llama, bits):
                 + key_blocks * 2 * e * d)  # key scale and zero point per channel per block
     allocated, resident = cache.kv_bytes()
     assert resident == layers * heads * per_head
+    assert StreamingLLM(4, 60, True, bits, 16).kv_bytes_held(peaky_llama.config, 200, torch.float32) == resident
     slots = 65
     store = (2 * slots * d * bits // 8 + 2 * slots * e * (d // 32)  # codes, value scales
              + (2 + 5) * 2 * e * d  # key scale tables: block 0 and ceil(65 / 16) + 1 more

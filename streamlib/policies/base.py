@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from ..arch import family_of
+import torch
+
+from ..arch import SLIDING, family_of, layer_types, shapes_of
 from ..flops import bounded_stream_flops
-from ..kv_quant import KVQuantSpec
+from ..kv_quant import KVQuantSpec, held_bytes
 from ..memory import held_kv_bytes
 
 # The one answer to "can this policy's decode step be compiled": each policy's compiled_form.
@@ -43,13 +45,15 @@ class PolicyBase:
     def label(self) -> str:
         return self.name
 
-    def kv_quant(self, key_axis: str = "channel") -> KVQuantSpec | None:
+    key_axis = "channel"  # how a quantized cache groups keys: per channel over a block (tokens leave in order)
+
+    def kv_quant(self) -> KVQuantSpec | None:
         """The quantization of the policy's cache (its ``bits``, ``residual``, ``quantize_sinks`` fields), or None at
         16 bits (:mod:`streamlib.kv_quant`)."""
         bits = getattr(self, "bits", 16)
         if bits == 16:
             return None
-        return KVQuantSpec(bits, self.residual, key_axis, getattr(self, "n_sink", 0),
+        return KVQuantSpec(bits, self.residual, self.key_axis, getattr(self, "n_sink", 0),
                            getattr(self, "quantize_sinks", False))
 
     def check_not_quantized(self, what: str) -> None:
@@ -74,5 +78,20 @@ class PolicyBase:
 
     def kv_bytes_held(self, config, n_tokens: int, dtype) -> int:
         """Analytic bytes of keys and values held after ``n_tokens`` tokens: the full layers at most ``budget``
-        tokens, a hybrid model's sliding layers their trained window (:func:`~streamlib.memory.held_kv_bytes`)."""
-        return held_kv_bytes(config, n_tokens, dtype, self.budget)
+        tokens, a hybrid model's sliding layers their trained window (:func:`~streamlib.memory.held_kv_bytes`). A
+        quantized cache's full layers: :func:`~streamlib.kv_quant.held_bytes` for the first ``n_sink`` and the most
+        recent of its tokens (exact for StreamingLLM and Window; for the others, which keep other tokens, the count
+        is exact and the split between blocks an estimate)."""
+        quant = self.kv_quant()
+        if quant is None:
+            return held_kv_bytes(config, n_tokens, dtype, self.budget)
+        sh = shapes_of(config)
+        types = layer_types(config)
+        full_layers = len(types) - types.count(SLIDING)
+        sliding = held_kv_bytes(config, n_tokens, dtype, 0)  # the sliding layers alone: their window, full precision
+        kept = min(n_tokens, self.budget)
+        sinks = min(getattr(self, "n_sink", 0), kept)
+        held = torch.cat([torch.arange(sinks), torch.arange(n_tokens - (kept - sinks), n_tokens)])
+        element = torch.finfo(dtype).bits // 8
+        per_head = held_bytes(quant, held, n_tokens, sh.head_dim, sh.head_dim, element)
+        return sliding + full_layers * sh.kv_heads * per_head

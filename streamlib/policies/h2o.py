@@ -33,6 +33,7 @@ class H2O(PolicyBase):
     per_head = True  # each kv head keeps its own heavy hitters
     token_mode = True
     why_not_compiled = "it evicts by score"
+    key_axis = "token"  # it evicts single tokens anywhere: a block's per-channel key scales would outlive the block
 
     def __post_init__(self):
         check_int("n_heavy", self.n_heavy, 0)
@@ -48,9 +49,8 @@ class H2O(PolicyBase):
     def make_cache(self, model) -> ScoredCache:
         check_model(model, "H2O")
         install(model)
-        # keys per token: these evict single tokens anywhere, so a block's per-channel scales would outlive it
         return ScoredCache(model.config.num_hidden_layers, self, rotary_of(model), sliding=sliding_layers_of(model),
-                           quant=self.kv_quant(key_axis="token"))
+                           quant=self.kv_quant())
 
     # -- the rule, as the layers of its cache apply it after each step's attention ------------------------------
     def score(self, scores: torch.Tensor, probs: torch.Tensor) -> None:

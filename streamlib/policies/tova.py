@@ -30,6 +30,7 @@ class TOVA(PolicyBase):
     per_head = False  # one choice per layer, for all its heads
     token_mode = True
     why_not_compiled = "it evicts by score"
+    key_axis = "token"  # it evicts single tokens anywhere: a block's per-channel key scales would outlive the block
 
     def __post_init__(self):
         check_int("budget", self.budget, 1)
@@ -38,9 +39,8 @@ class TOVA(PolicyBase):
     def make_cache(self, model) -> ScoredCache:
         check_model(model, "TOVA")
         install(model)
-        # keys per token: these evict single tokens anywhere, so a block's per-channel scales would outlive it
         return ScoredCache(model.config.num_hidden_layers, self, rotary_of(model), sliding=sliding_layers_of(model),
-                           quant=self.kv_quant(key_axis="token"))
+                           quant=self.kv_quant())
 
     # -- the rule, as the layers of its cache apply it after each step's attention ------------------------------
     def score(self, scores: torch.Tensor, probs: torch.Tensor) -> None:
