@@ -20,7 +20,8 @@ def test_gpu_check_smoke(tmp_path):
     assert results["complete"]
     rows = {(r["policy"], r["compiled"]): r for r in results["speed"]}
     assert set(rows) == {("Dense", False), ("Dense", True), ("StreamingLLM 4+12", False), ("StreamingLLM 4+12", True),
-                         ("StreamingLLM 4+28", False), ("StreamingLLM 4+28", True)}
+                         ("StreamingLLM 4+28", False), ("StreamingLLM 4+28", True),
+                         ("StreamingLLM 4+28 int4", False)}  # a quantized cache runs eager only
     for row in rows.values():
         assert row["ttft_ms"] > 0 and row["tpot_ms"] > 0 and row["tpot_over_floor"] > 0 and row["peak_mem_gib"] > 0
     # the bounded caches hold less than Dense after a 64-token prompt
@@ -28,6 +29,8 @@ def test_gpu_check_smoke(tmp_path):
     assert results["chunked_vs_token"]["max_abs_nll_diff"] < 1e-4
     micro = results["micro"]
     assert micro["max_abs_nll_diff_vs_fp32_cpu"] == 0.0  # on the CPU both are fp32
+    assert micro["quantized_chunked_vs_token"]["max_abs_nll_diff"] < 1e-4
+    assert "StreamingLLM 4+124 int4" in (tmp_path / "gpu_check.md").read_text()
     assert micro["chunked_vs_token"]["max_abs_nll_diff"] < 1e-4
     assert micro["compiled_vs_eager"]["same_greedy_tokens"] == micro["compiled_vs_eager"]["steps"]
     assert micro["compiled_vs_eager"]["max_abs_logit_diff"] < 1e-4

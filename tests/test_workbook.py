@@ -165,7 +165,8 @@ def test_smoke_chain_writes_everything(smoke_run):
     # quantized caches: the bit widths on their own stream, each KV read from the cache, timed against Dense
     bits = ok[(ok.metric == "ppl") & (ok.n_tokens == cfg.quant_tokens)]
     assert sorted(set(bits.bits)) == sorted([16, *cfg.quant_bits]) and bits.quantize_sinks.fillna(False).sum() == 2
-    assert set(bits.label) == set(ok[ok.group == "quant_kv"].label)
+    caches = lambda d: set(zip(d.window, d.bits, d.quantize_sinks.fillna(False)))  # noqa: E731
+    assert caches(bits) == caches(ok[ok.group == "quant_kv"]) and len(caches(bits)) == 1 + 3 * len(cfg.quant_bits)
     timed = ok[(ok.group == "quant_speed") & (ok.metric == "tpot_mean")]
     assert set(timed.bits.fillna(16)) == {16, 8, 4} and len(timed) == 2 + 2 * len(cfg.quant_bits)  # Dense, 3 + 2
     assert f"## Bits per kept token (kjv-heldout, {cfg.quant_tokens} tokens)" in report
