@@ -54,20 +54,32 @@ def median_step(model, policy, n_tokens: int, steps: int) -> float:
     return statistics.median(decode_steps(model, cache, tok, steps))
 
 
-def main() -> None:
+def bench_parser(arch: str = "pythia-160m") -> argparse.ArgumentParser:
+    """The options every benchmark takes: the model (random weights of a shape, or a real one), decode steps per
+    measurement, rounds, and where the JSON goes."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", default="pythia-160m", help="random weights of this shape (pythia-XXX, smollm2-135m)")
+    ap.add_argument("--arch", default=arch, help="random weights of this shape (pythia-XXX, smollm2-135m)")
     ap.add_argument("--model", default=None, help="a real model instead, e.g. smollm2-135m (load_model's names)")
     ap.add_argument("--steps", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--long", type=int, default=16384)
     ap.add_argument("--out", default="bench/results")
-    args = ap.parse_args()
+    return ap
+
+
+def bench_model(args):
+    """(model, tag for the result file, the machine and model as described), the description printed."""
     torch.manual_seed(0)
     model = load_model(args.model or f"random:{args.arch}")
-    tag = (args.model or args.arch).replace("/", "_")
     info = describe(model)
     print(json.dumps(info))
+    return model, (args.model or args.arch).replace("/", "_"), info
+
+
+def main() -> None:
+    ap = bench_parser()
+    ap.add_argument("--long", type=int, default=16384)
+    args = ap.parse_args()
+    model, tag, info = bench_model(args)
     streaming = StreamingLLM(4, 1020)
 
     # 1. same resident tokens: Dense holds 1024 after a 1024-token prompt; StreamingLLM holds 4 + 1020 once full.

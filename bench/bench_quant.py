@@ -11,7 +11,6 @@ random SmolLM2-135M weights by default; on CUDA it uses the GPU):
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -19,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench_policies import median_step
-from streamlib.models import describe, load_model
+from bench_policies import bench_model, bench_parser, median_step
 from streamlib.policies import StreamingLLM
 from streamlib.quality import token_nll
 
@@ -42,19 +40,10 @@ def held_bytes(model, policy, n_tokens: int) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", default="smollm2-135m", help="random weights of this shape (pythia-XXX, smollm2-135m)")
-    ap.add_argument("--model", default=None, help="a real model instead, e.g. smollm2-135m (load_model's names)")
-    ap.add_argument("--steps", type=int, default=48)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap = bench_parser("smollm2-135m")
     ap.add_argument("--eval-tokens", type=int, default=2048)
-    ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
-    torch.manual_seed(0)
-    model = load_model(args.model or f"random:{args.arch}")
-    tag = (args.model or args.arch).replace("/", "_")
-    info = describe(model)
-    print(json.dumps(info))
+    model, tag, info = bench_model(args)
     policies = {"fp 4+252": StreamingLLM(4, 252), "int8 4+252": StreamingLLM(4, 252, bits=8),
                 "int4 4+252": StreamingLLM(4, 252, bits=4), "int4 4+1020": StreamingLLM(4, 1020, bits=4)}
 

@@ -9,7 +9,6 @@ Pythia-160m weights; on CUDA it uses the GPU). Goals from the issue:
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -17,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench_policies import median_step
-from streamlib.models import describe, load_model
+from bench_policies import bench_model, bench_parser, median_step
 from streamlib.policies import H2O, TOVA, StreamingLLM
 from streamlib.quality import token_nll
 
@@ -31,20 +29,11 @@ def eval_throughput(model, policy, n_tokens: int, mode: str) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", default="pythia-160m", help="random weights of this shape (pythia-XXX, smollm2-135m)")
-    ap.add_argument("--model", default=None, help="a real model instead, e.g. smollm2-135m (load_model's names)")
+    ap = bench_parser()
     ap.add_argument("--budget", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=48)
-    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--eval-tokens", type=int, default=1024)
-    ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
-    torch.manual_seed(0)
-    model = load_model(args.model or f"random:{args.arch}")
-    tag = (args.model or args.arch).replace("/", "_")
-    info = describe(model)
-    print(json.dumps(info))
+    model, tag, info = bench_model(args)
     b = args.budget
     policies = {"streamingllm": StreamingLLM(4, b - 4), "tova": TOVA(b), "h2o": H2O(b // 2, b - b // 2)}
 
