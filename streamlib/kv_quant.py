@@ -166,13 +166,20 @@ def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.stack([(packed >> (bits * j)) & mask for j in range(per)], dim=-1).flatten(-2)
 
 
+def full_precision(quant: KVQuantSpec, positions: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which of ``positions`` (-1: an empty slot) a query of ``block`` sees in full precision: (in its own block, a
+    full-precision sink)."""
+    seen = positions >= 0
+    return seen & (positions // quant.residual == block), seen & (positions < quant.fp_sinks)
+
+
 def held_bytes(quant: KVQuantSpec, held: torch.Tensor, position: int, k_dim: int, v_dim: int, element: int) -> int:
     """Bytes one kv head of one layer holds for the tokens at positions ``held`` when ``position`` tokens have been
     fed: the full-precision ones (the current block, the sinks unless quantized) at ``element`` bytes a value; the
     others as codes, a value scale and zero point per group, and the key scales and zero points (per live block for
     keys per channel, per group for keys per token)."""
-    recent = held // quant.residual == position // quant.residual
-    fp = recent | (held < quant.fp_sinks)
+    recent, sink = full_precision(quant, held, position // quant.residual)
+    fp = recent | sink
     quantized = held[~fp]
     per_token = (k_dim + v_dim) * quant.bits // 8 + 2 * element * v_dim // group_size(v_dim)
     if quant.key_axis == "channel":
@@ -294,13 +301,6 @@ class QuantizedLayer:
             self.quantize_block((first + n) // q.residual - 1)
         return out
 
-    def fp_slots(self, positions: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Which slots a query of ``block`` sees in full precision: (in the residual, a full-precision sink)."""
-        q = self.quant
-        recent = (positions >= 0) & (positions // q.residual == block)
-        sink = (positions >= 0) & (positions < q.fp_sinks)
-        return recent, sink
-
     def rebuild(self, position: int) -> None:
         """Fill the scratch with every slot's key (rotated to its frame position) and value, as a query at
         ``position`` sees them; and the sinks' keys as first rotated, for the layers that keep them apart."""
@@ -315,7 +315,7 @@ class QuantizedLayer:
                     + self.key_zero.index_select(2, entry))
         else:
             keys = dequantize_per_token(key_codes, self.key_scale, self.key_zero)
-        recent, sink = self.fp_slots(positions, position // q.residual)
+        recent, sink = full_precision(q, positions, position // q.residual)
         if positions.shape[:2] == (1, 1):  # one set of slots for every row: copy the few full-precision ones
             for mask, store_k, store_v, index in ((recent, self.recent_keys, self.recent_values, q.residual),
                                                   (sink, self.sink_store_keys, self.sink_store_values, None)):
