@@ -57,14 +57,14 @@ policy = Dense()
 for corpus, ids in streams.items():
     run.measure('ppl', policy, lambda: measure_perplexity(model, ids, policy, progress=True),
                 dataset=corpus, n_tokens=ids.shape[1])
-run.metrics('ppl').query("policy == 'dense'")[['label', 'dataset', 'n_tokens', 'ppl', 'mean_nll']]
+run.metrics('ppl').query("spec == @policy.spec()")[['label', 'dataset', 'n_tokens', 'ppl', 'mean_nll']]
 
 # %% [markdown]
 # ## NLL along the text
 # The curve should fall as the context grows, and stay level up to the trained length (dotted line).
 
 # %%
-curves = run.curves('ppl').query("policy == 'dense'")
+curves = run.curves('ppl').query("spec == @policy.spec()")
 curves = curves.assign(label=curves.label + ' · ' + curves.dataset)
 run.figure(plots.fig_nll_vs_position(curves, cfg.trained_length()), 'nll_baseline')
 
@@ -103,4 +103,4 @@ for batch in cfg.speed_batch_sizes:
     run.measure('speed', policy, lambda: measure_generation(model, policy, prompt, cfg.speed_new_tokens,
                 repeats=cfg.speed_repeats), batch_size=batch, prompt_tokens=cfg.speed_prompt_tokens,
                 new_tokens=cfg.speed_new_tokens)
-report.speed_table(run).query("policy == 'dense'").round(2)
+report.speed_table(run).query("spec == @policy.spec()").round(2)

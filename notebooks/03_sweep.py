@@ -28,7 +28,8 @@ import pandas as pd
 from streamlib import plots, report, workbook as wb
 from streamlib.data import load_stream
 from streamlib.models import describe
-from streamlib.policies import H2O, TOVA, Dense, Recompute, StreamingLLM, Window, streaming_matches
+from streamlib.experiments import sweep_grid
+from streamlib.policies import H2O, TOVA, Dense, StreamingLLM, streaming_matches
 from streamlib.quality import measure_perplexity
 from streamlib.timing import measure_interleaved, measure_kv, measure_trace, random_prompt
 
@@ -50,22 +51,14 @@ print(f'{ids.shape[1]} tokens of {cfg.datasets[0]}; decode timed after a {prompt
 
 # %% [markdown]
 # ## The grid
-# Every cache size with each policy (StreamingLLM with 4 sinks), then the sink counts at one cache size. Add a policy to the list to put it on the curves.
+# Every cache size with each policy (StreamingLLM with 4 sinks; quantized StreamingLLM at `quant_bits`; TOVA and H2O at `sweep_scored_cache_sizes`; the lab's burst-eviction table), then the sink counts at one cache size. The grid is `streamlib.experiments.sweep_grid`, which the report reads too: add a policy there to put it on the curves and in the report's table.
 
 # %%
-cache_policies = []
-for size in cfg.sweep_cache_sizes:
-    cache_policies += [Window(size), StreamingLLM(4, size - 4), StreamingLLM(4, size - 4, pos_shift=False)]
-    if cfg.sweep_recompute:
-        cache_policies.append(Recompute(size))
-for size in cfg.sweep_cache_sizes:  # the same StreamingLLM caches with quantized keys and values (quant_bits)
-    cache_policies += [StreamingLLM(4, size - 4, bits=bits) for bits in cfg.quant_bits]
-for size in cfg.sweep_scored_cache_sizes:  # score-based eviction: TOVA, H2O with two heavy:recent splits
-    cache_policies += [TOVA(size), H2O(size // 2, size - size // 2), H2O(size // 4, size - size // 4)]
-sink_policies = [StreamingLLM(s, cfg.sweep_sink_cache - s) for s in cfg.sweep_sinks]
+sections = sweep_grid(cfg)
 bursts = cfg.burst_policies()  # the lab's press and its tuning table (below)
-grid = list(dict.fromkeys(cache_policies + sink_policies + bursts))
-pd.DataFrame([{'label': p.label(), 'keeps (tokens)': p.budget} for p in grid])
+grid = list(dict.fromkeys(sections['cache'] + sections['sinks']))
+pd.DataFrame([{'label': p.label(), 'keeps (tokens)': p.budget,
+               'section': ' + '.join(name for name, ps in sections.items() if p in ps)} for p in grid])
 
 # %% [markdown]
 # ## Perplexity of each policy on the same stream

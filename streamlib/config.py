@@ -14,7 +14,7 @@ import yaml
 from . import models as M
 from .checks import check_bool, check_int, check_ints
 from .data import repo_root
-from .policies import BurstEviction, StreamingLLM
+from .policies import BurstEviction, StreamingLLM, registered
 
 PROFILES_DIR = repo_root() / "profiles"
 TOKEN_COUNTS = ("ppl_tokens", "speed_prompt_tokens", "speed_new_tokens", "flops_tokens", "sweep_tokens",
@@ -159,7 +159,7 @@ class Config:
         check_int("recall_turns", self.recall_turns, 0)
         check_ints("recall_turns_back", self.recall_turns_back, 1)
         check_bool("recall_more_policies", self.recall_more_policies)
-        kinds = ("window", "streamingllm", "burst")
+        kinds = [cls.name for cls in registered() if cls.streams_long]  # a constant cost per token
         if not isinstance(self.long_stream_policies, list) or any(k not in kinds for k in self.long_stream_policies):
             raise ValueError(f"long_stream_policies must be a list drawn from {list(kinds)}; "
                              f"got {self.long_stream_policies!r}")

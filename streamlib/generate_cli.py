@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from .policies import POLICY_FORMS, parse_policy
+from .policies import forms, parse_policy
 from .usage import fail
 
 
@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default=None, help="the prompt text")
     p.add_argument("--prompt-file", default=None, help="read the prompt from this file")
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (per turn with --interactive)")
-    p.add_argument("--policy", default="streamingllm:4+252", help="one of: " + ", ".join(POLICY_FORMS))
+    p.add_argument("--policy", default="streamingllm:4+252", help="one of: " + ", ".join(forms()))
     p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling: keep the tokens holding this mass")
     p.add_argument("--seed", type=int, default=0)

@@ -49,14 +49,13 @@ def held_kv_bytes(config, tokens: int, dtype: torch.dtype, budget: int | None = 
 def kv_along_stream(config, policies, dtype: torch.dtype, until: int, points: int = 65) -> pd.DataFrame:
     """The analytic KV bytes each policy holds (``policy.kv_bytes_held``, :func:`held_kv_bytes` for a cache of its
     budget) at ``points`` stream lengths from 0 to ``until`` (e.g. the trained length, where measuring Dense token by
-    token would take hours): one row per policy and length, with a trace's columns (label, policy, pos_shift,
-    position, kv_bytes)."""
+    token would take hours): one row per policy and length, with a trace's columns (label, spec, position,
+    kv_bytes)."""
     rows = []
     for policy in policies:
-        params = policy.params()
         for tokens in np.linspace(0, until, points).round().astype(int):
-            rows.append({"label": policy.label(), "policy": params["policy"], "pos_shift": params.get("pos_shift"),
-                         "position": int(tokens), "kv_bytes": policy.kv_bytes_held(config, int(tokens), dtype)})
+            rows.append({"label": policy.label(), "spec": policy.spec(), "position": int(tokens),
+                         "kv_bytes": policy.kv_bytes_held(config, int(tokens), dtype)})
     return pd.DataFrame(rows)
 
 

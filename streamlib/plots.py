@@ -12,20 +12,15 @@ import pandas as pd
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"]
-# policy kind -> (colour, marker, linestyle)
-POLICY_STYLE = {
-    "dense": ("#000000", "o", "-"),
-    "window": ("#E69F00", "s", "--"),
-    "recompute": ("#009E73", "^", ":"),
-    "streamingllm": ("#0072B2", "D", "-"),
-    "streamingllm-noshift": ("#CC79A7", "v", "-."),
-    "tova": ("#56B4E9", "P", "--"),
-    "h2o": ("#D55E00", "X", "-"),
-    "h2o-recent": ("#D55E00", "x", ":"),
-    "burst": ("#F0E442", "*", "-"),
-    "burst-noshift": ("#F0E442", "*", ":"),
-    "published": ("#777777", "x", ":"),
-}
+
+
+def style_of(spec) -> dict:
+    """Line keywords (colour, marker, line style) of the policy a spec string (a frame's ``spec`` column) names:
+    each policy declares its own (:meth:`~streamlib.policies.PolicyBase.plot_style`)."""
+    from .policies import parse_policy
+
+    policy = parse_policy(spec) if isinstance(spec, str) else spec
+    return policy.plot_style().kwargs()
 
 
 def apply_style() -> None:
@@ -36,41 +31,6 @@ def apply_style() -> None:
         "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 110, "savefig.dpi": 200,
         "savefig.bbox": "tight", "lines.linewidth": 1.5, "lines.markersize": 4,
     })
-
-
-def kind_label(policy: str, pos_shift=True) -> str:
-    """The name of a policy kind in legends: Dense, Window, StreamingLLM (no shift), Recompute, TOVA, H2O."""
-    names = {"dense": "Dense", "window": "Window", "recompute": "Recompute", "streamingllm": "StreamingLLM",
-             "tova": "TOVA", "h2o": "H2O", "burst": "Burst eviction"}
-    shiftable = policy in ("streamingllm", "burst")
-    return names.get(policy, policy) + (", no shift" if shiftable and _no_shift(pos_shift) else "")
-
-
-def _no_shift(pos_shift) -> bool:
-    """True only for an explicit False (numpy's too); a missing value (Dense, Window rows) means shifted."""
-    if pos_shift is None or pos_shift is pd.NA or (isinstance(pos_shift, float) and pos_shift != pos_shift):
-        return False
-    return not bool(pos_shift)
-
-
-def family_label(policy) -> str:
-    """A policy's family on a sweep curve: its kind, and for H2O the heavy:recent split."""
-    p = policy.params()
-    if p["policy"] == "h2o":
-        return "H2O, heavy = recent" if p["n_heavy"] == p["n_recent"] else "H2O, recent-heavy"
-    bits = p.get("bits", 16)
-    return kind_label(p["policy"], p.get("pos_shift", True)) + (f", int{bits}" if bits != 16 else "")
-
-
-FAMILY_STYLE = {"H2O, recent-heavy": "h2o-recent"}
-BITS_STYLE = {8: {"linestyle": "--", "mfc": "none"}, 4: {"linestyle": ":", "mfc": "none"},
-              2: {"linestyle": (0, (1, 3)), "mfc": "none"}}  # a quantized cache: its policy's colour, hollow
-
-
-def style_for(policy: str, pos_shift=True) -> dict:
-    key = f"{policy}-noshift" if policy in ("streamingllm", "burst") and _no_shift(pos_shift) else policy
-    colour, marker, ls = POLICY_STYLE.get(key, ("#56B4E9", "*", "-"))
-    return {"color": colour, "marker": marker, "linestyle": ls}
 
 
 def plain_log_axis(ax, axis: str = "y") -> None:
@@ -145,7 +105,7 @@ def fig_nll_vs_position(curves: pd.DataFrame, trained_length: int | None = None,
     """Figure 1: NLL (log scale) against token position, one line per policy, with the 95 % interval of each bin's
     mean as a band. A stream longer than 16 trained lengths (the long profile's million tokens) gets a log position
     axis with bins of equal width on it, so the stretch around the trained length stays readable.
-    ``curves``: label, policy, pos_shift, position, nll."""
+    ``curves``: label, spec, position, nll."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     end = int(curves["position"].max())
     log_x = bool(trained_length) and end > 16 * trained_length
@@ -154,7 +114,7 @@ def fig_nll_vs_position(curves: pd.DataFrame, trained_length: int | None = None,
     width = f"{end // 64} tokens" if not log_x else "bin"
     for label, df in curves.groupby("label", sort=False):
         x, y = _binned(df["position"].to_numpy(), df["nll"].to_numpy(), bins)
-        style = style_for(df["policy"].iloc[0], df["pos_shift"].iloc[0])
+        style = style_of(df["spec"].iloc[0])
         ax.plot(x, y, label=label, markevery=_markevery(len(x)), **style)
         if bands and (log_x or bins > 1):
             low, high = _binned_band(df["position"].to_numpy(), df["nll"].to_numpy(), bins)
@@ -178,8 +138,7 @@ def fig_trace(traces: pd.DataFrame, column: str, ylabel: str, title: str, scale:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     seen: dict[tuple, int] = {}
     for label, df in traces.groupby("label", sort=False):
-        style = style_for(df["policy"].iloc[0], df["pos_shift"].iloc[0])
-        style = _distinct(style, seen)
+        style = _distinct(style_of(df["spec"].iloc[0]), seen)
         ax.plot(df["position"], df[column] * scale, label=label, markevery=_markevery(len(df)), **style)
     if log_x:
         ax.set_xscale("log")
@@ -192,8 +151,8 @@ def fig_trace(traces: pd.DataFrame, column: str, ylabel: str, title: str, scale:
 
 def fig_kv_along_stream(curves: pd.DataFrame, zoom: pd.DataFrame | None = None, measured: pd.DataFrame | None = None,
                         trained_length: int | None = None, every_layer_whole: int | None = None):
-    """KV memory up to a length no trace reaches. Left: each policy's analytic bytes (``curves``: label, policy,
-    pos_shift, position, kv_bytes) up to the trained length and, for a hybrid model, the bytes a cache would hold if
+    """KV memory up to a length no trace reaches. Left: each policy's analytic bytes (``curves``: label, spec,
+    position, kv_bytes) up to the trained length and, for a hybrid model, the bytes a cache would hold if
     every layer kept every token (``every_layer_whole``: bytes per token), the cost its sliding layers avoid. Right:
     the same formula over the first tokens (``zoom``) with the measured traces on it as open markers (``measured``:
     label, position, kv_resident_bytes): the check that the formula is what the caches hold."""
@@ -202,7 +161,7 @@ def fig_kv_along_stream(curves: pd.DataFrame, zoom: pd.DataFrame | None = None, 
     styles: dict[str, dict] = {}
     seen: dict[tuple, int] = {}
     for label, df in curves.groupby("label", sort=False):
-        styles[label] = _distinct(style_for(df["policy"].iloc[0], df["pos_shift"].iloc[0]), seen)
+        styles[label] = _distinct(style_of(df["spec"].iloc[0]), seen)
     left = axes[0, 0]
     for label, df in curves.groupby("label", sort=False):
         left.plot(df["position"], df["kv_bytes"] / 2**20, label=label, markevery=_markevery(len(df)), **styles[label])
@@ -217,7 +176,7 @@ def fig_kv_along_stream(curves: pd.DataFrame, zoom: pd.DataFrame | None = None, 
     if zoom is not None:
         right = axes[0, 1]
         for label, df in zoom.groupby("label", sort=False):
-            st = styles.get(label) or _distinct(style_for(df["policy"].iloc[0], df["pos_shift"].iloc[0]), seen)
+            st = styles.get(label) or _distinct(style_of(df["spec"].iloc[0]), seen)
             right.plot(df["position"], df["kv_bytes"] / 2**20, color=st["color"], ls=st["linestyle"])
             if measured is not None:
                 m = measured[measured.label == label]
@@ -269,14 +228,12 @@ def _yerr(df: pd.DataFrame, value: str, low: str, high: str):
 def fig_tradeoff(sweep: pd.DataFrame, latency: pd.DataFrame | None = None):
     """Figure 4: perplexity (95 % interval bars) against KV-cache memory for the sweep, Pareto front marked; in a
     second panel the decode step of each timed policy against Dense's in the same round (median, IQR bars).
-    ``sweep``: family, policy, pos_shift, kv_mib, ppl, ppl_low, ppl_high, cache_size (``report.sweep_table``);
-    ``latency``: label, policy, pos_shift, cache_size, tpot_vs_dense and its quartiles (``report.latency_table``)."""
+    ``sweep``: family, spec, kv_mib, ppl, ppl_low, ppl_high, cache_size (``report.sweep_table``);
+    ``latency``: label, spec, baseline, cache_size, tpot_vs_dense and its quartiles (``report.latency_table``)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(8.5, 3.4))
     for name, df in sweep.groupby("family", sort=False):
         df = df.sort_values("cache_size")
-        first = df.iloc[0]
-        st = style_for(FAMILY_STYLE.get(name, first["policy"]), first["pos_shift"])
-        st.update(BITS_STYLE.get(int(first.get("bits", 16)), {}))
+        st = style_of(df["spec"].iloc[0])
         a.errorbar(df["kv_mib"], df["ppl"], yerr=_yerr(df, "ppl", "ppl_low", "ppl_high"), label=name, capsize=2, **st)
     front = pareto_front(sweep.dropna(subset=["ppl"]), "kv_mib", "ppl")
     if not front.empty:
@@ -286,10 +243,10 @@ def fig_tradeoff(sweep: pd.DataFrame, latency: pd.DataFrame | None = None):
     plain_log_axis(a)
     a.set_title("Quality vs memory")
     if latency is not None and not latency.empty:
-        timed = latency[latency["policy"] != "dense"].reset_index(drop=True)
+        timed = latency[~latency["baseline"].astype(bool)].reset_index(drop=True)
         seen: dict[tuple, int] = {}
         for i, row in timed.iterrows():
-            st = _distinct(style_for(row["policy"], row["pos_shift"]), seen)
+            st = _distinct(style_of(row["spec"]), seen)
             yerr = [[row["tpot_vs_dense"] - row["tpot_vs_dense_q1"]], [row["tpot_vs_dense_q3"] - row["tpot_vs_dense"]]]
             b.errorbar([i], [row["tpot_vs_dense"]], yerr=yerr, color=st["color"], marker=st["marker"], capsize=3,
                        linestyle="none")
@@ -353,7 +310,7 @@ def fig_sinks(ours: pd.DataFrame, published: pd.DataFrame | None = None):
     fig, axes = plt.subplots(1, ncols, figsize=(4 * ncols, 3.2), squeeze=False)
     ax = axes[0, 0]
     ax.errorbar(ours["n_sink"], ours["ppl"], yerr=_yerr(ours, "ppl", "ppl_low", "ppl_high"), capsize=3,
-                **style_for("streamingllm"))
+                **style_of(ours["spec"].iloc[0]))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("attention sinks (cache size fixed)")
     ax.set_ylabel("perplexity (bars: 95 % CI)")
@@ -374,7 +331,7 @@ def fig_sinks(ours: pd.DataFrame, published: pd.DataFrame | None = None):
 
 def fig_speed(table: pd.DataFrame):
     """Figure 6: TTFT, TPOT and throughput, baseline vs streaming, per batch size.
-    ``table``: label, policy, pos_shift, batch_size, ttft_ms, tpot_ms, throughput."""
+    ``table``: label, spec, batch_size, ttft_ms, tpot_ms, throughput."""
     fig, axes = plt.subplots(1, 3, figsize=(9, 3))
     labels = list(dict.fromkeys(table["label"]))
     batches = sorted(table["batch_size"].unique())
@@ -383,7 +340,7 @@ def fig_speed(table: pd.DataFrame):
     for ax, (col, title) in zip(axes, [("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("throughput", "decode tokens/s")]):
         for i, label in enumerate(labels):
             df = table[table["label"] == label].set_index("batch_size").reindex(batches)
-            st = style_for(df["policy"].dropna().iloc[0], df["pos_shift"].dropna().iloc[0])
+            st = style_of(df["spec"].dropna().iloc[0])
             name = col.split("_")[0]
             yerr = _yerr(df, col, f"{name}_q1", f"{name}_q3") if col != "throughput" else None
             ax.bar(np.arange(len(batches)) + i * width, df[col], width, label=label, color=st["color"],
@@ -419,12 +376,12 @@ def fig_attention(share: pd.DataFrame, uniform: float | None = None):
 
 
 def fig_generation(steps: pd.DataFrame, trained_length: int | None = None):
-    """KV-cache memory and time per token along a generation, one line per policy. ``steps``: label, policy,
-    pos_shift, position, kv_bytes, step_s (one row per generated token)."""
+    """KV-cache memory and time per token along a generation, one line per policy. ``steps``: label,
+    spec, position, kv_bytes, step_s (one row per generated token)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     width = max(1, len(steps) // max(1, steps["label"].nunique()) // 64)
     for label, df in steps.groupby("label", sort=False):
-        st = style_for(df["policy"].iloc[0], df["pos_shift"].iloc[0])
+        st = style_of(df["spec"].iloc[0])
         a.plot(df["position"], df["kv_bytes"] / 2**20, label=label, markevery=_markevery(len(df)), **st)
         x, y = _binned(df["position"].to_numpy(), df["step_s"].to_numpy() * 1e3, width)
         b.plot(x, y, label=label, markevery=_markevery(len(x)), **st)
@@ -443,20 +400,19 @@ def fig_generation(steps: pd.DataFrame, trained_length: int | None = None):
 def fig_retrieval(trials: pd.DataFrame, budget: int | None = None):
     """Pass-key retrieval: accuracy (left) and the share of the key's tokens still cached when the question came
     (right, mean over layers and trials) against the key's distance from the question, one line per policy. ``trials``: one row per trial with
-    label, policy, pos_shift, distance, correct, key_cached."""
+    label, spec, distance, correct, key_cached."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True, sharey=True)
     from .stats import wilson_interval
 
-    points = trials.groupby(["label", "policy", "depth", "prompt_tokens"], sort=False, as_index=False).agg(
+    points = trials.groupby(["label", "spec", "depth", "prompt_tokens"], sort=False, as_index=False).agg(
         distance=("distance", "mean"), correct=("correct", "mean"), hits=("correct", "sum"), n=("correct", "size"),
         key_cached=("key_cached", "mean"))
-    groups = list(points.groupby(["label", "policy"], sort=False))
+    groups = list(points.groupby(["label", "spec"], sort=False))
     nudge = 0.012 * (points["distance"].max() - points["distance"].min() or 1)  # bars side by side, not on top
     seen: dict[tuple, int] = {}
-    for i, ((label, policy), df) in enumerate(groups):
+    for i, ((label, spec), df) in enumerate(groups):
         df = df.sort_values("distance")
-        style = _distinct(style_for(FAMILY_STYLE["H2O, recent-heavy"] if policy == "h2o" and _h2o_recent_heavy(label)
-                                    else policy), seen)  # StreamingLLM keeping the prompt: a second style
+        style = _distinct(style_of(spec), seen)  # StreamingLLM keeping the prompt: a second style
         wilson = [wilson_interval(int(k), int(n)) for k, n in zip(df["hits"], df["n"])]
         yerr = np.array([[c - w.low for c, w in zip(df["correct"], wilson)],
                          [w.high - c for c, w in zip(df["correct"], wilson)]]).clip(min=0)
@@ -475,12 +431,6 @@ def fig_retrieval(trials: pd.DataFrame, budget: int | None = None):
     return fig
 
 
-def _policy_style(label: str, policy: str, seen: dict) -> dict:
-    """A policy's line style; a second StreamingLLM (keeping the prompt) or H2O split gets a style of its own."""
-    return _distinct(style_for(FAMILY_STYLE["H2O, recent-heavy"] if policy == "h2o" and _h2o_recent_heavy(label)
-                               else policy), seen)
-
-
 def _accuracy_lines(ax, rows: pd.DataFrame, x: str, group: str, log_x: bool = True) -> None:
     """Accuracy against ``x`` (the mean of each ``group``) per policy, Wilson 95 % bars. ``rows``: one per trial,
     with label, policy, correct and the columns named."""
@@ -493,7 +443,7 @@ def _accuracy_lines(ax, rows: pd.DataFrame, x: str, group: str, log_x: bool = Tr
         acc = points["hits"] / points["n"]
         yerr = np.array([[a - w.low for a, w in zip(acc, wilson)], [w.high - a for a, w in zip(acc, wilson)]])
         ax.errorbar(points["x"], acc, yerr=yerr.clip(min=0), label=label, capsize=2,
-                    **_policy_style(label, df["policy"].iloc[0], seen))
+                    **_distinct(style_of(df["spec"].iloc[0]), seen))
     if log_x:
         plain_log_axis(ax, "x")
     ax.set_ylim(-0.05, 1.05)
@@ -537,15 +487,9 @@ def fig_recall(turns: pd.DataFrame, budget: int | None = None):
     a.set_title("Fact recalled (points: 1, 3, 6 ... turns back)")
     seen: dict[tuple, int] = {}
     for label, df in turns.groupby("label", sort=False):
-        b.plot(df["turn"], df["kv_bytes"] / 2**20, label=label, **_policy_style(label, df["policy"].iloc[0], seen))
+        b.plot(df["turn"], df["kv_bytes"] / 2**20, label=label, **_distinct(style_of(df["spec"].iloc[0]), seen))
     b.set_xlabel("turn")
     b.set_ylabel("MiB")
     b.set_title("KV cache held after each turn")
     _legend_below(fig, a)
     return fig
-
-
-def _h2o_recent_heavy(label: str) -> bool:
-    """``H2O 32+96``: fewer heavy hitters than recent tokens."""
-    heavy, recent = (int(x) for x in label.split(" ")[1].split("+"))
-    return heavy < recent

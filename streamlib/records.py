@@ -26,11 +26,11 @@ import torch
 
 from .data import repo_root
 from .measurement import Measurement
-from .policies import policy_label
+from .policies import parse_policy, policy_from_row
 from .tables import to_latex, to_markdown
 
 RESULTS_FILE = "results.jsonl"
-COLUMNS = ["run", "key", "status", "metric", "value", "unit", "policy", "n_sink", "window", "pos_shift", "model",
+COLUMNS = ["run", "key", "status", "metric", "value", "unit", "policy", "spec", "model",
            "dtype", "device", "gpu", "dataset", "n_tokens", "torch", "transformers", "git_commit", "timestamp",
            "error", "extra"]
 
@@ -161,10 +161,8 @@ class Run:
         return Measurement(rows=list(self._measured[key].values()), curve=curve, status="skipped")
 
     def _save_curve(self, group, key, policy, fields, curve: pd.DataFrame) -> pd.DataFrame:
-        p = policy.params()
-        columns = {"key": key, "label": policy.label(), "policy": p["policy"], "n_sink": p.get("n_sink"),
-                   "window": p.get("window"), "pos_shift": p.get("pos_shift", True),
-                   **{k: v for k, v in fields.items() if not isinstance(v, (list, dict))}}
+        columns = {"key": key, "label": policy.label(),
+                   **{k: v for k, v in {**policy.params(), **fields}.items() if not isinstance(v, (list, dict))}}
         out = curve.copy()
         for name, value in reversed(list(columns.items())):
             if name not in out:
@@ -183,10 +181,18 @@ class Run:
         return metrics_wide(self.records(), group)
 
     def curves(self, group: str) -> pd.DataFrame:
-        """Every curve recorded for ``group``, concatenated (empty when there is none)."""
+        """Every curve recorded for ``group``, concatenated (empty when there is none), each row with its policy's
+        ``spec`` (curves written before spec strings get it from their records)."""
         frames = [pd.read_csv(p) for p in sorted((self.path / "curves").glob(f"{group}-*.csv"))
                   if p.stem.rsplit("-", 1)[1] in self._measured]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        if not frames:
+            return pd.DataFrame()
+        curves = pd.concat(frames, ignore_index=True)
+        if "spec" not in curves or curves["spec"].isna().any():
+            specs = self.records().drop_duplicates("key").set_index("key")["spec"]
+            known = curves["spec"] if "spec" in curves else pd.Series(pd.NA, index=curves.index)
+            curves["spec"] = known.fillna(curves["key"].map(specs))
+        return curves
 
     # -- writing figures and tables ---------------------------------------------------------------------------
     def figure(self, fig, name: str) -> None:
@@ -269,7 +275,21 @@ def load_results(*paths: str | os.PathLike) -> pd.DataFrame:
     for col in COLUMNS:
         if col not in df.columns:
             df[col] = None
+    _fill_specs(df)
     return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
+
+
+def _fill_specs(df: pd.DataFrame) -> None:
+    """Give the rows of records written before spec strings their policy's ``spec``, from their fields."""
+    missing = df["spec"].isna() & df["policy"].notna()
+    if not missing.any():
+        return
+    fields = df.loc[missing].drop(columns=["spec"])
+    for key, rows in fields.groupby("key", sort=False):
+        try:
+            df.loc[rows.index, "spec"] = policy_from_row(rows.iloc[0].to_dict()).spec()
+        except (ValueError, TypeError):
+            continue  # a policy no longer registered: its rows keep no spec
 
 
 def metrics_wide(df: pd.DataFrame, group: str | None = None) -> pd.DataFrame:
@@ -288,13 +308,17 @@ def metrics_wide(df: pd.DataFrame, group: str | None = None) -> pd.DataFrame:
     values = ordered.pivot_table(index="key", columns="metric", values="value", aggfunc="last")
     wide = described.join(values).reset_index()
     wide = wide.dropna(axis=1, how="all")
-    for col in ("n_sink", "window", "pos_shift"):  # Dense has none of them, but every frame has the columns
-        if col not in wide:
-            wide[col] = pd.NA
     for col in ("n_sink", "window", "batch_size", "n_tokens", "prompt_tokens", "new_tokens", "n_heavy", "n_recent",
                 "budget", "capacity"):
         if col in wide:
             wide[col] = wide[col].astype("Int64")
-    if "policy" in wide:
-        wide.insert(1, "label", [policy_label(r) for r in wide.to_dict("records")])
+    if "spec" in wide:
+        wide.insert(1, "label", [_label(spec) for spec in wide["spec"]])
     return wide
+
+
+def _label(spec) -> str:
+    try:
+        return parse_policy(spec).label()
+    except ValueError:
+        return str(spec)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .plots import family_label
-from .policies import policy_from_row
+from .experiments import sweep_grid, sweep_reference
+from .policies import baseline, parse_policy
 from .report_page import CAPTIONS, render_html, write_report  # noqa: F401  (the notebooks' one import)
 from .tables import format_interval, in_display_units, to_latex, to_markdown  # noqa: F401
 from .tables import fmt as _fmt
@@ -55,7 +55,7 @@ def comparison_table(df: pd.DataFrame, baseline: dict, streaming: dict, metrics:
                      match: tuple[str, ...] = LIKE_FOR_LIKE, prefer: dict | None = None) -> pd.DataFrame:
     """The lab report's table: metric | baseline | StreamingLLM | change | measured on, from ``ok`` rows.
 
-    ``baseline`` and ``streaming`` select rows by column values (e.g. ``{"policy": "dense"}``). For each metric the two
+    ``baseline`` and ``streaming`` select rows by column values (e.g. ``{"spec": "dense"}``). For each metric the two
     sides are paired on the ``match`` columns, so a value is only set beside one measured on the same text, token
     count, batch and prompt; of several such pairs, those with the ``prefer`` values (e.g. the run's own token count)
     come first, then the latest. Where no pair matches, both values stay empty
@@ -120,19 +120,19 @@ def comparison(run) -> pd.DataFrame:
     people read: ms, MiB or GiB, GFLOP. Each row pairs measurements of the same setting (``measured on``), the run's
     own setting first (:func:`comparison_table`)."""
     cfg, df = run.cfg, run.records()
-    streaming = cfg.streaming_policy().params()
+    streaming, dense = {"spec": cfg.streaming_policy().spec()}, {"spec": baseline().spec()}
     tables = []
     for corpus in cfg.datasets:
-        t = comparison_table(df[(df["group"] == "ppl") & (df["dataset"] == corpus)], {"policy": "dense"}, streaming,
+        t = comparison_table(df[(df["group"] == "ppl") & (df["dataset"] == corpus)], dense, streaming,
                              ["ppl"], prefer={"n_tokens": cfg.ppl_tokens})
         t["metric"] = f"ppl ({corpus})"
         tables.append(t)
     speed = df[(df["group"] == "speed") & (df["batch_size"] == cfg.speed_batch_sizes[0])] if "batch_size" in df else df[:0]
     memory = [m for m in ("gen_peak_allocated_mem", "gen_peak_rss_mem") if m in set(speed["metric"])]
-    tables.append(comparison_table(speed, {"policy": "dense"}, streaming,
+    tables.append(comparison_table(speed, dense, streaming,
                                    ["ttft", "tpot_mean", "decode_throughput", "kv_bytes_after_prompt"] + memory,
                                    prefer={"prompt_tokens": cfg.speed_prompt_tokens, "new_tokens": cfg.speed_new_tokens}))
-    tables.append(comparison_table(df[df["group"] == "flops"], {"policy": "dense"}, streaming,
+    tables.append(comparison_table(df[df["group"] == "flops"], dense, streaming,
                                    ["flops_stream_per_token"], prefer={"tokens": cfg.long_stream_tokens}))
     table = in_display_units(pd.concat(tables, ignore_index=True))
     _comparison_intervals(run, table, streaming)
@@ -250,8 +250,7 @@ def speed_table(run) -> pd.DataFrame:
     if wide.empty:
         return wide
     mem = "gen_peak_allocated_mem" if "gen_peak_allocated_mem" in wide else "gen_peak_rss_mem"
-    out = wide[["label", "policy", "pos_shift", "batch_size"]].copy()
-    out["pos_shift"] = out["pos_shift"].fillna(True).astype(bool)
+    out = wide[["label", "spec", "batch_size"]].copy()
     out["ttft_ms"] = wide["ttft"] * 1e3
     out["tpot_ms"] = wide["tpot_mean"] * 1e3
     for name, metric in (("ttft", "ttft"), ("tpot", "tpot_mean")):  # interleaved timings: quartiles over rounds
@@ -272,9 +271,9 @@ def latency_table(run, group: str, new_tokens: int) -> pd.DataFrame:
                                         new_tokens=new_tokens), ["label"])
     if wide.empty or "tpot_vs_baseline" not in wide:
         return pd.DataFrame()
-    policies = [policy_from_row(r) for r in wide.to_dict("records")]
-    out = pd.DataFrame({"label": wide["label"].to_numpy(), "policy": wide["policy"].to_numpy(),
-                        "pos_shift": wide["pos_shift"].fillna(True).astype(bool).to_numpy(),
+    policies = [parse_policy(spec) for spec in wide["spec"]]
+    out = pd.DataFrame({"label": wide["label"].to_numpy(), "spec": wide["spec"].to_numpy(),
+                        "baseline": [p.is_baseline for p in policies],
                         "cache_size": pd.array([p.budget for p in policies], dtype="Int64")})
     for name, metric in (("ttft", "ttft"), ("tpot", "tpot_mean")):
         out[f"{name}_ms"] = (wide[metric] * 1e3).to_numpy()
@@ -284,8 +283,8 @@ def latency_table(run, group: str, new_tokens: int) -> pd.DataFrame:
     out["tpot_vs_dense_q1"] = wide["tpot_vs_baseline_q1"].to_numpy()
     out["tpot_vs_dense_q3"] = wide["tpot_vs_baseline_q3"].to_numpy()
     out["TPOT vs Dense (IQR)"] = [
-        "(baseline)" if p == "dense" else f"{(v - 1) * 100:+.1f} % " + format_interval(a, b, percent=True)
-        for p, v, a, b in zip(out.policy, out.tpot_vs_dense, out.tpot_vs_dense_q1, out.tpot_vs_dense_q3)]
+        "(baseline)" if base else f"{(v - 1) * 100:+.1f} % " + format_interval(a, b, percent=True)
+        for base, v, a, b in zip(out.baseline, out.tpot_vs_dense, out.tpot_vs_dense_q1, out.tpot_vs_dense_q3)]
     out["rounds"] = wide["rounds"].astype(int).to_numpy()
     return out.sort_values("cache_size", na_position="first").reset_index(drop=True)
 
@@ -306,45 +305,36 @@ def decode_modes_table(run) -> pd.DataFrame:
     return out.sort_values(["label", "compiled"]).reset_index(drop=True)
 
 
-SWEEP_SINKS = 4  # the sink count of the cache-size sweep (the paper's choice)
-
-
 def sweep_table(run) -> pd.DataFrame:
-    """One row per swept policy: perplexity on the sweep stream with its 95 % interval (``ppl_low``, ``ppl_high``),
-    the paired ratio against StreamingLLM with 4 sinks at the same cache size on the same tokens (``vs_streamingllm``,
-    ``vs_low``, ``vs_high``; 1 for itself), KV bytes after the prompt (MiB) and the cache size in tokens; ``sweep``
-    says whether the row belongs to the cache-size sweep, the sink sweep or both."""
-    from .policies import StreamingLLM
-
+    """One row per policy of 03's grid (:func:`streamlib.experiments.sweep_grid`): perplexity on the sweep stream with
+    its 95 % interval (``ppl_low``, ``ppl_high``), the paired ratio against StreamingLLM with 4 sinks at the same cache
+    size on the same tokens (``vs_streamingllm``, ``vs_low``, ``vs_high``; 1 for itself), KV bytes after the prompt
+    (MiB) and the cache size in tokens; ``sweep`` says whether the row belongs to the cache-size sweep, the sink sweep
+    or both."""
     cfg = run.cfg
     ppl = latest_of_each(_same_setting(run.metrics("ppl"), n_tokens=cfg.sweep_tokens, dataset=cfg.datasets[0]),
                          ["label"])
     kv = latest_of_each(_same_setting(run.metrics("sweep_kv"), prompt_tokens=cfg.speed_prompt_tokens), ["label"])
     if ppl.empty or kv.empty:
         return pd.DataFrame()
-    cols = ["policy", "n_sink", "window", "pos_shift"]
-    out = ppl[["label", "key"] + cols + ["ppl"]].merge(kv[["label", "kv_bytes_after_prompt"]], on="label", how="inner")
-    policies = [policy_from_row(r) for r in ppl.set_index("label").loc[out["label"]].reset_index().to_dict("records")]
-    out["pos_shift"] = out["pos_shift"].fillna(True).astype(bool)
-    out["n_sink"] = out["n_sink"].fillna(0).astype(int)
+    grid = {name: {p.spec() for p in policies} for name, policies in sweep_grid(cfg).items()}
+    out = ppl[["label", "key", "spec", "ppl"]].merge(kv[["label", "kv_bytes_after_prompt"]], on="label", how="inner")
+    in_cache, in_sinks = out["spec"].isin(grid["cache"]), out["spec"].isin(grid["sinks"])
+    out["sweep"] = ["cache+sinks" if a and b else "cache" if a else "sinks" if b else ""
+                    for a, b in zip(in_cache, in_sinks)]
+    out = out[out["sweep"] != ""].reset_index(drop=True)
+    policies = [parse_policy(spec) for spec in out["spec"]]
+    out["n_sink"] = [getattr(p, "n_sink", 0) for p in policies]
     out["cache_size"] = [p.budget for p in policies]
-    out["bits"] = [getattr(p, "bits", 16) for p in policies]
     out["kv_mib"] = out["kv_bytes_after_prompt"] / 2**20
-    out.insert(1, "family", [family_label(p) for p in policies])
+    out.insert(1, "family", [p.family() for p in policies])
     nll = nll_curves(run, "ppl", out)
     out["ppl_low"], out["ppl_high"] = _bounds([ppl_interval(nll, label) for label in out["label"]])
-    references = [StreamingLLM(SWEEP_SINKS, size - SWEEP_SINKS).label() if size > SWEEP_SINKS + 1 else None
-                  for size in out["cache_size"]]
-    paired = [paired_interval(nll, label, ref) if ref else None for label, ref in zip(out["label"], references)]
+    references = [sweep_reference(size) for size in out["cache_size"]]
+    paired = [paired_interval(nll, label, ref.label()) if ref else None for label, ref in zip(out["label"], references)]
     out["vs_streamingllm"] = [iv.value if iv else np.nan for iv in paired]
     out["vs_low"], out["vs_high"] = _bounds(paired)
-    in_cache = (out["cache_size"].isin(cfg.sweep_cache_sizes) & ((out["policy"] != "streamingllm")
-                                                                  | (out["n_sink"] == SWEEP_SINKS))) \
-        | (out["policy"] == "burst")  # the lab's tuning table: its own capacities
-    in_sinks = (out["policy"] == "streamingllm") & out["pos_shift"] & (out["cache_size"] == cfg.sweep_sink_cache) \
-        & (out["bits"] == 16)
-    out["sweep"] = ["cache+sinks" if a and b else "cache" if a else "sinks" if b else "" for a, b in zip(in_cache, in_sinks)]
-    return out[out["sweep"] != ""].drop(columns=["kv_bytes_after_prompt", "key"]).reset_index(drop=True)
+    return out.drop(columns=["kv_bytes_after_prompt", "key"])
 
 
 def bits_table(run) -> pd.DataFrame:
@@ -426,9 +416,10 @@ def burst_table(run) -> pd.DataFrame:
 
     cfg = run.cfg
     wide = _same_setting(run.metrics("ppl"), dataset=cfg.datasets[0])
-    if wide.empty or "burst" not in set(wide["policy"]):
+    bursts = wide["spec"].isin({b.spec() for b in cfg.burst_policies()}) if not wide.empty else None
+    if wide.empty or not bursts.any():
         return pd.DataFrame()
-    lengths = wide.loc[(wide["policy"] == "burst") & (wide["n_tokens"] <= cfg.burst_tokens), "n_tokens"]
+    lengths = wide.loc[bursts & (wide["n_tokens"] <= cfg.burst_tokens), "n_tokens"]
     if lengths.empty:
         return pd.DataFrame()
     latest = latest_of_each(wide[wide["n_tokens"] == lengths.max()], ["label"])
@@ -509,10 +500,10 @@ def retrieval_table(run) -> pd.DataFrame:
     trials = retrieval_trials(run)
     if trials.empty:
         return trials
-    table = trials.groupby(["policy", "label", "prompt_tokens", "depth"], sort=False).agg(
+    table = trials.groupby(["spec", "label", "prompt_tokens", "depth"], sort=False).agg(
         distance=("distance", "mean"), trials=("correct", "size"), correct=("correct", "sum"),
         accuracy=("correct", "mean"), key_cached=("key_cached", "mean")).reset_index()
-    return _with_wilson(_in_kind_order(table, ["label", "prompt_tokens", "distance"])).drop(columns=["policy", "depth"])
+    return _with_wilson(_in_kind_order(table, ["label", "prompt_tokens", "distance"])).drop(columns=["spec", "depth"])
 
 
 def retrieval_summary(run) -> pd.DataFrame:
@@ -522,7 +513,7 @@ def retrieval_summary(run) -> pd.DataFrame:
     if trials.empty:
         return trials
     held = trials.assign(held=trials["key_cached"] >= 1.0)
-    table = held.groupby(["policy", "label"], sort=False).agg(
+    table = held.groupby(["spec", "label"], sort=False).agg(
         trials=("correct", "size"), correct=("correct", "sum"), accuracy=("correct", "mean"),
         key_held=("held", "sum"), correct_when_held=("correct", lambda c: int(c[held.loc[c.index, "held"]].sum()))
     ).reset_index()
@@ -530,7 +521,7 @@ def retrieval_summary(run) -> pd.DataFrame:
     table[f"when key held {CI}"] = [
         f"{k}/{n}: " + format_interval(*_pair(wilson_interval(int(k), int(n)))) if n else "–"
         for k, n in zip(table["correct_when_held"], table["key_held"])]
-    return table.drop(columns=["policy"])
+    return table.drop(columns=["spec"])
 
 
 def latest_curves(run, group: str, **setting) -> pd.DataFrame:
@@ -541,9 +532,8 @@ def latest_curves(run, group: str, **setting) -> pd.DataFrame:
     wide = latest_of_each(_same_setting(run.metrics(group), **setting), ["label"])
     curves = curves[curves["key"].isin(set(wide["key"]))]
     # Dense first, then by kind, fewest sinks first (StreamingLLM 4+124 before 36+92): the figures' line order
-    order = {kind: i for i, kind in enumerate(KIND_ORDER)}
-    rank = curves.assign(_kind=curves["policy"].map(lambda k: order.get(k, len(order))),
-                         _sinks=curves["n_sink"] if "n_sink" in curves else 0)
+    rank = curves.assign(_kind=curves["spec"].map(_kind_order),
+                         _sinks=curves["spec"].map(lambda spec: getattr(parse_policy(spec), "n_sink", 0)))
     return rank.sort_values(["_kind", "_sinks", "label"], kind="stable").drop(columns=["_kind", "_sinks"]) \
         .reset_index(drop=True)
 
@@ -566,10 +556,10 @@ def streameval_table(run) -> pd.DataFrame:
     questions = streameval_questions(run)
     if questions.empty:
         return questions
-    table = questions.groupby(["policy", "label", "part", "lines_back"], sort=False).agg(
+    table = questions.groupby(["spec", "label", "part", "lines_back"], sort=False).agg(
         tokens_back=("tokens_back", "mean"), trials=("correct", "size"), correct=("correct", "sum"),
         accuracy=("correct", "mean")).reset_index()
-    return _with_wilson(_in_kind_order(table, ["label", "part", "lines_back"])).drop(columns=["policy"])
+    return _with_wilson(_in_kind_order(table, ["label", "part", "lines_back"])).drop(columns=["spec"])
 
 
 def recall_turns(run) -> pd.DataFrame:
@@ -585,21 +575,25 @@ def recall_table(run) -> pd.DataFrame:
     if turns.empty:
         return turns
     asked = turns[turns["kind"] == "question"].astype({"correct": bool})
-    table = asked.groupby(["policy", "label", "turns_back"], sort=False).agg(
+    table = asked.groupby(["spec", "label", "turns_back"], sort=False).agg(
         tokens_back=("tokens_back", "mean"), trials=("correct", "size"), correct=("correct", "sum"),
         accuracy=("correct", "mean")).reset_index()
-    pooled = asked.groupby(["policy", "label"], sort=False).agg(
+    pooled = asked.groupby(["spec", "label"], sort=False).agg(
         tokens_back=("tokens_back", "mean"), trials=("correct", "size"), correct=("correct", "sum"),
         accuracy=("correct", "mean")).reset_index().assign(turns_back="all")
     kv = turns.groupby("label")["kv_bytes"].max() / 2**20
     table = table.sort_values("turns_back").astype({"turns_back": int}).astype({"turns_back": str})
-    table = _with_wilson(_in_kind_order(pd.concat([table, pooled]), ["label"])).drop(columns=["policy"])
+    table = _with_wilson(_in_kind_order(pd.concat([table, pooled]), ["label"])).drop(columns=["spec"])
     return table.assign(max_kv_mib=table["label"].map(kv))
 
 
+def _kind_order(spec) -> int:
+    """Where a policy's kind sits in tables and legends (each policy declares its ``order``; Dense first)."""
+    return parse_policy(spec).order
+
+
 def _in_kind_order(table: pd.DataFrame, then: list[str]) -> pd.DataFrame:
-    order = {kind: i for i, kind in enumerate(KIND_ORDER)}
-    table = table.assign(kind=table["policy"].map(lambda kind: order.get(kind, len(order))))
+    table = table.assign(kind=table["spec"].map(_kind_order))
     return table.sort_values(["kind"] + then, kind="stable").drop(columns="kind").reset_index(drop=True)
 
 
@@ -610,9 +604,6 @@ def _with_wilson(table: pd.DataFrame) -> pd.DataFrame:
     table[f"accuracy {CI}"] = [format_interval(iv.low, iv.high) for iv in intervals]
     table["correct"] = table["correct"].astype(int)
     return table
-
-
-KIND_ORDER = ("dense", "window", "streamingllm", "burst", "tova", "h2o", "recompute")
 
 
 # ---------------------------------------------------------------------------------------------- report.md --

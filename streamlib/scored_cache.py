@@ -1,7 +1,7 @@
-"""The cache of the score-based policies (TOVA, H2O): ``budget + 1`` preallocated slots per layer, an eviction per
-token chosen from the step's attention probabilities (read through :mod:`streamlib.handover`). Each policy's rule (how
-it scores, which slot it frees) is in its own file beside its paper (:mod:`streamlib.policies.tova`,
-:mod:`streamlib.policies.h2o`); how the cache runs them is in ``docs/design.md``."""
+"""The cache of the score-based policies (TOVA, H2O, K-norm, ...): ``budget + 1`` preallocated slots per layer, and after
+each token the lowest-scored one leaves. Each policy's rule (how it scores) is in its own file beside its paper
+(:mod:`streamlib.policies.tova`, :mod:`streamlib.policies.h2o`); a rule that reads the step's attention gets it through
+:mod:`streamlib.handover`. How the cache runs them is in ``docs/design.md``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from .kv_quant import KVQuantSpec, attach, layer_class
 from .handover import install as _install_handover
 from .rotary import Rotations, RotaryInfo
 
-__all__ = ["WRAPPED", "EvictionRule", "ScoredCache", "ScoredLayer", "ScoredSpec", "install", "lowest_slot"]
+__all__ = ["WRAPPED", "EvictionRule", "ScoreView", "ScoredCache", "ScoredLayer", "ScoredSpec", "install", "lowest_slot"]
 
 
 def install(model) -> None:
@@ -26,19 +26,48 @@ def install(model) -> None:
     _install_handover(model, "a score-based policy")
 
 
+@dataclass(frozen=True)
+class ScoreView:
+    """What a rule sees of one layer after a step, every tensor over the layer's ``L`` slots in use (the order of the
+    slots is the cache's; a rule scores each slot for itself):
+
+    - ``keys``, ``values``: (batch, kv heads, L, head_dim), keys rotated at their frame positions (a rotation keeps
+      norms, and dot products between keys depend on their distance only);
+    - ``positions``: (batch, rows, L), each slot's stream position, -1 for an empty slot; ``rows`` is the kv heads
+      for a rule that decides per head, else 1;
+    - ``scores``: (batch, rows, L) float32, the scores the rule returned at the last step (0 for the newest token);
+    - ``attention``: (batch, query heads, n, L) float32 probabilities of the step's ``n`` queries (query head ``h``
+      reads kv head ``h // group``), or None unless the rule ``needs_attention``;
+    - ``newest``: the stream position of the token just stored.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    positions: torch.Tensor
+    scores: torch.Tensor
+    attention: torch.Tensor | None
+    newest: int
+
+    def per_kv_head(self, attention: torch.Tensor) -> torch.Tensor:
+        """Query-head weights (batch, heads, n, L) summed over the query heads of each kv head and over the queries:
+        (batch, kv heads, L) (kvpress's convention for grouped-query attention)."""
+        b, heads, n, length = attention.shape
+        kv = self.keys.shape[1]
+        return attention.reshape(b, kv, heads // kv * n, length).sum(dim=2)
+
+
 class EvictionRule(Protocol):
-    """What a score-based policy tells its cache: how many tokens to keep, whether each kv head keeps its own, how a
-    step's attention adds to the scores, and which slot to free once over budget."""
+    """What a score-based policy tells its cache (:class:`streamlib.policies.scored.ScoredPolicy`): how many tokens to
+    keep, whether each kv head keeps its own, whether it reads the step's attention, how many recent tokens no
+    eviction takes, and each slot's score."""
 
     budget: int
     per_head: bool
+    needs_attention: bool
+    protected_recent: int
 
-    def score(self, scores: torch.Tensor, probs: torch.Tensor) -> None:
-        """Add a step's probabilities ``probs`` (B, query heads, n, L) to ``scores`` (B, rows, L) in place."""
-
-    def evict(self, probs: torch.Tensor, positions: torch.Tensor, scores: torch.Tensor, newest: int) -> torch.Tensor:
-        """The slot to free per row (B, rows), from the step's ``probs``, each slot's original position (-1: empty)
-        and score; ``newest`` is the position of the token just stored."""
+    def score(self, view: ScoreView) -> torch.Tensor:
+        """Every slot's score (B, rows, L); the lowest leaves once the layer holds more than ``budget``."""
 
 
 def lowest_slot(values: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -123,26 +152,32 @@ class ScoredLayer(StreamLayer):
                 "streamlib.generation.prefill or streamlib.quality.token_nll (they feed one token at a time once the "
                 f"cache is full); with model.generate pass prefill_chunk_size=1; or feed at most "
                 f"{max(self.capacity - first, 1)} tokens at once")
-        self._pending = first
         self.position += n
+        if not self.rule.needs_attention:  # the rule reads what the layer holds: score now
+            self.observe(None, keys, values, 1.0)
+            return keys, values
+        self._pending = first
         return hand_over(self, keys), values
 
     def attend(self, base, module, query, key, value, attention_mask, **kwargs):
         """The model's own attention, unchanged; its probabilities go to :meth:`observe`."""
         out = base(module, query, key, value, attention_mask, **kwargs)
-        self.observe(query, key, kwargs.get("scaling", module.scaling))
+        self.observe(query, key, value, kwargs.get("scaling", module.scaling))
         return out
 
-    def observe(self, query: torch.Tensor, keys: torch.Tensor, scaling: float) -> None:
-        """This step's attention probabilities over ``keys`` (the slots returned by :meth:`update`): score, and
-        evict when over budget."""
-        probs = attention_probs(query, keys, scaling, self._pending)
+    def observe(self, query: torch.Tensor | None, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> None:
+        """Score the slots returned by :meth:`update` (``keys``, ``values``; with the step's attention probabilities
+        when the rule reads them), and choose the slot to free when the layer is over budget."""
+        probs = attention_probs(query, keys, scaling, self._pending) if query is not None else None
         self._pending = None
         length = keys.shape[-2]
-        self.rule.score(self.scores[:, :, :length], probs)
+        positions = self.positions[:, :, :length]
+        view = ScoreView(keys=keys, values=values, positions=positions, scores=self.scores[:, :, :length],
+                         attention=probs, newest=self.position - 1)
+        self.scores[:, :, :length] = self.rule.score(view)
         if min(self.position, self.capacity) > self.budget:
-            self.free = self.rule.evict(probs, self.positions[:, :, :length], self.scores[:, :, :length],
-                                        self.position - 1)
+            candidates = (positions >= 0) & (positions <= self.position - 1 - self.rule.protected_recent)
+            self.free = lowest_slot(self.scores[:, :, :length], positions, candidates)
 
     def slot_positions(self) -> torch.Tensor:
         """The stream position of the token in each slot, (batch, rows, slots), -1 where empty."""
@@ -171,8 +206,8 @@ class ScoredLayer(StreamLayer):
 
 
 class ScoredCache(StreamingCache):
-    """The cache of a score-based policy (``rule``: a :class:`~streamlib.policies.TOVA` or
-    :class:`~streamlib.policies.H2O`): geometry and frame re-basing; each layer evicts by the rule. Defined token by
+    """The cache of a score-based policy (``rule``: a :class:`~streamlib.policies.scored.ScoredPolicy` such as TOVA or
+    H2O): geometry and frame re-basing; each layer evicts by the rule. Defined token by
     token, so a full cache takes one token per call. A hybrid model's sliding layers (``sliding``) keep their trained
     window instead."""
 

@@ -171,10 +171,10 @@ class NaiveQuant:
         return self.seen[li, head, i]
 
 
-def _view_of(quant, net, li, t, idx, raw_keys, values):
+def _view_of(quant, net, li, t, idx, raw_keys, values, heads=None):
     """Per kv head: (keys unrotated (n, d), values (n, d)) of tokens ``idx`` as the query at ``t`` sees them."""
     out = []
-    for h in range(net.kv_heads):
+    for h in range(net.kv_heads) if heads is None else heads:
         if quant is None or net.sliding(li):
             pairs = [(raw_keys[i][h], values[i][h]) for i in idx]
         else:
@@ -190,36 +190,51 @@ def naive_streaming_nll(model, input_ids: torch.Tensor, n_sink: int, window: int
     e.g. with :func:`burst_kept_indices`. With ``pos_shift`` keys sit at their index in the kept list and the query
     after them; without it every token keeps its original position. ``quant``: keys and values quantized
     (:class:`NaiveQuant`)."""
+    if kept is None:
+        def visible(t, li, h):
+            return kept_indices(t, n_sink, window)
+    else:
+        def visible(t, li, h):
+            return kept[t]
+    return naive_view_nll(model, input_ids, visible, pos_shift, quant)
+
+
+@torch.no_grad()
+def naive_view_nll(model, input_ids: torch.Tensor, visible, pos_shift: bool,
+                   quant: NaiveQuant | None = None) -> torch.Tensor:
+    """The NLL of a policy whose query at ``t`` sees, in full layer ``li`` and kv head ``h``, the earlier tokens
+    ``visible(t, li, h)`` and itself. With ``pos_shift`` the keys sit at their index in that list and the query after
+    them; without it every token keeps its original position. A hybrid model's sliding layers see their trained
+    window at original positions. ``quant``: keys and values quantized (:class:`NaiveQuant`)."""
     net = Naive(model)
     ids = input_ids[0]
     raw_keys = [[] for _ in net.layers]  # per layer, per token: (kv_heads, d), before rotary
     values = [[] for _ in net.layers]
     nll = []
     for t in range(ids.numel() - 1):
-        policy_view = kept[t] if kept is not None else kept_indices(t, n_sink, window)
         x = net.embed(ids[t : t + 1])
         for li, layer in enumerate(net.layers):
-            in_view = net.sliding_view(t) if net.sliding(li) else policy_view
-            if pos_shift and not net.sliding(li):
-                key_pos = list(range(len(in_view)))
-                query_pos = len(in_view)
-            else:
-                key_pos = in_view
-                query_pos = t
             q, k, v = net.qkv(layer, x)
             raw_keys[li].append(k)
             values[li].append(v)
-            all_idx = in_view + [t]
-            all_pos = torch.tensor(key_pos + [query_pos], dtype=torch.long)
-            seen = _view_of(quant, net, li, t, all_idx, raw_keys[li], values[li])
-            keys = net.rotate(torch.stack([s[0] for s in seen]), all_pos, li)  # (kv, n, d)
-            vals = torch.stack([s[1] for s in seen])
-            if quant is not None and not net.sliding(li) and (t + 1) % quant.residual == 0:
-                block = [i for i in all_idx if i // quant.residual == t // quant.residual]
-                for h in range(net.kv_heads):
+            keys, vals, query_pos = [], [], []
+            for h in range(net.kv_heads):
+                sliding = net.sliding(li)
+                in_view = net.sliding_view(t) if sliding else list(visible(t, li, h))
+                shifted = pos_shift and not sliding
+                all_idx = in_view + [t]
+                all_pos = torch.tensor(list(range(len(all_idx))) if shifted else all_idx, dtype=torch.long)
+                (raw, val), = _view_of(quant, net, li, t, all_idx, raw_keys[li], values[li], heads=[h])
+                keys.append(net.rotate(raw[None], all_pos, li)[0])
+                vals.append(val)
+                query_pos.append(int(all_pos[-1]))
+                if quant is not None and not sliding and (t + 1) % quant.residual == 0:
+                    block = [i for i in all_idx if i // quant.residual == t // quant.residual]
                     quant.close_block(li, h, block, raw_keys[li], values[li])
-            q = net.rotate(q[:, None, :], torch.tensor([query_pos]), li)  # (heads, 1, d)
-            out, _ = net.attend(q, list(keys), list(vals))
+            # each query head sits where its kv head's view puts it
+            q = torch.stack([net.rotate(q[qh][None, None], torch.tensor([query_pos[qh // net.group]]), li)[0, 0]
+                             for qh in range(net.heads)])[:, None]
+            out, _ = net.attend(q, keys, vals)
             x = net.block(layer, x, out)
         nll.append(net.nll(x, ids[t + 1 : t + 2]))
     return torch.stack(nll).to(next(model.parameters()).dtype)
@@ -309,5 +324,70 @@ def naive_scored_nll(model, input_ids: torch.Tensor, policy: str, budget: int, n
                         victim = lowest(cands, scores[li][h].__getitem__)
                         idx.remove(victim)
             x = net.block(layer, x, out)
+        nll.append(net.nll(x, ids[t + 1 : t + 2]))
+    return torch.stack(nll).float(), min(gaps) if gaps else float("inf")
+
+
+@torch.no_grad()
+def naive_rule_nll(model, input_ids: torch.Tensor, policy, quant: NaiveQuant | None = None):
+    """Any score-based policy (:class:`streamlib.policies.scored.ScoredPolicy`) from its definition: explicit lists
+    of held tokens per layer (per layer and kv head when the rule decides per head) at original positions; after each
+    token's attention the rule scores the held tokens from what a layer holds (keys rotated at their positions,
+    values, positions, its last scores, the step's probabilities) and, over budget, the lowest-scored token older than
+    the ``protected_recent`` most recent leaves (ties to the earliest). The rule's own ``score`` is the one piece
+    shared with the cache: what is tested is everything around it.
+
+    Returns (per-token NLL, the smallest gap seen between the lowest and second-lowest candidates)."""
+    from streamlib.policies.scored import ScoreView
+
+    net = Naive(model)
+    ids = input_ids[0]
+    n_layers, kv_heads = len(net.layers), net.kv_heads
+    rows = kv_heads if policy.per_head else 1
+    raw_keys = [[] for _ in range(n_layers)]
+    values = [[] for _ in range(n_layers)]
+    held = [[[] for _ in range(rows)] for _ in range(n_layers)]  # per layer and row: token indices
+    scores = [[{} for _ in range(rows)] for _ in range(n_layers)]  # per layer and row: token -> last score
+    gaps, nll = [], []
+    for t in range(ids.numel() - 1):
+        x = net.embed(ids[t : t + 1])
+        for li, layer in enumerate(net.layers):
+            q, k, v = net.qkv(layer, x)
+            raw_keys[li].append(k)
+            values[li].append(v)
+            q = net.rotate(q[:, None, :], torch.tensor([t]), li)  # (heads, 1, d)
+            sliding = net.sliding(li)
+            if not sliding:
+                for row in held[li]:
+                    row.append(t)
+            keys, vals, index = [], [], []
+            for h in range(kv_heads):
+                idx = net.sliding_view(t) + [t] if sliding else held[li][h if policy.per_head else 0]
+                (raw, val), = _view_of(None if sliding else quant, net, li, t, idx, raw_keys[li], values[li], [h])
+                keys.append(net.rotate(raw[None], torch.tensor(idx), li)[0])
+                vals.append(val)
+                index.append(idx)
+                if quant is not None and not sliding and (t + 1) % quant.residual == 0:
+                    quant.close_block(li, h, [i for i in idx if i // quant.residual == t // quant.residual],
+                                      raw_keys[li], values[li])
+            out, probs = net.attend(q, keys, vals)
+            x = net.block(layer, x, out)
+            if sliding:
+                continue
+            positions = torch.tensor([index[h if policy.per_head else 0] for h in range(rows)])[None]
+            last = torch.tensor([[scores[li][r].get(i, 0.0) for i in held[li][r]] for r in range(rows)],
+                                dtype=torch.float64)[None]
+            view = ScoreView(keys=torch.stack(keys)[None], values=torch.stack(vals)[None], positions=positions,
+                             scores=last, attention=torch.stack(probs)[None, :, None] if policy.needs_attention
+                             else None, newest=t)
+            new = policy.score(view)[0].double()
+            for r in range(rows):
+                scores[li][r] = dict(zip(held[li][r], new[r].tolist()))
+                if len(held[li][r]) > policy.budget:
+                    cands = sorted((i for i in held[li][r] if i <= t - policy.protected_recent),
+                                   key=lambda i: (scores[li][r][i], i))
+                    if len(cands) > 1:
+                        gaps.append(scores[li][r][cands[1]] - scores[li][r][cands[0]])
+                    held[li][r].remove(cands[0])
         nll.append(net.nll(x, ids[t + 1 : t + 2]))
     return torch.stack(nll).float(), min(gaps) if gaps else float("inf")

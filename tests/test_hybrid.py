@@ -225,7 +225,7 @@ def test_kv_along_stream_shows_the_sliding_cap(peaky_gemma):
     from streamlib.memory import kv_along_stream, kv_bytes_per_token
 
     curve = kv_along_stream(peaky_gemma.config, [Dense(), StreamingLLM(4, 16)], torch.float32, until=1000, points=11)
-    assert list(curve.columns) == ["label", "policy", "pos_shift", "position", "kv_bytes"]
+    assert list(curve.columns) == ["label", "spec", "position", "kv_bytes"]
     dense = curve[curve.label == "Dense"].set_index("position").kv_bytes
     slot = 2 * 16 * 4
     assert dense[1000] - dense[500] == 2 * 500 * slot  # two full layers

@@ -1,16 +1,21 @@
-"""What every cache policy shares: a name, flat parameters for records, a budget, the model check, the compiled form
-of its cache, and the FLOPs and KV bytes of a stream under it."""
+"""What every cache policy shares: its name and spec string, its record fields, label and plot style, its budget,
+the model check, the compiled form of its cache, and the FLOPs and KV bytes of a stream under it. A subclass that
+declares a ``name`` registers itself (:mod:`streamlib.policies.registry`)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import dataclasses
+import re
+from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 
 from ..arch import SLIDING, family_of, layer_types, shapes_of
 from ..flops import bounded_stream_flops
-from ..kv_quant import KVQuantSpec, held_bytes
+from ..kv_quant import KVQuantSpec, held_bytes, quant_label
 from ..memory import held_kv_bytes
+from .registry import register
 
 # The one answer to "can this policy's decode step be compiled": each policy's compiled_form.
 NOT_COMPILABLE = ("compile=True covers StreamingLLM, Window, and Dense when the stream's length is known "
@@ -23,29 +28,163 @@ def check_model(model, policy_name: str) -> None:
     family_of(model, f"policy {policy_name}")
 
 
+@dataclass(frozen=True)
+class Style:
+    """How a policy's lines look in every figure: a colour of the Okabe-Ito palette, a marker and a line style (so
+    figures read in greyscale); ``hollow`` markers for a quantized cache."""
+
+    colour: str
+    marker: str
+    linestyle: str | tuple = "-"
+    hollow: bool = False
+
+    def kwargs(self) -> dict:
+        out = {"color": self.colour, "marker": self.marker, "linestyle": self.linestyle}
+        return out | ({"mfc": "none"} if self.hollow else {})
+
+
+# fields that records written before them lack: they keep their defaults when a policy is read back
+OPTIONAL_IN_RECORDS = ("pos_shift", "bits", "residual", "quantize_sinks")
+# a quantized cache keeps its policy's colour and marker, hollow, with a line per bit width
+BITS_LINESTYLE = {8: "--", 4: ":", 2: (0, (1, 3))}
+
+
 class PolicyBase:
-    """Mixin for the policy dataclasses: a stable name and a flat parameter dict for result records.
+    """Mixin for the policy dataclasses. A policy declares, in its own file:
+
+    - ``name`` (its registry key and the first part of its spec string), ``forms`` (its command-line forms, for
+      help texts), ``spec_parts()`` and ``from_parts(parts, **quant)`` (its own parts of the spec string, so that
+      ``parse_policy(str(p)) == p``);
+    - ``title`` (its kind in legends), ``label()`` (one configuration), ``style`` (:class:`Style`) and ``order``
+      (where its kind sits in tables and legends);
+    - its fields (the record's columns, ``params()``), ``budget``, ``make_cache(model)``.
 
     ``token_mode``: whether a prompt longer than the cache is read one full decode step per token (Recompute, TOVA,
-    H2O), which is what sizes the token counts a run can afford for it."""
+    H2O), which is what sizes the token counts a run can afford for it. ``quantizable``: whether it takes ``bits``,
+    ``residual`` (and ``quantize_sinks`` when it ``takes_sinks``) and the spec string's ``:int4:r64:qsinks``."""
 
-    name: str = "policy"
-    token_mode = False
-    takes_sinks = False  # whether with_sinks can keep a prompt prefix as its sinks
-    why_not_compiled = "its cache changes shape as it evicts"
+    name: ClassVar[str] = "policy"
+    title: ClassVar[str] = "Policy"
+    forms: ClassVar[tuple[str, ...]] = ()
+    style: ClassVar[Style] = Style("#56B4E9", "*", "-")
+    order: ClassVar[int] = 50
+    is_baseline: ClassVar[bool] = False  # the policy every other is compared with (Dense)
+    token_mode: ClassVar[bool] = False
+    takes_sinks: ClassVar[bool] = False  # whether with_sinks can keep a prompt prefix as its sinks
+    streams_long: ClassVar[bool] = False  # constant cost per token: may read a whole long stream (04)
+    quantizable: ClassVar[bool] = False
+    why_not_compiled: ClassVar[str] = "its cache changes shape as it evicts"
+    key_axis: ClassVar[str] = "channel"  # how a quantized cache groups keys: per channel over a block (tokens leave
+    # in order)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            register(cls)
+
+    # -- the spec string, the record, the label ---------------------------------------------------------------
+    def spec_parts(self) -> list[str]:
+        """The parts of the spec string after the name (``["4+252"]``)."""
+        return []
+
+    @classmethod
+    def from_parts(cls, parts: list[str], **quant) -> "PolicyBase":
+        """The policy whose ``spec_parts()`` are ``parts`` (``quant``: bits, residual, quantize_sinks)."""
+        if parts:
+            raise ValueError(f"{cls.name} takes no parts; got {parts}")
+        return cls(**quant)
+
+    def spec(self) -> str:
+        """The policy as one string: ``streamingllm:4+1020:int4``; :func:`~streamlib.policies.parse_policy` reads it
+        back."""
+        parts = [self.name, *self.spec_parts()]
+        bits = getattr(self, "bits", 16)
+        if bits != 16:
+            parts.append(f"int{bits}")
+            if self.residual != 32:
+                parts.append(f"r{self.residual}")
+            if getattr(self, "quantize_sinks", False):
+                parts.append("qsinks")
+        return ":".join(parts)
+
+    def __str__(self) -> str:
+        return self.spec()
+
+    @classmethod
+    def parse(cls, args: list[str]) -> "PolicyBase":
+        """The policy of a spec string's parts after the name: the quantization parts first, then its own."""
+        rest, quant = [], {}
+        for part in args:
+            if re.fullmatch(r"int\d+", part):
+                quant["bits"] = int(part[3:])
+            elif re.fullmatch(r"r\d+", part) and "bits" in quant:
+                quant["residual"] = int(part[1:])
+            elif part == "qsinks" and cls.takes_sinks and "bits" in quant:
+                quant["quantize_sinks"] = True
+            else:
+                rest.append(part)
+        if quant and not cls.quantizable:
+            raise ValueError(f"{cls.name} takes no quantization (the bounded caches do)")
+        return cls.from_parts(rest, **quant)
 
     def params(self) -> dict:
-        return {"policy": self.name, **asdict(self)}
+        """The record's fields: the name, the spec string, and every field of the policy."""
+        return {"policy": self.name, "spec": self.spec(), **asdict(self)}
 
+    @classmethod
+    def from_fields(cls, params: dict, accepts: tuple[str, ...] | None = None) -> "PolicyBase":
+        """The policy from a record's fields (records written before spec strings): every field it ``accepts`` (its
+        constructor's, by default its dataclass fields) must be there, except those older records may lack (position
+        shift and the quantization fields), which keep their defaults."""
+        names = accepts or tuple(f.name for f in dataclasses.fields(cls))
+        missing = [n for n in names if params.get(n) is None and n not in OPTIONAL_IN_RECORDS]
+        if missing:
+            given = sorted(k for k, v in params.items() if v is not None)
+            raise ValueError(f"policy {cls.name!r} needs the parameter {missing[0]} (an integer >= 0); got only {given}")
+        return cls(**{n: params[n] for n in names if params.get(n) is not None})
+
+    def label(self) -> str:
+        return self.title
+
+    def quant_label(self) -> str:
+        """What the label adds for a quantized cache: ``" int4"``, ``" int4 R64"``, ``", sinks int4"``."""
+        return quant_label(getattr(self, "bits", 16), getattr(self, "residual", 32),
+                           getattr(self, "quantize_sinks", False), getattr(self, "n_sink", 0))
+
+    def kind(self) -> str:
+        """The policy's kind in a legend: its title, and what sets this configuration's line apart (no shift)."""
+        return self.title
+
+    def family(self) -> str:
+        """The curve a configuration belongs to on a sweep (its kind, and its bit width)."""
+        bits = getattr(self, "bits", 16)
+        return self.kind() + (f", int{bits}" if bits != 16 else "")
+
+    def plot_style(self) -> Style:
+        """The line style of this configuration: its kind's, hollow with its own line for a quantized cache."""
+        bits = getattr(self, "bits", 16)
+        return self.style if bits == 16 else dataclasses.replace(self.style, linestyle=BITS_LINESTYLE[bits],
+                                                                 hollow=True)
+
+    # -- what it is, for the tests ------------------------------------------------------------------------------
+    @classmethod
+    def examples(cls, budget: int) -> list["PolicyBase"]:
+        """Configurations that keep about ``budget`` tokens: what the registry's tests run every policy at (against
+        the naive reference, through the figures and the records)."""
+        raise NotImplementedError(f"{cls.__name__} declares no examples(budget): the registry's tests need them")
+
+    def visible(self, t: int, layer: int = 0, kv_head: int = 0) -> list[int]:
+        """The policy's definition, written naively: the earlier stream positions the query at ``t`` sees in full
+        layer ``layer`` and kv head ``kv_head`` (a hybrid model's sliding layers keep their trained window whatever
+        the policy). The tests hold the cache to it; score-based policies, whose view depends on the data, define a
+        rule instead."""
+        raise NotImplementedError(f"{type(self).__name__} defines no visible(t)")
+
+    # -- what it costs --------------------------------------------------------------------------------------
     @property
     def budget(self) -> int | None:
         """Tokens kept between steps, or None when unbounded."""
         return None
-
-    def label(self) -> str:
-        return self.name
-
-    key_axis = "channel"  # how a quantized cache groups keys: per channel over a block (tokens leave in order)
 
     def kv_quant(self) -> KVQuantSpec | None:
         """The quantization of the policy's cache (its ``bits``, ``residual``, ``quantize_sinks`` fields), or None at
@@ -95,3 +234,22 @@ class PolicyBase:
         element = torch.finfo(dtype).bits // 8
         per_head = held_bytes(quant, held, n_tokens, sh.head_dim, sh.head_dim, element)
         return sliding + full_layers * sh.kv_heads * per_head
+
+
+def int_parts(text: str, separator: str, what: str, count: int = 2) -> list[int]:
+    """``"4+252"`` -> ``[4, 252]``: a spec part of ``count`` integers joined by ``separator``; ``what`` names them in
+    errors."""
+    pieces = text.split(separator)
+    if len(pieces) != count or not all(re.fullmatch(r"\d+", p) for p in pieces):
+        raise ValueError(f"expected {what}, got {text!r}")
+    return [int(p) for p in pieces]
+
+
+def shift_part(parts: list[str], index: int) -> bool:
+    """Position shift from an optional spec part: absent or ``shift`` -> True, ``noshift`` -> False."""
+    if len(parts) <= index:
+        return True
+    if parts[index] not in ("shift", "noshift"):
+        raise ValueError(f"part {index + 2} must be 'shift', 'noshift' or a bit width such as 'int4', got "
+                         f"{parts[index]!r}")
+    return parts[index] == "shift"

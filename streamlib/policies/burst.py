@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -15,9 +16,9 @@ from ..arch import RotaryInfo, SlidingLayers, rotary_of, sliding_layers_of
 from ..cache import Workspace, ring_chunk_plan, trained_window_layer
 from ..cache_base import SinkLayer, StreamingCache
 from ..checks import check_bool, check_int
-from ..kv_quant import KVQuantSpec, attach, check_quant_fields, layer_class, quant_label
+from ..kv_quant import KVQuantSpec, attach, check_quant_fields, layer_class
 from ..rotary import Rotations
-from .base import PolicyBase, check_model
+from .base import PolicyBase, Style, check_model, int_parts, shift_part
 from .streaming_llm import StreamingLLM
 
 
@@ -36,7 +37,13 @@ class BurstEviction(PolicyBase):
     """
 
     name = "burst"
+    title = "Burst eviction"
+    forms = ("burst:S/C:R", "burst:S/C:R:noshift")
+    style = Style("#F0E442", "*", "-")
+    order = 3
     takes_sinks = True
+    streams_long = True
+    quantizable = True
 
     n_sink: int = 4
     capacity: int = 256
@@ -92,10 +99,41 @@ class BurstEviction(PolicyBase):
         return BurstCache(model.config.num_hidden_layers, self.n_sink, self.capacity, self.discard, self.pos_shift,
                           rotary_of(model), sliding=sliding_layers_of(model), quant=self.kv_quant())
 
+    @classmethod
+    def examples(cls, budget: int) -> list["BurstEviction"]:
+        return [cls(2, budget, 0.5)]
+
+    def visible(self, t: int, layer: int = 0, kv_head: int = 0) -> list[int]:
+        """The tokens held when ``t`` arrives: whenever a token would make the cache hold more than ``capacity``
+        (itself included), the ``discard`` oldest after the sinks leave first."""
+        held = []
+        for s in range(t + 1):
+            if len(held) + 1 > self.capacity:
+                held = held[: self.n_sink] + held[self.n_sink + self.discard :]
+            if s < t:
+                held.append(s)
+        return held
+
+    def spec_parts(self) -> list[str]:
+        return [f"{self.n_sink}/{self.capacity}", repr(self.discard_ratio)] + ([] if self.pos_shift else ["noshift"])
+
+    @classmethod
+    def from_parts(cls, parts: list[str], **quant) -> "BurstEviction":
+        if len(parts) not in (2, 3):
+            raise ValueError("expected S/C, the discard ratio R and optionally noshift")
+        n_sink, capacity = int_parts(parts[0], "/", "sinks/capacity such as 4/256")
+        return cls(n_sink, capacity, float(parts[1]), shift_part(parts, 2), **quant)
+
     def label(self) -> str:
         shift = "" if self.pos_shift else ", no shift"
-        quant = quant_label(self.bits, self.residual, self.quantize_sinks, self.n_sink)
-        return f"Burst {self.n_sink}/{self.capacity} drop {self.discard_ratio:g}{shift}{quant}"
+        return f"Burst {self.n_sink}/{self.capacity} drop {self.discard_ratio:g}{shift}{self.quant_label()}"
+
+    def kind(self) -> str:
+        return self.title + ("" if self.pos_shift else ", no shift")
+
+    def plot_style(self) -> Style:
+        style = super().plot_style()
+        return style if self.pos_shift else dataclasses.replace(style, linestyle=":")
 
 
 def streaming_matches(burst: BurstEviction) -> tuple[StreamingLLM, StreamingLLM]:

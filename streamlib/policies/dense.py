@@ -9,7 +9,7 @@ import torch
 from transformers import DynamicCache
 
 from ..cache_base import PolicyCache, forward
-from .base import PolicyBase, check_model
+from .base import PolicyBase, Style, check_model
 from .window import Window
 
 
@@ -49,6 +49,11 @@ class Dense(PolicyBase):
     also meets positions beyond its training length, which is where its perplexity blows up."""
 
     name = "dense"
+    title = "Dense"
+    forms = ("dense",)
+    style = Style("#000000", "o", "-")
+    order = 0
+    is_baseline = True
 
     def make_cache(self, model) -> DenseCache:
         check_model(model, "Dense")
@@ -62,6 +67,13 @@ class Dense(PolicyBase):
             raise ValueError("compile=True with Dense needs the stream's maximum length (max_length) for a "
                              "preallocated cache; stream_generate and the timing functions know it")
         return Window(max_length)
+
+    @classmethod
+    def examples(cls, budget: int) -> list["Dense"]:
+        return [cls()]
+
+    def visible(self, t: int, layer: int = 0, kv_head: int = 0) -> list[int]:
+        return list(range(t))
 
     def label(self) -> str:
         return "Dense"

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from ..arch import rotary_of, sliding_layers_of
 from ..checks import check_int
-from ..kv_quant import check_quant_fields, quant_label
-from ..scored_cache import ScoredCache, install, lowest_slot
-from .base import PolicyBase, check_model
+from ..kv_quant import check_quant_fields
+from .base import Style, int_parts
+from .scored import ScoredPolicy, ScoreView
 
 
 @dataclass(frozen=True)
-class H2O(PolicyBase):
+class H2O(ScoredPolicy):
     """Keep the ``n_recent`` most recent tokens and ``n_heavy`` heavy hitters, per layer and head.
 
     Zhang et al.: *H2O: Heavy-Hitter Oracle for Efficient Generative Inference of Large Language Models*, NeurIPS
@@ -30,10 +30,12 @@ class H2O(PolicyBase):
     residual: int = 32
 
     name = "h2o"
+    title = "H2O"
+    forms = ("h2o:H+R",)
+    style = Style("#D55E00", "X", "-")
+    order = 5
     per_head = True  # each kv head keeps its own heavy hitters
-    token_mode = True
-    why_not_compiled = "it evicts by score"
-    key_axis = "token"  # it evicts single tokens anywhere: a block's per-channel key scales would outlive the block
+    needs_attention = True
 
     def __post_init__(self):
         check_int("n_heavy", self.n_heavy, 0)
@@ -46,24 +48,38 @@ class H2O(PolicyBase):
     def budget(self) -> int:
         return self.n_heavy + self.n_recent
 
-    def make_cache(self, model) -> ScoredCache:
-        check_model(model, "H2O")
-        install(model)
-        return ScoredCache(model.config.num_hidden_layers, self, rotary_of(model), sliding=sliding_layers_of(model),
-                           quant=self.kv_quant())
+    @property
+    def protected_recent(self) -> int:
+        return self.n_recent
 
-    # -- the rule, as the layers of its cache apply it after each step's attention ------------------------------
-    def score(self, scores: torch.Tensor, probs: torch.Tensor) -> None:
-        """Every token's score grows by the probabilities it received; a kv head's token gets the weights of every
-        query head of its group (kvpress's convention for grouped-query attention)."""
-        b, heads, n, length = probs.shape
-        kv = scores.shape[1]
-        scores += probs.view(b, kv, heads // kv * n, length).sum(dim=2)
+    def score(self, view: ScoreView) -> torch.Tensor:
+        """Every token's score grows by the probabilities it received this step; a kv head's token gets the weights of
+        every query head of its group (kvpress's convention for grouped-query attention)."""
+        return view.scores + view.per_kv_head(view.attention)
 
-    def evict(self, probs: torch.Tensor, positions: torch.Tensor, scores: torch.Tensor, newest: int) -> torch.Tensor:
-        """Per kv head, the lowest-scored slot among those not in the ``n_recent`` most recent: (B, kv heads)."""
-        candidates = (positions >= 0) & (positions <= newest - self.n_recent)
-        return lowest_slot(scores, positions, candidates)
+    @classmethod
+    def examples(cls, budget: int) -> list["H2O"]:
+        return [cls(budget // 2, budget - budget // 2)]
+
+    def spec_parts(self) -> list[str]:
+        return [f"{self.n_heavy}+{self.n_recent}"]
+
+    @classmethod
+    def from_parts(cls, parts: list[str], **quant) -> "H2O":
+        if len(parts) != 1:
+            raise ValueError("expected one part, heavy+recent such as 128+128")
+        n_heavy, n_recent = int_parts(parts[0], "+", "heavy+recent such as 128+128")
+        return cls(n_heavy, n_recent, **quant)
 
     def label(self) -> str:
-        return f"H2O {self.n_heavy}+{self.n_recent}" + quant_label(self.bits, self.residual)
+        return f"H2O {self.n_heavy}+{self.n_recent}" + self.quant_label()
+
+    def family(self) -> str:
+        """Two curves on a sweep: as many heavy hitters as recent tokens, and fewer."""
+        split = "heavy = recent" if self.n_heavy == self.n_recent else "recent-heavy"
+        return f"{self.title}, {split}"
+
+    def plot_style(self) -> Style:
+        """Fewer heavy hitters than recent tokens: a thinner line of the same colour."""
+        style = super().plot_style()
+        return style if self.n_heavy >= self.n_recent else dataclasses.replace(style, marker="x", linestyle=":")

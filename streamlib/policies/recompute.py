@@ -8,7 +8,7 @@ from ..checks import check_int
 from ..flops import recompute_stream_flops
 from ..memory import dense_kv_bytes
 from ..recompute import RecomputeWindow
-from .base import PolicyBase, check_model
+from .base import PolicyBase, Style, check_model, int_parts
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,10 @@ class Recompute(PolicyBase):
     window: int = 1024
 
     name = "recompute"
+    title = "Recompute"
+    forms = ("recompute:W",)
+    style = Style("#009E73", "^", ":")
+    order = 6
     token_mode = True
     why_not_compiled = "it runs a fresh forward over a window per token"
 
@@ -46,6 +50,19 @@ class Recompute(PolicyBase):
         """Every layer, sliding ones included, sees only the last ``window`` tokens' keys and values, for the length
         of one forward."""
         return dense_kv_bytes(config, min(n_tokens, self.window), dtype)
+
+    @classmethod
+    def examples(cls, budget: int) -> list["Recompute"]:
+        return [cls(budget)]
+
+    def spec_parts(self) -> list[str]:
+        return [str(self.window)]
+
+    @classmethod
+    def from_parts(cls, parts: list[str], **quant) -> "Recompute":
+        if len(parts) != 1:
+            raise ValueError("expected one part, the window W")
+        return cls(int_parts(parts[0], "+", "the window W", 1)[0])
 
     def label(self) -> str:
         return f"Recompute {self.window}"

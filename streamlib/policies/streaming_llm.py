@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..arch import rotary_of, sliding_layers_of
 from ..cache import SinkWindowCache
 from ..handover import WRAPPED, base_of, install, installed
 from ..checks import check_bool, check_int
-from ..kv_quant import check_quant_fields, quant_label
-from .base import PolicyBase, check_model
+from ..kv_quant import check_quant_fields
+from .base import PolicyBase, Style, check_model, int_parts, shift_part
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,13 @@ class StreamingLLM(PolicyBase):
     quantize_sinks: bool = False
 
     name = "streamingllm"
+    title = "StreamingLLM"
+    forms = ("streamingllm:S+W", "streamingllm:S+W:noshift")
+    style = Style("#0072B2", "D", "-")
+    order = 2
     takes_sinks = True
+    streams_long = True
+    quantizable = True
 
     def __post_init__(self):
         check_int("n_sink", self.n_sink, 0)
@@ -72,9 +79,37 @@ class StreamingLLM(PolicyBase):
         self.check_not_quantized("compile=True")
         return self
 
+    @classmethod
+    def examples(cls, budget: int) -> list["StreamingLLM"]:
+        return [cls(2, budget - 2), cls(2, budget - 2, pos_shift=False)]
+
+    def visible(self, t: int, layer: int = 0, kv_head: int = 0) -> list[int]:
+        """The first ``n_sink`` tokens and the last ``window``."""
+        if t <= self.budget:
+            return list(range(t))
+        return list(range(self.n_sink)) + list(range(t - self.window, t))
+
+    def spec_parts(self) -> list[str]:
+        return [f"{self.n_sink}+{self.window}"] + ([] if self.pos_shift else ["noshift"])
+
+    @classmethod
+    def from_parts(cls, parts: list[str], **quant) -> "StreamingLLM":
+        if len(parts) not in (1, 2):
+            raise ValueError("expected S+W and optionally noshift")
+        n_sink, window = int_parts(parts[0], "+", "sinks+window such as 4+252")
+        return cls(n_sink, window, shift_part(parts, 1), **quant)
+
     def label(self) -> str:
         shift = "" if self.pos_shift else ", no shift"
         return f"StreamingLLM {self.n_sink}+{self.window}{shift}" + self.quant_label()
 
-    def quant_label(self) -> str:
-        return quant_label(self.bits, self.residual, self.quantize_sinks, self.n_sink)
+    def kind(self) -> str:
+        return self.title + ("" if self.pos_shift else ", no shift")
+
+    def plot_style(self) -> Style:
+        """Without position shift, a line of its own beside the shifted one."""
+        style = super().plot_style()
+        if self.pos_shift:
+            return style
+        return dataclasses.replace(style, colour="#CC79A7", marker="v",
+                                   linestyle="-." if self.bits == 16 else style.linestyle)

@@ -6,15 +6,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ..arch import rotary_of, sliding_layers_of
 from ..checks import check_int
-from ..kv_quant import check_quant_fields, quant_label
-from ..scored_cache import ScoredCache, install, lowest_slot
-from .base import PolicyBase, check_model
+from ..kv_quant import check_quant_fields
+from .base import Style, int_parts
+from .scored import ScoredPolicy, ScoreView
 
 
 @dataclass(frozen=True)
-class TOVA(PolicyBase):
+class TOVA(ScoredPolicy):
     """Keep ``budget`` tokens per layer; after each token, drop the one the current query attends to least.
 
     Oren, Hassid, Yarden, Adi, Schwartz: *Transformers are Multi-State RNNs*, 2024 (arXiv 2401.06104). The weight is
@@ -27,29 +26,32 @@ class TOVA(PolicyBase):
     residual: int = 32
 
     name = "tova"
-    per_head = False  # one choice per layer, for all its heads
-    token_mode = True
-    why_not_compiled = "it evicts by score"
-    key_axis = "token"  # it evicts single tokens anywhere: a block's per-channel key scales would outlive the block
+    title = "TOVA"
+    forms = ("tova:B",)
+    style = Style("#56B4E9", "P", "--")
+    order = 4
+    needs_attention = True
 
     def __post_init__(self):
         check_int("budget", self.budget, 1)
         check_quant_fields(self.bits, self.residual)
 
-    def make_cache(self, model) -> ScoredCache:
-        check_model(model, "TOVA")
-        install(model)
-        return ScoredCache(model.config.num_hidden_layers, self, rotary_of(model), sliding=sliding_layers_of(model),
-                           quant=self.kv_quant())
+    def score(self, view: ScoreView) -> torch.Tensor:
+        """The weight the last query gives each token, averaged over the layer's query heads: (B, 1, L)."""
+        return view.attention[:, :, -1].mean(dim=1, keepdim=True)
 
-    # -- the rule, as the layers of its cache apply it after each step's attention ------------------------------
-    def score(self, scores: torch.Tensor, probs: torch.Tensor) -> None:
-        """TOVA keeps no score: each choice reads the current query alone."""
+    @classmethod
+    def examples(cls, budget: int) -> list["TOVA"]:
+        return [cls(budget)]
 
-    def evict(self, probs: torch.Tensor, positions: torch.Tensor, scores: torch.Tensor, newest: int) -> torch.Tensor:
-        """The slot whose token the last query weighs least, averaged over the layer's heads: (B, 1)."""
-        weights = probs[:, :, -1].mean(dim=1, keepdim=True)  # (B, 1, L)
-        return lowest_slot(weights, positions, positions >= 0)
+    def spec_parts(self) -> list[str]:
+        return [str(self.budget)]
+
+    @classmethod
+    def from_parts(cls, parts: list[str], **quant) -> "TOVA":
+        if len(parts) != 1:
+            raise ValueError("expected one part, the budget B")
+        return cls(int_parts(parts[0], "+", "the budget B", 1)[0], **quant)
 
     def label(self) -> str:
-        return f"TOVA {self.budget}" + quant_label(self.bits, self.residual)
+        return f"TOVA {self.budget}" + self.quant_label()

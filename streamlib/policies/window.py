@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .base import Style, int_parts
 from .streaming_llm import StreamingLLM
 
 
@@ -20,6 +21,10 @@ class Window(StreamingLLM):
     pos_shift: bool = True
 
     name = "window"
+    title = "Window"
+    forms = ("window:W",)
+    style = Style("#E69F00", "s", "--")
+    order = 1
 
     def __init__(self, window: int = 1024, bits: int = 16, residual: int = 32):
         object.__setattr__(self, "n_sink", 0)
@@ -31,8 +36,25 @@ class Window(StreamingLLM):
         self.__post_init__()
 
     def params(self) -> dict:
-        return {"policy": self.name, "n_sink": 0, "window": self.window, "pos_shift": True, "bits": self.bits,
-                "residual": self.residual}
+        return {"policy": self.name, "spec": self.spec(), "n_sink": 0, "window": self.window, "pos_shift": True,
+                "bits": self.bits, "residual": self.residual}
+
+    @classmethod
+    def examples(cls, budget: int) -> list["Window"]:
+        return [cls(budget)]
+
+    def spec_parts(self) -> list[str]:
+        return [str(self.window)]
+
+    @classmethod
+    def from_parts(cls, parts: list[str], **quant) -> "Window":
+        if len(parts) != 1:
+            raise ValueError("expected one part, the window W")
+        return cls(int_parts(parts[0], "+", "the window W", 1)[0], **quant)
+
+    @classmethod
+    def from_fields(cls, params: dict, accepts=None) -> "Window":
+        return super().from_fields(params, ("window", "bits", "residual"))
 
     def label(self) -> str:
         return f"Window {self.window}" + self.quant_label()

@@ -1,0 +1,106 @@
+"""Every registered policy, the moment it exists: exact against the naive float64 reference (a policy's ``visible``
+definition, or a score-based policy's rule) on GPT-NeoX, the Llama family with grouped-query attention and Gemma 3's
+full layers, token by token and in chunks; its spec string round trip; its record read back; its line in a figure."""
+
+import copy
+
+import matplotlib
+import pandas as pd
+import pytest
+import torch
+
+from conftest import make_peaky_gemma, make_peaky_llama, make_peaky_model
+from reference import naive_recompute_nll, naive_rule_nll, naive_view_nll
+from streamlib import plots
+from streamlib.policies import Dense, Recompute, forms, from_params, parse_policy, registered
+from streamlib.policies.scored import ScoredPolicy
+from streamlib.quality import token_nll
+
+matplotlib.use("Agg")
+BUDGET = 12
+EXAMPLES = [p for cls in registered() for p in cls.examples(BUDGET)]
+
+
+def gemma_with_uneven_key_norms():
+    """Gemma 3 normalises each key head (k_norm); with the same weight on every channel, as conftest's model has, all
+    keys would have one norm. A real model's norm weights differ by channel: so do these."""
+    model = make_peaky_gemma("eager", scale=1.5)
+    generator = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            weight = layer.self_attn.k_norm.weight
+            weight += 0.5 * torch.randn(weight.shape, generator=generator)
+    return model
+
+
+MAKERS = {"gpt_neox": lambda: make_peaky_model("eager", scale=2.0, seed=3),
+          "llama": lambda: make_peaky_llama("llama", "sdpa", scale=2.0, seed=5),
+          "gemma3": gemma_with_uneven_key_norms}
+_models: dict = {}
+
+
+def model_pair(family):
+    """The family's model and its float64 copy, made once per session."""
+    if family not in _models:
+        model = MAKERS[family]()
+        _models[family] = (model, copy.deepcopy(model).double())
+    return _models[family]
+
+
+def reference_nll(policy, model64, ids):
+    """The naive float64 NLL of ``policy`` on ``ids``, and the smallest gap between eviction candidates (inf where
+    nothing is decided by score)."""
+    if isinstance(policy, ScoredPolicy):
+        return naive_rule_nll(model64, ids, policy)
+    if isinstance(policy, Recompute):  # the one policy that keeps no keys: it recomputes a window per token
+        return naive_recompute_nll(model64, ids, policy.window), float("inf")
+    return naive_view_nll(model64, ids, policy.visible, getattr(policy, "pos_shift", False)), float("inf")
+
+
+def test_every_policy_has_examples_a_form_and_a_style():
+    names = [cls.name for cls in registered()]
+    assert len(names) == len(set(names)) and {"dense", "streamingllm", "tova", "h2o", "knorm"} <= set(names)
+    assert sum(cls.is_baseline for cls in registered()) == 1
+    for cls in registered():
+        assert cls.examples(BUDGET) and cls.forms and all(f.split(":")[0] == cls.name for f in cls.forms)
+        assert any(f.startswith(cls.name) for f in forms())
+
+
+@pytest.mark.parametrize("policy", EXAMPLES, ids=str)
+def test_spec_string_and_record_round_trip(policy):
+    assert parse_policy(str(policy)) == policy
+    assert parse_policy(policy.spec().upper()) == policy  # the command line is case-blind
+    assert from_params(policy.params()) == policy
+    legacy = {k: v for k, v in policy.params().items() if k != "spec"}  # records written before spec strings
+    assert from_params(legacy) == policy
+    assert policy.label() and policy.kind() and policy.family()
+    if policy.budget is not None:
+        assert 0 < policy.budget <= BUDGET + 1
+
+
+@pytest.mark.parametrize("family", list(MAKERS))
+@pytest.mark.parametrize("policy", EXAMPLES, ids=str)
+def test_exact_against_the_naive_reference(family, policy):
+    model, model64 = model_pair(family)
+    # no token twice: the first layer's keys of one token id differ only by their rotation, so a rule that reads
+    # key norms (K-norm) would face exact ties there, which float32 rotations break either way
+    ids = torch.randperm(97, generator=torch.Generator().manual_seed(7))[None, :40]
+    expected, gap = reference_nll(policy, model64, ids)
+    assert gap > 1e-5, f"a near tie ({gap:.2e}) that float32 rounding could decide either way"
+    for mode, chunk in (("token", None), ("chunked", 7), ("chunked", 64)):
+        got = token_nll(model, ids, policy, mode=mode, chunk_size=chunk)
+        torch.testing.assert_close(got, expected.float(), atol=1e-4, rtol=0, msg=f"{mode} {chunk}")
+    if not policy.is_baseline:  # the budget binds on this model: the policy is measurably not Dense
+        assert (got - token_nll(model, ids, Dense())).abs().max() > 1e-2
+
+
+def test_every_policy_draws_in_the_figures(tmp_path):
+    rows = [{"label": p.label(), "spec": p.spec(), "position": x, "nll": 1.0 + 0.01 * i + 0.001 * x}
+            for i, p in enumerate(EXAMPLES) for x in range(1, 200)]
+    fig = plots.fig_nll_vs_position(pd.DataFrame(rows), bands=False)
+    drawn = {line.get_label() for line in fig.axes[0].get_lines()}
+    assert {p.label() for p in EXAMPLES} <= drawn
+    styles = {p.label(): plots.style_of(p.spec()) for p in EXAMPLES}
+    assert all(set(s) >= {"color", "marker", "linestyle"} for s in styles.values())
+    plots.save_figure(fig, "all_policies", tmp_path)
+    assert (tmp_path / "all_policies.png").stat().st_size > 0
