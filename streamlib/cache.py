@@ -11,9 +11,10 @@ from typing import ClassVar
 import torch
 
 from .arch import SlidingLayers
-from .cache_base import SinkLayer, StreamingCache
-from .handover import hand_over, sink_rotated_attention
-from .kv_quant import KVQuantSpec, attach, layer_class
+from .cache_base import SinkLayer, StreamingCache, StreamLayer, Workspace, additive_mask
+from .handover import sink_rotated_attention
+from .kv_quant import KVQuantSpec
+from .quant_store import QuantizedStore, SlotScratch
 from .rotary import Rotations, RotaryInfo, angle_tables, rotate, rotation_tables
 
 
@@ -53,25 +54,6 @@ class SinkWindowSpec:
         return (over.clamp(min=0) if torch.is_tensor(over) else max(over, 0)) - offset
 
 
-class Workspace:
-    """Scratch keys and values for a chunk, shared by the layers that sit on one device (layers may be spread over
-    GPUs): one buffer of the chunk's keys per device, not per layer."""
-
-    def __init__(self):
-        self._buffers: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def __call__(self, batch, heads, k_dim, v_dim, length, like: torch.Tensor):
-        ws = self._buffers.get(like.device)
-        if ws is None or ws[0].shape[:2] != (batch, heads) or ws[0].shape[2] < length or ws[0].dtype != like.dtype \
-                or ws[0].shape[3] != k_dim:
-            ws = (
-                torch.empty(batch, heads, length, k_dim, dtype=like.dtype, device=like.device),
-                torch.empty(batch, heads, length, v_dim, dtype=like.dtype, device=like.device),
-            )
-            self._buffers[like.device] = ws
-        return ws[0][:, :, :length], ws[1][:, :, :length]
-
-
 @dataclass
 class ChunkPlan:
     """Where the keys of a chunk fed into a full cache go, and what each of its queries sees
@@ -103,6 +85,13 @@ class ChunkPlan:
         if device not in self._copies:
             self._copies[device] = (self.cos.to(device), self.sin.to(device))
         return self._copies[device]
+
+    def finish(self) -> None:
+        """After the chunk's call: a plan that turns the queries must have run the attention."""
+        if self.rotate_queries and not self.attended:
+            raise RuntimeError("model: its attention did not go through streamlib's hand-over, which this chunk "
+                               "needs (its sinks were not turned): call the model inside "
+                               "`with streamlib.handover.handover(model, cache):`, as streamlib's loops do")
 
     def attend(self, base, module, query, key, value, attention_mask, **kwargs):
         """The chunk's attention with one copy of the sinks (:func:`streamlib.handover.sink_rotated_attention`)."""
@@ -137,6 +126,14 @@ class SinkWindowLayer(SinkLayer):
         out[..., self.spec.ring_slot(ring)] = ring
         return out.to(self.device)
 
+    def attender(self, step):
+        """A chunk whose queries turn to the sinks runs its attention through its plan."""
+        return step if isinstance(step, ChunkPlan) and step.rotate_queries else None
+
+    def chunk_plan(self, first: int, offset: int, n: int, dtype, device, workspace, rotate_queries: bool):
+        return ring_chunk_plan(self.spec, first, offset, n, dtype, device, self.rotations.info, workspace,
+                               rotate_queries)
+
     def held_positions(self) -> torch.Tensor:
         """Stream positions of the tokens the next query sees besides itself, shape (1, n): the sinks and the last
         ``window`` tokens."""
@@ -144,8 +141,8 @@ class SinkWindowLayer(SinkLayer):
         sinks = torch.arange(min(n_sink, self.position))
         return torch.cat([sinks, torch.arange(max(n_sink, self.position - self.spec.window), self.position)])[None]
 
-    # -- update -----------------------------------------------------------------------------------------------
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, step=None):
+    # -- place ------------------------------------------------------------------------------------------------
+    def place(self, key_states: torch.Tensor, value_states: torch.Tensor, step=None):
         if isinstance(step, StaticState):
             return self._update_static(key_states, value_states, step)
         if not self.is_initialized:
@@ -225,8 +222,6 @@ class SinkWindowLayer(SinkLayer):
         self.keys.index_copy_(2, ring_index, key_states[:, :, plan.ring_src_start :])
         self.values.index_copy_(2, ring_index, value_states[:, :, plan.ring_src_start :])
         self.position += n
-        if n_sink and plan.rotate_queries:
-            return hand_over(plan, ws_k), ws_v
         return ws_k, ws_v
 
 
@@ -239,6 +234,19 @@ def trained_window_layer(layer_idx: int, sliding: SlidingLayers) -> SinkWindowLa
     return SinkWindowLayer(layer_idx, spec, Rotations(sliding.rotary), is_sliding=True)
 
 
+def build_layers(num_layers: int, layer_type: type, spec, rotations: Rotations, sliding: SlidingLayers | None,
+                 quant: KVQuantSpec | None) -> tuple[list[StreamLayer], SlotScratch | None]:
+    """A model's cache layers by kind: a hybrid model's sliding layers as they were trained
+    (:func:`trained_window_layer`, full precision), every other layer a ``layer_type`` of the policy's ``spec``,
+    holding a :class:`~streamlib.quant_store.QuantizedStore` when ``quant`` is given. Returns the layers and the
+    scratch their stores share."""
+    scratch = SlotScratch() if quant is not None else None
+    layers = [trained_window_layer(i, sliding) if sliding is not None and i in sliding.indices
+              else layer_type(i, spec, rotations, store=QuantizedStore(quant, scratch) if quant else None)
+              for i in range(num_layers)]
+    return layers, scratch
+
+
 def ring_chunk_plan(spec: SinkWindowSpec, first: int, offset: int, n: int, dtype: torch.dtype, device,
                     rotary: RotaryInfo, workspace: Workspace,
                     rotate_queries: bool = False) -> tuple[ChunkPlan | None, torch.Tensor]:
@@ -249,8 +257,7 @@ def ring_chunk_plan(spec: SinkWindowSpec, first: int, offset: int, n: int, dtype
     empty, ring = first == 0, spec.window + 1
     t = first + torch.arange(n)
     if first + n <= spec.slots:
-        causal = torch.arange(first + n)[None, :] <= t[:, None]
-        return None, torch.zeros(causal.shape, dtype=dtype).masked_fill_(~causal, torch.finfo(dtype).min)
+        return None, additive_mask(torch.arange(first + n)[None, :] <= t[:, None], dtype)
     if empty:
         ring_visible = torch.zeros(n, 0, dtype=torch.bool)
     else:
@@ -276,7 +283,7 @@ def ring_chunk_plan(spec: SinkWindowSpec, first: int, offset: int, n: int, dtype
         sink_visible = sink_seen
         cos, sin = rotation_tables(torch.tensor(float(spec.sink_delta(first, offset))), rotary, device)
     visible = torch.cat([sink_visible, ring_visible, chunk_visible], dim=1)
-    mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
+    mask = additive_mask(visible, dtype)
     m = min(n, ring)
     new_tokens = torch.arange(first + n - m, first + n)
     plan = ChunkPlan(
@@ -292,9 +299,9 @@ class SinkWindowCache(StreamingCache):
     """StreamingLLM cache: ``n_sink`` attention sinks plus the last ``window`` tokens, per layer and kv head.
 
     Made by :meth:`streamlib.policies.StreamingLLM.make_cache`; use it in ``model(input_ids=..., cache=c)`` loops or
-    ``model.generate(..., past_key_values=c)``. ``rotate_queries``: chunks with position shift turn each query to the
-    sinks (one copy of the sinks for all; the model's attention must go through :mod:`streamlib.handover`, which
-    ``make_cache`` sees to) instead of giving each query its own rotated copy of them.
+    ``model.generate(..., cache=c)``. ``rotate_queries``: chunks with position shift turn each query to the sinks (one
+    copy of the sinks for all; the model's attention goes through :mod:`streamlib.handover` for such a chunk, which
+    streamlib's loops see to) instead of giving each query its own rotated copy of them.
     """
 
     starts_in_chunk = True  # a prompt longer than the cache can start the stream in one chunk (no filling call)
@@ -305,15 +312,13 @@ class SinkWindowCache(StreamingCache):
         spec = SinkWindowSpec(n_sink, window, pos_shift)
         if sliding is not None and n_sink >= sliding.window:
             raise ValueError(f"n_sink must be below the model's sliding window ({sliding.window}); got {n_sink}")
-        self.rotate_queries = rotate_queries and n_sink > 0 and pos_shift
-        self.static_state: StaticState | None = None  # made by the first compiled decode step
-        self.layer_types = sliding.layer_types if sliding is not None else None
-        self._workspace = Workspace()
         rotations = Rotations(rotary)
-        policy_layer = layer_class(SinkWindowLayer, quant)  # a hybrid model's sliding layers stay in full precision
-        layers = [trained_window_layer(i, sliding) if sliding and i in sliding.indices
-                  else policy_layer(i, spec, rotations) for i in range(num_layers)]
-        super().__init__(spec, layers, rotations, rebase_interval, quant, attach(layers, quant))
+        layers, scratch = build_layers(num_layers, SinkWindowLayer, spec, rotations, sliding, quant)
+        super().__init__(spec, layers, rotations, rebase_interval, quant, scratch,
+                         sliding.layer_types if sliding is not None else None,
+                         rotate_queries=rotate_queries and n_sink > 0 and pos_shift)
+        self.needs_handover = self.rotate_queries
+        self.static_state: StaticState | None = None  # made by the first compiled decode step
         # one shape for the whole stream: a compiled decode step can run on it (one kind of layer, for now)
         self.fixed_shape = not self.is_hybrid and quant is None
         if self.is_hybrid:
@@ -332,11 +337,9 @@ class SinkWindowCache(StreamingCache):
         return self.layers[0].is_initialized and self.position >= self.spec.n_sink
 
     # -- the two modes of a step, each for the length of a `with` block -----------------------------------------
-    @contextmanager
-    def chunk(self, n: int, dtype: torch.dtype, device):
-        """Feed the next ``n`` tokens of a full cache, or the first ``n`` of the stream, in one call: yields the
-        ``position_ids`` and the 4D additive attention mask to pass to the model, and the layers follow the chunk's
-        plan inside the block.
+    def check_chunk(self, n: int) -> None:
+        """A chunk feeds the next ``n`` tokens of a full cache, or the first ``n`` of the stream (more than fit), in
+        one call (:meth:`StreamingCache.chunk`, each layer following :func:`ring_chunk_plan`).
 
         Keys of the chunk are laid out ``[sink block | ring of window+1 slots | chunk]``. Query ``i`` (absolute
         ``t = first + i``) sees its sinks, the ring tokens ``a`` with ``t - a <= window`` and the chunk tokens at
@@ -358,30 +361,6 @@ class SinkWindowCache(StreamingCache):
         if empty and n <= self.plain_room():
             raise ValueError(f"n: a chunk that starts the stream must be longer than the cache "
                              f"({self.plain_room()} slots); {n} tokens fit one plain call")
-        first_layer = self.layers[0]
-        first, offset = first_layer.position, first_layer.offset
-        t = first + torch.arange(n)
-        plans, masks = {}, {}
-        for leader in self.leaders:
-            plan, mask = ring_chunk_plan(leader.spec, first, offset, n, dtype, device, self.rotary, self._workspace,
-                                         self.rotate_queries)
-            plans[leader.spec] = plan
-            masks[leader.spec] = mask[None, None].to(device)
-        if self.is_hybrid:
-            # the model takes one mask per layer type (its own names for them)
-            mask = {self.layer_types[layer.layer_idx]: masks[layer.spec] for layer in self.leaders}
-            self._plans = plans
-        else:
-            mask = masks[self.spec]
-            self.step = plans[self.spec]
-        try:
-            yield (t - offset)[None].to(device), mask
-        finally:
-            self.step = self._plans = None
-        if any(plan is not None and plan.rotate_queries and not plan.attended for plan in plans.values()):
-            raise RuntimeError("model: its attention no longer goes through streamlib's hand-over, which this cache "
-                               "was made for (the chunk's sinks were not turned); make the cache again with "
-                               "policy.make_cache(model)")
 
     @contextmanager
     def compiled_step(self, state: "StaticState"):
@@ -426,8 +405,7 @@ class StaticState:
     def attention_mask(self, dtype: torch.dtype) -> torch.Tensor:
         """Additive mask over the slots, shape (1, 1, 1, slots): while the cache fills, token ``t`` sits in slot
         ``t`` and the slots after it are empty; once full every slot is visible."""
-        hidden = (self.slots > self.t).view(1, 1, 1, -1)
-        return torch.zeros(hidden.shape, dtype=dtype, device=hidden.device).masked_fill(hidden, torch.finfo(dtype).min)
+        return additive_mask((self.slots <= self.t).view(1, 1, 1, -1), dtype)
 
     def slot_and_sink_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         slot = self.spec.ring_slot(self.t).view(1)

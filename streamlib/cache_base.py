@@ -6,10 +6,12 @@ stream, re-bases the frame and feeds a stream in plain calls and chunks. See ``d
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .handover import handover
 from .rotary import Rotations, RotaryInfo, rotate
 
 
@@ -23,7 +25,13 @@ class PolicyCache:
 
     fixed_shape = False
     why_not_compiled = "its shape changes"
+    needs_handover = False  # whether the model's attention must go through streamlib.handover for it
     num_layers: int  # the model's layers, each with its own held positions
+
+    def attender(self, layer_idx: int):
+        """What runs layer ``layer_idx``'s attention in the step under way instead of the model's own (inside
+        :func:`streamlib.handover.handover`), or None."""
+        return None
 
     def feed(self, model, input_ids: torch.Tensor, chunk_size: int | None = None,
              all_logits: bool = True) -> Iterator[tuple[int, torch.Tensor]]:
@@ -56,28 +64,60 @@ def as_cache(model, policy_or_cache, compile: bool = False, max_length: int | No
 
 
 def forward(model, cache, input_ids: torch.Tensor, all_logits: bool, **extra) -> torch.Tensor:
-    """One plain call of the model on ``cache``: the logits of every token, or of the last one only."""
-    return model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=0 if all_logits else 1,
-                 **extra).logits
+    """One call of the model on ``cache``: the logits of every token, or of the last one only. The attention goes
+    through the hand-over for the call when the cache needs it, and the model is left as it was."""
+    with handover(model, cache):
+        return model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=0 if all_logits else 1,
+                     **extra).logits
+
+
+class Workspace:
+    """Scratch keys and values for a chunk, shared by the layers that sit on one device (layers may be spread over
+    GPUs): one buffer of the chunk's keys per device, not per layer."""
+
+    def __init__(self):
+        self._buffers: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, batch, heads, k_dim, v_dim, length, like: torch.Tensor):
+        ws = self._buffers.get(like.device)
+        if ws is None or ws[0].shape[:2] != (batch, heads) or ws[0].shape[2] < length or ws[0].dtype != like.dtype \
+                or ws[0].shape[3] != k_dim:
+            ws = (
+                torch.empty(batch, heads, length, k_dim, dtype=like.dtype, device=like.device),
+                torch.empty(batch, heads, length, v_dim, dtype=like.dtype, device=like.device),
+            )
+            self._buffers[like.device] = ws
+        return ws[0][:, :, :length], ws[1][:, :, :length]
+
+
+def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive attention mask of a boolean ``visible``: 0 where a query sees a key, the dtype's lowest value
+    elsewhere."""
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible, torch.finfo(dtype).min)
 
 
 class StreamLayer(CacheLayerMixin):
     """One layer of a bounded cache: keys and values in ``spec.slots`` slots (``budget + 1`` for the ring caches: the
     incoming token takes the extra one while the oldest is still visible to it).
 
-    The layer owns its settings (``spec``, frozen, shared with the other layers and the chunk plans) and the rotation
-    tables of its cache (``rotations``); it reads nothing of the cache that holds it. Positions: ``position`` is the
-    absolute stream position of the next token (the tokens fed so far); ``offset`` is how far the position frame has
-    been moved back, so the model's position for the next token is ``position - offset`` (:meth:`get_seq_length`)."""
+    The layer owns its settings (``spec``, frozen, shared with the other layers and the chunk plans), the rotation
+    tables of its cache (``rotations``) and its storage: full precision in ``keys`` and ``values``, or a ``store``
+    (:class:`~streamlib.quant_store.QuantizedStore`) that keeps codes and rebuilds those slots before each call. It
+    reads nothing of the cache that holds it. Positions: ``position`` is the absolute stream position of the next token
+    (the tokens fed so far); ``offset`` is how far the position frame has been moved back, so the model's position for
+    the next token is ``position - offset`` (:meth:`get_seq_length`). A layer class writes its policy's bookkeeping in
+    :meth:`place`."""
 
     is_compileable = False
     is_sliding = False  # masks treat it as full attention; the cache decides what is visible
     slots_follow_position = True  # which token sits in which slot depends on the stream position alone
     is_croppable = False
+    n_sink = 0  # attention sinks kept apart (SinkLayer)
 
-    def __init__(self, layer_idx: int, spec, rotations: Rotations, is_sliding: bool = False):
+    def __init__(self, layer_idx: int, spec, rotations: Rotations, is_sliding: bool = False, store=None):
         super().__init__()
         self.layer_idx, self.spec, self.rotations = layer_idx, spec, rotations
+        self.store = store  # None: full precision
         self.is_sliding = is_sliding  # a hybrid model's sliding layer: the model builds a sliding-window mask for it
         self.capacity = spec.slots
         self.budget = spec.budget
@@ -97,6 +137,26 @@ class StreamLayer(CacheLayerMixin):
         """Stream positions of the tokens the next query sees besides itself, shape (rows, n)."""
         raise NotImplementedError
 
+    def attender(self, step):
+        """What runs this layer's attention in the step just stored (``step``: the step's mode), or None: the model's
+        own attention."""
+        return None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, step=None):
+        """Store the call's keys and values and return what its queries attend over: the layer's own :meth:`place`,
+        through its store when it quantizes."""
+        if self.store is None:
+            return self.place(key_states, value_states, step)
+        return self.store.update(self, key_states, value_states, step)
+
+    def place(self, key_states: torch.Tensor, value_states: torch.Tensor, step=None):
+        raise NotImplementedError
+
+    def chunk_plan(self, first: int, offset: int, n: int, dtype, device, workspace, rotate_queries: bool):
+        """How this kind of layer takes a chunk of ``n`` tokens from stream position ``first`` once some layer is full:
+        (the plan its layers follow, or None for a plain causal call; the additive mask over the keys they return)."""
+        raise NotImplementedError(f"a {self.spec.name} layer takes no chunks")
+
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads, _, k_dim = key_states.shape
         self.device, self.batch_size = key_states.device, batch
@@ -105,13 +165,15 @@ class StreamLayer(CacheLayerMixin):
 
     def slot_buffers(self, batch: int, heads: int, k_dim: int, v_dim: int, dtype: torch.dtype):
         """The keys and values of the layer's slots, (batch, heads, capacity, dim) each (a quantized layer's are a
-        scratch rebuilt before each call, :mod:`streamlib.kv_quant`)."""
+        scratch its store rebuilds before each call)."""
+        if self.store is not None:
+            return self.store.allocate(self, batch, heads, k_dim, v_dim, dtype)
         return (torch.zeros(batch, heads, self.capacity, k_dim, dtype=dtype, device=self.device),
                 torch.zeros(batch, heads, self.capacity, v_dim, dtype=dtype, device=self.device))
 
     def slot_tensors(self) -> list[torch.Tensor]:
         """The tensors indexed by slot along dim 2: what moves when tokens change slots (burst eviction)."""
-        return [self.keys, self.values]
+        return [self.keys, self.values] + (self.store.slot_tensors() if self.store is not None else [])
 
     def check_batch(self, key_states: torch.Tensor) -> None:
         if key_states.shape[0] != self.keys.shape[0]:
@@ -131,6 +193,8 @@ class StreamLayer(CacheLayerMixin):
 
     def kv_bytes(self) -> tuple[int, int]:
         """(allocated, resident) key and value bytes of this layer."""
+        if self.store is not None:
+            return self.store.kv_bytes(self)
         if not self.is_initialized:
             return 0, 0
         return self.slot_bytes() * self.capacity + self.extra_kv_bytes(), self.slot_bytes() * self.resident
@@ -144,14 +208,16 @@ class StreamLayer(CacheLayerMixin):
         return self.keys
 
     def shift_frame(self, shift: int) -> None:
-        """Move every position of this layer ``shift`` back."""
-        keys = self.rotated_part()
-        rotate(keys, *self.rotations(-shift, self.device), out=keys)
+        """Move every position of this layer ``shift`` back (a store keeps keys unrotated: its next rebuild rotates
+        them by the new offset)."""
+        if self.store is None:
+            keys = self.rotated_part()
+            rotate(keys, *self.rotations(-shift, self.device), out=keys)
         self.offset += shift
 
     def batch_tensors(self) -> list[torch.Tensor]:
         """The tensors with one row per batch entry (what a beam reorder permutes)."""
-        return [self.keys, self.values]
+        return [self.keys, self.values] + (self.store.tensors() if self.store is not None else [])
 
     def reset(self) -> None:
         super().reset()
@@ -172,8 +238,8 @@ class SinkLayer(StreamLayer):
     rotated them (``sink_keys``) and written into their slots rotated by however far the query's distance to them
     differs from the model's (``place_sinks``); the other slots are what a frame shift rotates."""
 
-    def __init__(self, layer_idx: int, spec, rotations: Rotations, is_sliding: bool = False):
-        super().__init__(layer_idx, spec, rotations, is_sliding)
+    def __init__(self, layer_idx: int, spec, rotations: Rotations, is_sliding: bool = False, store=None):
+        super().__init__(layer_idx, spec, rotations, is_sliding, store)
         self.n_sink = spec.n_sink
         self.sink_keys: torch.Tensor | None = None  # the sinks as first rotated (frame offset 0)
         self.sink_delta: int | None = None  # the rotation of the sink keys now written in the buffer
@@ -214,7 +280,7 @@ class SinkLayer(StreamLayer):
         self.sink_delta = None
 
     def batch_tensors(self) -> list[torch.Tensor]:
-        return [self.keys, self.values, self.sink_keys]
+        return super().batch_tensors() + [self.sink_keys]
 
     def reset(self) -> None:
         super().reset()
@@ -236,10 +302,13 @@ class StreamingCache(PolicyCache, Cache):
     starts_in_chunk = False
 
     def __init__(self, spec, layers: list[StreamLayer], rotations: Rotations, rebase_interval: int = 256,
-                 quant=None, scratch=None):
+                 quant=None, scratch=None, layer_types: tuple | None = None, rotate_queries: bool = False):
         self.spec = spec  # the policy's settings (a hybrid model's sliding layers keep their own window)
         self.quant = quant  # a KVQuantSpec when the policy's layers store codes (streamlib.kv_quant), else None
         self.scratch = scratch  # their shared full-precision slots
+        self.layer_types = layer_types  # a hybrid model's names for its kinds of layer (its masks go by them)
+        self.rotate_queries = rotate_queries  # chunks turn each query to the sinks (through the hand-over)
+        self._workspace = Workspace()
         if quant is not None:
             self.starts_in_chunk = False  # every call stays inside one block of the residual
             self.fixed_shape = False
@@ -294,6 +363,10 @@ class StreamingCache(PolicyCache, Cache):
         layer = self.layers[layer_idx]
         return layer.update(key_states, value_states, self._step_of(layer))
 
+    def attender(self, layer_idx: int):
+        layer = self.layers[layer_idx]
+        return layer.attender(self._step_of(layer))
+
     def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
         layer = self.layers[layer_idx]
         return layer.get_mask_sizes(query_length, self._step_of(layer))
@@ -340,8 +413,35 @@ class StreamingCache(PolicyCache, Cache):
             allocated += self.scratch.nbytes()
         return allocated, resident
 
+    def check_chunk(self, n: int) -> None:
+        """Raise when the cache cannot take a chunk of ``n`` tokens now."""
+
+    @contextmanager
     def chunk(self, n: int, dtype: torch.dtype, device):
-        raise NotImplementedError
+        """Feed the next ``n`` tokens in one call with masks of the cache's own: yields the ``position_ids`` and the
+        4D additive attention mask to pass to the model (a dict by layer type for a hybrid model, whose forward takes
+        one mask per kind of layer), and inside the block each layer follows its kind's plan
+        (:meth:`StreamLayer.chunk_plan`)."""
+        self.check_chunk(n)
+        first, offset = self.layers[0].position, self.layers[0].offset
+        plans, masks = {}, {}
+        for leader in self.leaders:
+            plan, mask = leader.chunk_plan(first, offset, n, dtype, device, self._workspace, self.rotate_queries)
+            plans[leader.spec] = plan
+            masks[leader.spec] = mask[None, None].to(device)
+        if self.is_hybrid:
+            mask = {self.layer_types[leader.layer_idx]: masks[leader.spec] for leader in self.leaders}
+            self._plans = plans
+        else:
+            mask = masks[self.spec]
+            self.step = plans[self.spec]
+        try:
+            yield (first + torch.arange(n) - offset)[None].to(device), mask
+        finally:
+            self.step = self._plans = None
+        for plan in plans.values():
+            if plan is not None:
+                plan.finish()
 
     def feed(self, model, input_ids: torch.Tensor, chunk_size: int | None = None,
              all_logits: bool = True) -> Iterator[tuple[int, torch.Tensor]]:

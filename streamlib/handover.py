@@ -1,20 +1,28 @@
 """The attention hand-over: a thin attention function in front of the model's own (sdpa or eager) through which a
 cache sees the queries of the step whose keys it has just stored, and the attention kernels the caches use.
 
-A cache layer that needs the step's queries returns its keys through :func:`hand_over`, which notes an *attender*
-(the layer itself, or the chunk plan it follows) on the key tensor it returns; the model passes that tensor to its
-attention function, and the function below hands the step to the attender's
-``attend(base, module, query, key, value, attention_mask, **kwargs)`` instead of running ``base`` (the model's own
-attention). Keys without a note, and models used with other caches, pass straight through. Users: score-based
-eviction (TOVA, H2O) reads the probabilities; StreamingLLM with position shift, for a chunk fed into a full cache,
-rotates each query once to the sinks' distance (``docs/design.md``).
+Inside ``with handover(model, cache):`` the model's attention goes through the function below: for each layer it asks
+the cache for that layer's *attender* (``cache.attender(module.layer_idx)``: the layer itself, or the chunk plan it
+follows, or None) and hands the step to ``attender.attend(base, module, query, key, value, attention_mask, **kwargs)``
+instead of running ``base`` (the model's own attention). Users: score-based eviction that reads the step's attention
+(TOVA, H2O); StreamingLLM with position shift, for a chunk fed into a full cache, rotates each query once to the sinks'
+distance (``docs/design.md``).
 
-Routing the model's attention through here is the one change streamlib makes to a model (:func:`install`, done by
-``make_cache`` of the policies that need it); no mode is signalled through the model: each cache knows when it was
-made whether it relies on the hand-over.
+The model is left as it was given: the block sets its attention implementation to the wrapped one and puts the old one
+back when it ends (an exception included), and the cache the function asks is the block's, held in a context
+variable, not on the model or on a tensor. streamlib's own loops open the block around every forward
+(:func:`streamlib.cache_base.forward`); a user's own ``model.generate(..., cache=cache)`` under a policy that needs it
+opens it explicitly, as kvpress's ``with press(model):``::
+
+    cache = TOVA(256).make_cache(model)
+    with handover(model, cache):
+        model.generate(input_ids, cache=cache, max_new_tokens=100)
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from transformers import AttentionInterface
@@ -24,6 +32,7 @@ from .arch import eager_attention
 from .rotary import rotate
 
 WRAPPED = {"sdpa": "streamlib_sdpa", "eager": "streamlib_eager"}
+_ACTIVE: ContextVar = ContextVar("streamlib_handover_cache", default=None)  # the cache of the innermost block
 
 
 def base_attention(base: str, module):
@@ -37,7 +46,8 @@ def base_attention(base: str, module):
 def _attention(base: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
         fn = base_attention(base, module)
-        attender = getattr(key, "_attender", None)
+        cache = _ACTIVE.get()
+        attender = cache.attender(module.layer_idx) if cache is not None else None
         if attender is not None:
             return attender.attend(fn, module, query, key, value, attention_mask, **kwargs)
         return fn(module, query, key, value, attention_mask, **kwargs)
@@ -50,18 +60,6 @@ for _base, _name in WRAPPED.items():
     AttentionMaskInterface.register(_name, sdpa_mask if _base == "sdpa" else eager_mask)
 
 
-def hand_over(attender, keys: torch.Tensor) -> torch.Tensor:
-    """What a cache layer's ``update`` returns as its keys when ``attender.attend`` should run this step's attention:
-    a view of ``keys`` that carries the attender to the attention function (and dies with the step)."""
-    view = keys.view_as(keys)
-    view._attender = attender
-    return view
-
-
-def installed(model) -> bool:
-    return model.config._attn_implementation in WRAPPED.values()
-
-
 def base_of(implementation: str) -> str:
     """The model's own attention behind a hand-over name (``"streamlib_sdpa"`` -> ``"sdpa"``); others unchanged."""
     for base, name in WRAPPED.items():
@@ -70,14 +68,32 @@ def base_of(implementation: str) -> str:
     return implementation
 
 
-def install(model, needed_by: str = "this policy") -> None:
-    """Route the model's attention through the hand-over (idempotent; sdpa and eager models)."""
-    current = model.config._attn_implementation
-    if current in WRAPPED.values():
+def can_hand_over(model) -> bool:
+    """Whether the model's attention can go through the hand-over: sdpa and eager can."""
+    return base_of(model.config._attn_implementation) in WRAPPED
+
+
+@contextmanager
+def handover(model, cache):
+    """For the ``with`` block, route ``model``'s attention through ``cache``'s attenders; the model's attention
+    implementation is put back when the block ends. A cache that needs no hand-over (``cache.needs_handover`` false)
+    changes nothing. Blocks nest: the innermost cache answers."""
+    if not getattr(cache, "needs_handover", False):
+        yield
         return
-    if current not in WRAPPED:
-        raise ValueError(f"model: {needed_by} needs attn_implementation 'sdpa' or 'eager'; got {current!r}")
-    model.set_attn_implementation(WRAPPED[current])
+    current = model.config._attn_implementation
+    if not can_hand_over(model):
+        raise ValueError(f"model: {cache.name} needs attn_implementation 'sdpa' or 'eager'; got {current!r}")
+    token = _ACTIVE.set(cache)
+    switched = current in WRAPPED
+    if switched:
+        model.set_attn_implementation(WRAPPED[current])
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+        if switched:
+            model.set_attn_implementation(current)
 
 
 # ------------------------------------------------------------------------------------ grouped-query attention --

@@ -11,19 +11,13 @@ from typing import Protocol
 import torch
 
 from .arch import SlidingLayers
-from .cache import trained_window_layer
+from .cache import build_layers
 from .cache_base import StreamingCache, StreamLayer
-from .handover import WRAPPED, attention_probs, hand_over
-from .kv_quant import KVQuantSpec, attach, layer_class
-from .handover import install as _install_handover
+from .handover import WRAPPED, attention_probs
+from .kv_quant import KVQuantSpec
 from .rotary import Rotations, RotaryInfo
 
-__all__ = ["WRAPPED", "EvictionRule", "ScoreView", "ScoredCache", "ScoredLayer", "ScoredSpec", "install", "lowest_slot"]
-
-
-def install(model) -> None:
-    """Route the model's attention through the hand-over (:mod:`streamlib.handover`), which these caches need."""
-    _install_handover(model, "a score-based policy")
+__all__ = ["WRAPPED", "EvictionRule", "ScoreView", "ScoredCache", "ScoredLayer", "ScoredSpec", "lowest_slot"]
 
 
 @dataclass(frozen=True)
@@ -104,8 +98,8 @@ class ScoredLayer(StreamLayer):
 
     slots_follow_position = False  # each layer (and head) evicts by its own scores
 
-    def __init__(self, layer_idx: int, spec: ScoredSpec, rotations: Rotations):
-        super().__init__(layer_idx, spec, rotations)
+    def __init__(self, layer_idx: int, spec: ScoredSpec, rotations: Rotations, store=None):
+        super().__init__(layer_idx, spec, rotations, store=store)
         self.rule = spec.rule
         self.per_head = spec.rule.per_head
         self._pending: int | None = None  # the first position of the update whose weights are awaited
@@ -122,13 +116,14 @@ class ScoredLayer(StreamLayer):
     def get_mask_sizes(self, query_length: int, step=None) -> tuple[int, int]:
         return min(self.position + query_length, self.capacity), 0
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, step=None):
+    def place(self, key_states: torch.Tensor, value_states: torch.Tensor, step=None):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         if self._pending is not None:
             raise RuntimeError(
-                "model: the attention weights of the last step never reached the cache, so it cannot evict. Make the "
-                "cache with policy.make_cache(model), which routes the model's attention through the hand-over")
+                "model: the attention weights of the last step never reached the cache, so it cannot evict. Call the "
+                "model inside `with streamlib.handover.handover(model, cache):` (streamlib's loops do), e.g. around "
+                "model.generate(..., cache=cache)")
         self.check_batch(key_states)
         n, first = key_states.shape[-2], self.position
         if first + n <= self.capacity:
@@ -157,7 +152,11 @@ class ScoredLayer(StreamLayer):
             self.observe(None, keys, values, 1.0)
             return keys, values
         self._pending = first
-        return hand_over(self, keys), values
+        return keys, values
+
+    def attender(self, step):
+        """The layer itself, while it awaits the weights of the step it just stored."""
+        return self if self._pending is not None else None
 
     def attend(self, base, module, query, key, value, attention_mask, **kwargs):
         """The model's own attention, unchanged; its probabilities go to :meth:`observe`."""
@@ -217,8 +216,8 @@ class ScoredCache(StreamingCache):
                  sliding: SlidingLayers | None = None, quant: KVQuantSpec | None = None):
         spec = ScoredSpec(rule)
         rotations = Rotations(rotary)
-        policy_layer = layer_class(ScoredLayer, quant)
-        layers = [trained_window_layer(i, sliding) if sliding and i in sliding.indices
-                  else policy_layer(i, spec, rotations) for i in range(num_layers)]
-        super().__init__(spec, layers, rotations, rebase_interval, quant, attach(layers, quant))
+        layers, scratch = build_layers(num_layers, ScoredLayer, spec, rotations, sliding, quant)
+        super().__init__(spec, layers, rotations, rebase_interval, quant, scratch,
+                         sliding.layer_types if sliding is not None else None)
+        self.needs_handover = rule.needs_attention
 

@@ -10,6 +10,7 @@ from conftest import decode_side_by_side, make_peaky_llama
 from reference import naive_recompute_nll, naive_scored_nll, naive_streaming_nll
 from streamlib import arch
 from streamlib.generation import TokenStream, prefill, stream_generate
+from streamlib.handover import handover
 from streamlib.policies import H2O, TOVA, Dense, Recompute, StreamingLLM, Window
 from streamlib.quality import token_nll
 from streamlib.flops import calflops_forward, flops_per_token, forward_flops
@@ -111,10 +112,11 @@ def test_generate_and_streams_past_eviction(peaky_llama):
     prompt = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(3))
     for policy in (StreamingLLM(4, 12), StreamingLLM(2, 10, False), Window(9), TOVA(12), H2O(6, 6)):
         ours = stream_generate(peaky_llama, prompt, policy, 40)
-        with torch.no_grad():
-            generated = peaky_llama.generate(prompt, attention_mask=torch.ones_like(prompt),
-                                             cache=policy.make_cache(peaky_llama), max_new_tokens=40, do_sample=False,
-                                             pad_token_id=0, prefill_chunk_size=1)[:, 10:]
+        cache = policy.make_cache(peaky_llama)
+        with torch.no_grad(), handover(peaky_llama, cache):  # TOVA and H2O read the weights through it
+            generated = peaky_llama.generate(prompt, attention_mask=torch.ones_like(prompt), cache=cache,
+                                             max_new_tokens=40, do_sample=False, pad_token_id=0,
+                                             prefill_chunk_size=1)[:, 10:]
         assert torch.equal(ours, generated), policy
         stream = TokenStream(peaky_llama, policy)
         stream.feed(prompt)

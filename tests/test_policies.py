@@ -312,11 +312,11 @@ def test_half_precision_adds_no_error_beyond_the_models_own(dtype):
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_both_sink_layouts_match_the_reference(stream, attn):
-    """Position shift, a chunk into a full cache. Through the attention hand-over (what StreamingLLM.make_cache sets
-    up) each query is turned to the sinks and one copy of them serves all; without it (a model whose attention is not
-    routed through streamlib.handover) every query gets its own turned copy. Both equal the naive reference."""
+    """Position shift, a chunk into a full cache. Through the attention hand-over (what StreamingLLM.make_cache asks
+    for, and the loops open around each call) each query is turned to the sinks and one copy of them serves all;
+    without it (a cache made without rotate_queries) every query gets its own turned copy. Both equal the naive
+    reference, and the model's attention setting is what it was."""
     from conftest import make_peaky_model
-    from streamlib.handover import installed
     from streamlib.arch import rotary_of
 
     model = make_peaky_model(attn)
@@ -325,9 +325,10 @@ def test_both_sink_layouts_match_the_reference(stream, attn):
     with torch.inference_mode():
         logits = torch.cat([lg for _, lg in forward_chunks(model, stream[:, :-1], cache, chunk_size=40)], dim=1)
     copies = torch.nn.functional.cross_entropy(logits[0].float(), stream[0, 1:], reduction="none")
-    assert not installed(model)
+    assert model.config._attn_implementation == attn
+    assert StreamingLLM(4, 16).make_cache(model).needs_handover and not cache.needs_handover
     turned = token_nll(model, stream, StreamingLLM(4, 16), chunk_size=40)
-    assert installed(model)
+    assert model.config._attn_implementation == attn
     torch.testing.assert_close(copies, expected, atol=1e-4, rtol=0)
     torch.testing.assert_close(turned, expected, atol=1e-4, rtol=0)
 

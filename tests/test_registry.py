@@ -104,3 +104,22 @@ def test_every_policy_draws_in_the_figures(tmp_path):
     assert all(set(s) >= {"color", "marker", "linestyle"} for s in styles.values())
     plots.save_figure(fig, "all_policies", tmp_path)
     assert (tmp_path / "all_policies.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_streaming_leaves_the_model_as_it_was_given(attn):
+    """Every policy, token by token, in chunks and generating: afterwards the model's attention setting is what it
+    was and a plain forward gives the same logits, bit for bit."""
+    from streamlib.generation import stream_generate
+
+    model = make_peaky_llama("llama", attn, scale=2.0, seed=5)
+    ids = torch.randperm(97, generator=torch.Generator().manual_seed(3))[None, :40]
+    with torch.no_grad():
+        before = model(ids).logits
+    for policy in EXAMPLES:
+        for mode in ("token", "chunked"):
+            token_nll(model, ids, policy, mode=mode, chunk_size=16)
+        stream_generate(model, ids, policy, 4)
+        assert model.config._attn_implementation == attn, policy
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before)

@@ -11,7 +11,7 @@ from reference import naive_scored_nll
 from streamlib.generation import forward_chunks, stream_generate
 from streamlib.policies import H2O, TOVA, Dense, StreamingLLM, from_params, parse_policy
 from streamlib.quality import token_nll
-from streamlib.handover import WRAPPED
+from streamlib.handover import handover
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,8 @@ def test_sdpa_and_eager_hand_over_the_same_weights(soft_model, soft_model_sdpa, 
         eager = token_nll(soft_model, ids, policy)
         sdpa = token_nll(soft_model_sdpa, ids, policy)
         torch.testing.assert_close(sdpa, eager, atol=1e-4, rtol=0)
-    assert soft_model.config._attn_implementation == WRAPPED["eager"]
-    assert soft_model_sdpa.config._attn_implementation == WRAPPED["sdpa"]
+    assert soft_model.config._attn_implementation == "eager"  # the hand-over lasted each call only
+    assert soft_model_sdpa.config._attn_implementation == "sdpa"
 
 
 def test_h2o_without_heavy_hitters_is_a_window_at_original_positions(soft_model, ids):
@@ -66,8 +66,8 @@ def test_budget_at_least_the_stream_equals_dense(soft_model, ids, policy):
                                rtol=0)
 
 
-def test_other_policies_still_work_on_a_wrapped_model(soft_model, ids):
-    token_nll(soft_model, ids, TOVA(8))  # installs the hand-over
+def test_other_policies_after_a_scored_run_equal_a_fresh_model(soft_model, ids):
+    token_nll(soft_model, ids, TOVA(8))
     plain = make_peaky_model("eager", scale=2.0, seed=3)
     for policy in (Dense(), StreamingLLM(2, 9)):
         torch.testing.assert_close(token_nll(soft_model, ids, policy), token_nll(plain, ids, policy), atol=0, rtol=0)
@@ -77,16 +77,24 @@ def test_other_policies_still_work_on_a_wrapped_model(soft_model, ids):
 def test_generate_matches_the_manual_loop(soft_model, policy):
     prompt = torch.randint(0, 97, (1, 6), generator=torch.Generator().manual_seed(5))
     steps = 40
-    generated = soft_model.generate(prompt, cache=policy.make_cache(soft_model), max_new_tokens=steps,
-                                    do_sample=False, attention_mask=torch.ones_like(prompt))[:, prompt.shape[1]:]
+    cache = policy.make_cache(soft_model)
+    with handover(soft_model, cache):  # a user's own generate: the explicit step these caches need
+        generated = soft_model.generate(prompt, cache=cache, max_new_tokens=steps, do_sample=False,
+                                        attention_mask=torch.ones_like(prompt))[:, prompt.shape[1]:]
+    assert soft_model.config._attn_implementation == "eager"
     assert torch.equal(generated, stream_generate(soft_model, prompt, policy, steps))
     cache = policy.make_cache(soft_model)
-    out = soft_model(input_ids=prompt, cache=cache, use_cache=True)
-    token, manual = out.logits[:, -1].argmax(-1, keepdim=True), []
-    for _ in range(steps):
-        manual.append(token)
-        token = soft_model(input_ids=token, cache=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+    with handover(soft_model, cache):
+        out = soft_model(input_ids=prompt, cache=cache, use_cache=True)
+        token, manual = out.logits[:, -1].argmax(-1, keepdim=True), []
+        for _ in range(steps):
+            manual.append(token)
+            token = soft_model(input_ids=token, cache=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
     assert torch.equal(generated, torch.cat(manual, dim=1))
+    # without the hand-over the cache cannot evict, and says what to do
+    with pytest.raises(RuntimeError, match="handover"):
+        soft_model.generate(prompt, cache=policy.make_cache(soft_model), max_new_tokens=steps, do_sample=False,
+                            attention_mask=torch.ones_like(prompt))
 
 
 def test_long_prompt_in_one_plain_call_is_refused_with_directions(soft_model):

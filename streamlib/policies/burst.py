@@ -6,17 +6,16 @@ appended, so a whole stretch between two bursts is one plain causal call."""
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from ..arch import RotaryInfo, SlidingLayers, rotary_of, sliding_layers_of
-from ..cache import Workspace, ring_chunk_plan, trained_window_layer
-from ..cache_base import SinkLayer, StreamingCache
+from ..cache import build_layers
+from ..cache_base import SinkLayer, StreamingCache, additive_mask
 from ..checks import check_bool, check_int
-from ..kv_quant import KVQuantSpec, attach, check_quant_fields, layer_class
+from ..kv_quant import KVQuantSpec, check_quant_fields
 from ..rotary import Rotations
 from .base import PolicyBase, Style, check_model, int_parts, shift_part
 from .streaming_llm import StreamingLLM
@@ -173,8 +172,8 @@ class BurstSpec:
 class BurstLayer(SinkLayer):
     """One layer: ``n_sink`` sink slots, then the recent tokens in stream order; ``held`` slots are in use."""
 
-    def __init__(self, layer_idx: int, spec: BurstSpec, rotations: Rotations):
-        super().__init__(layer_idx, spec, rotations)
+    def __init__(self, layer_idx: int, spec: BurstSpec, rotations: Rotations, store=None):
+        super().__init__(layer_idx, spec, rotations, store=store)
         self.discard = spec.discard
         self.held = 0
 
@@ -207,7 +206,13 @@ class BurstLayer(SinkLayer):
         held = self.held_after_burst(query_length)
         return held + query_length, self.get_seq_length() - held
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, step=None):
+    def chunk_plan(self, first: int, offset: int, n: int, dtype, device, workspace, rotate_queries: bool):
+        """Within a hybrid model's chunk, a plain causal call over the slots (no plan to follow)."""
+        kv_length, _ = self.get_mask_sizes(n)
+        return None, additive_mask(torch.arange(kv_length)[None, :] <= (kv_length - n + torch.arange(n))[:, None],
+                                   dtype)
+
+    def place(self, key_states: torch.Tensor, value_states: torch.Tensor, step=None):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         self.check_batch(key_states)
@@ -250,44 +255,22 @@ class BurstCache(StreamingCache):
                  quant: KVQuantSpec | None = None):
         spec = BurstSpec(n_sink, capacity, discard, pos_shift)
         rotations = Rotations(rotary)
-        policy_layer = layer_class(BurstLayer, quant)
-        layers = [trained_window_layer(i, sliding) if sliding and i in sliding.indices
-                  else policy_layer(i, spec, rotations) for i in range(num_layers)]
-        super().__init__(spec, layers, rotations, rebase_interval, quant, attach(layers, quant))
-        self.layer_types = sliding.layer_types if sliding is not None else None
+        layers, scratch = build_layers(num_layers, BurstLayer, spec, rotations, sliding, quant)
+        super().__init__(spec, layers, rotations, rebase_interval, quant, scratch,
+                         sliding.layer_types if sliding is not None else None)
         self.chunkable = self.is_hybrid
-        self._workspace = Workspace()
 
     def chunk_room(self, chunk_size: int) -> int:
         """Up to the next burst: a chunk is a plain call for the burst layers."""
         return min(super().chunk_room(chunk_size),
                    *(layer.plain_room() for layer in self.leaders if layer.spec == self.spec))
 
-    @contextmanager
-    def chunk(self, n: int, dtype: torch.dtype, device):
-        """A hybrid model's chunk of ``n`` tokens (at most ``chunk_room``) once its sliding layers are full: yields
-        the ``position_ids`` and the masks by layer type. The burst layers take it as a plain call (keys in slot
-        order, query ``i`` in slot ``kv_length - n + i``), the sliding layers follow a ring chunk's plan."""
+    def check_chunk(self, n: int) -> None:
+        """A hybrid model's chunk of ``n`` tokens (at most ``chunk_room``) once its sliding layers are full: the burst
+        layers take it as a plain call (keys in slot order, query ``i`` in slot ``kv_length - n + i``), the sliding
+        layers follow a ring chunk's plan."""
         if not self.is_hybrid:
             raise ValueError("a burst-eviction cache takes chunks only for a hybrid model's sliding layers; feed at "
                              f"most plain_room() = {self.plain_room()} tokens per call")
         if n > self.chunk_room(n):
             raise ValueError(f"n: a chunk must end before the next burst ({self.chunk_room(n)} tokens); got {n}")
-        first, offset = self.layers[0].position, self.layers[0].offset
-        plans, masks = {}, {}
-        for leader in self.leaders:
-            if leader.spec == self.spec:
-                kv_length, _ = leader.get_mask_sizes(n)
-                visible = torch.arange(kv_length)[None, :] <= (kv_length - n + torch.arange(n))[:, None]
-                plan = None
-                mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
-            else:
-                plan, mask = ring_chunk_plan(leader.spec, first, offset, n, dtype, device, leader.rotations.info,
-                                             self._workspace)
-            plans[leader.spec] = plan
-            masks[self.layer_types[leader.layer_idx]] = mask[None, None].to(device)
-        self._plans = plans
-        try:
-            yield (first + torch.arange(n) - offset)[None].to(device), masks
-        finally:
-            self._plans = None

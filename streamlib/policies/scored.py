@@ -10,7 +10,8 @@ from typing import ClassVar
 import torch
 
 from ..arch import rotary_of, sliding_layers_of
-from ..scored_cache import ScoredCache, ScoreView, install
+from ..handover import can_hand_over
+from ..scored_cache import ScoredCache, ScoreView
 from .base import PolicyBase, check_model
 
 __all__ = ["ScoredPolicy", "ScoreView"]
@@ -40,7 +41,8 @@ class ScoredPolicy(PolicyBase):
 
     def make_cache(self, model) -> ScoredCache:
         check_model(model, type(self).__name__)
-        if self.needs_attention:
-            install(model)
+        if self.needs_attention and not can_hand_over(model):
+            raise ValueError(f"model: {self.title} reads the attention weights, which needs attn_implementation "
+                             f"'sdpa' or 'eager'; got {model.config._attn_implementation!r}")
         return ScoredCache(model.config.num_hidden_layers, self, rotary_of(model), sliding=sliding_layers_of(model),
                            quant=self.kv_quant())

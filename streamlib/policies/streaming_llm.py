@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..arch import rotary_of, sliding_layers_of
 from ..cache import SinkWindowCache
-from ..handover import WRAPPED, base_of, install, installed
+from ..handover import can_hand_over
 from ..checks import check_bool, check_int
 from ..kv_quant import check_quant_fields
 from .base import PolicyBase, Style, check_model, int_parts, shift_part
@@ -53,16 +53,14 @@ class StreamingLLM(PolicyBase):
 
     def make_cache(self, model) -> SinkWindowCache:
         check_model(model, type(self).__name__)
-        if self.pos_shift and self.n_sink and base_of(model.config._attn_implementation) in WRAPPED:
-            # long prompts: the cache turns each query to the sinks instead of copying the sinks per query
-            install(model)
         return SinkWindowCache(
             num_layers=model.config.num_hidden_layers,
             n_sink=self.n_sink,
             window=self.window,
             pos_shift=self.pos_shift,
             rotary=rotary_of(model),
-            rotate_queries=installed(model),
+            # long prompts: the cache turns each query to the sinks instead of copying the sinks per query
+            rotate_queries=can_hand_over(model),
             sliding=sliding_layers_of(model),
             quant=self.kv_quant(),
         )
