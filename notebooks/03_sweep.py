@@ -14,6 +14,7 @@ force = False  # re-measure configurations already recorded
 sweep_cache_sizes = None  # cache sizes (tokens) for Window, StreamingLLM (both position modes), Recompute
 sweep_sinks = None  # sink counts at a fixed cache size
 sweep_sink_cache = None  # that cache size
+sweep_more_policies = None  # more policies on the curves, by spec string, e.g. ["knorm:64+64"]
 
 # %% [markdown]
 # # 03 · Sweep: quality against memory and latency
@@ -23,19 +24,24 @@ sweep_sink_cache = None  # that cache size
 # **What to expect.** On a pretrained Pythia, Window collapses once the first tokens leave its cache, StreamingLLM stays close to Recompute (the slow, accurate baseline) at every size, and 1 sink already recovers most of the gap, 4 all of it (the paper's Table 2). KV memory grows linearly with the cache size. The micro model has no sink, so its sink curve is flat. TOVA and H2O (score-based eviction, decided token by token) answer the lab report's last question: does choosing what to keep by attention beat sinks plus a window at the same memory, and at what decode cost?
 
 # %%
+import inspect
+
 import pandas as pd
+import torch
 
 from streamlib import plots, report, workbook as wb
 from streamlib.data import load_stream
 from streamlib.models import describe
 from streamlib.experiments import sweep_grid
-from streamlib.policies import H2O, TOVA, Dense, StreamingLLM, streaming_matches
+from streamlib.naive import check_exact, tiny_model
+from streamlib.policies import H2O, TOVA, Dense, KNorm, StreamingLLM, streaming_matches
 from streamlib.quality import measure_perplexity
 from streamlib.timing import measure_interleaved, measure_kv, measure_trace, random_prompt
 
 # %%
 cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force,
-                       sweep_cache_sizes=sweep_cache_sizes, sweep_sinks=sweep_sinks, sweep_sink_cache=sweep_sink_cache)
+                       sweep_cache_sizes=sweep_cache_sizes, sweep_sinks=sweep_sinks, sweep_sink_cache=sweep_sink_cache,
+                       sweep_more_policies=sweep_more_policies)
 
 # %% [markdown]
 # ## The model, the text and a prompt for timing
@@ -51,7 +57,7 @@ print(f'{ids.shape[1]} tokens of {cfg.datasets[0]}; decode timed after a {prompt
 
 # %% [markdown]
 # ## The grid
-# Every cache size with each policy (StreamingLLM with 4 sinks; quantized StreamingLLM at `quant_bits`; TOVA and H2O at `sweep_scored_cache_sizes`; the lab's burst-eviction table), then the sink counts at one cache size. The grid is `streamlib.experiments.sweep_grid`, which the report reads too: add a policy there to put it on the curves and in the report's table.
+# Every cache size with each policy (StreamingLLM with 4 sinks; quantized StreamingLLM at `quant_bits`; TOVA and H2O at `sweep_scored_cache_sizes`; the lab's burst-eviction table; the policies named in `sweep_more_policies`), then the sink counts at one cache size. The grid is `streamlib.experiments.sweep_grid`, which the report reads too, so a row is in the report's table because it was measured for it.
 
 # %%
 sections = sweep_grid(cfg)
@@ -59,6 +65,20 @@ bursts = cfg.burst_policies()  # the lab's press and its tuning table (below)
 grid = list(dict.fromkeys(sections['cache'] + sections['sinks']))
 pd.DataFrame([{'label': p.label(), 'keeps (tokens)': p.budget,
                'section': ' + '.join(name for name, ps in sections.items() if p in ps)} for p in grid])
+
+# %% [markdown]
+# ## A policy of your own, in one file
+# A policy is one file in `streamlib/policies/`: a frozen dataclass with its paper in the docstring, its name and spec-string form, its label and line style, and its rule. K-norm (Devoto et al., 2024: keep the keys of smallest norm, which go with the most attention) is such a file, and nothing else in the package names it: the registry finds it, `parse_policy('knorm:64+64')` reads it, the records store it, the figures draw it, the tests hold it to its definition, and a profile puts it on the curves by its spec string (`sweep_more_policies`). `docs/adding_a_policy.md` walks through writing one. Its whole source:
+
+# %%
+print(inspect.getsource(inspect.getmodule(KNorm)))
+
+# %% [markdown]
+# Does the cache do what the definition says? Its cache against the naive float64 reference (`streamlib.naive`: explicit lists of held tokens, the rule applied token by token), fed token by token and in chunks, on a small random model of this run's family. Look for differences at float32 rounding (about 1e-6) in the first column, a budget that binds in the second, and no near tie (a gap above 1e-5) in the third.
+
+# %%
+family = model.config.model_type if model.config.model_type in ('gpt_neox', 'llama', 'gemma3_text') else 'llama'
+check_exact(KNorm(6, 6), tiny_model(family), torch.randperm(97, generator=torch.Generator().manual_seed(0))[None, :40])
 
 # %% [markdown]
 # ## Perplexity of each policy on the same stream

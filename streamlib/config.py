@@ -14,7 +14,7 @@ import yaml
 from . import models as M
 from .checks import check_bool, check_int, check_ints
 from .data import repo_root
-from .policies import BurstEviction, StreamingLLM, registered
+from .policies import BurstEviction, StreamingLLM, parse_policy, registered
 
 PROFILES_DIR = repo_root() / "profiles"
 TOKEN_COUNTS = ("ppl_tokens", "speed_prompt_tokens", "speed_new_tokens", "flops_tokens", "sweep_tokens",
@@ -65,6 +65,8 @@ class Config:
     sweep_sink_cache: int = 128
     sweep_recompute: bool = True
     sweep_scored_cache_sizes: list = field(default_factory=list)  # TOVA and H2O (two splits) at these cache sizes
+    sweep_more_policies: list = field(default_factory=list)  # 03: more policies on the trade-off curve, by spec string
+    # (e.g. "knorm:64+64": a policy of one's own, its file in streamlib/policies/)
     sweep_tokens: int = 2048
     long_stream_corpus: str = "kjv-heldout"
     long_stream_tokens: int = 8192
@@ -184,6 +186,15 @@ class Config:
         StreamingLLM(self.n_sink, self.window, self.pos_shift)  # raises with the parameter's name
         check_ints("sweep_cache_sizes", self.sweep_cache_sizes, 9)
         check_ints("sweep_scored_cache_sizes", self.sweep_scored_cache_sizes, 4)
+        if not isinstance(self.sweep_more_policies, list):
+            raise ValueError(f"sweep_more_policies must be a list of policy spec strings such as 'knorm:64+64'; got "
+                             f"{self.sweep_more_policies!r}")
+        for spec in self.sweep_more_policies:
+            try:
+                if parse_policy(spec).budget is None:
+                    raise ValueError("an unbounded policy has no place on a memory axis")
+            except ValueError as err:
+                raise ValueError(f"sweep_more_policies entry {spec!r}: {err}") from None
         check_ints("sweep_sinks", self.sweep_sinks, 0, self.sweep_sink_cache - 1)
         check_ints("speed_batch_sizes", self.speed_batch_sizes, 1)
         if not isinstance(self.quant_bits, list) or any(b not in (8, 4, 2) for b in self.quant_bits):

@@ -4,7 +4,7 @@ report guesses so."""
 
 from __future__ import annotations
 
-from .policies import H2O, TOVA, Recompute, StreamingLLM, Window
+from .policies import H2O, TOVA, Recompute, StreamingLLM, Window, parse_policy
 
 SWEEP_SINKS = 4  # the sink count of the cache-size sweep (the paper's choice)
 
@@ -17,8 +17,9 @@ def sweep_reference(cache_size: int) -> StreamingLLM | None:
 def sweep_grid(cfg) -> dict[str, list]:
     """Notebook 03's grid. ``cache``: at every cache size Window and StreamingLLM with 4 sinks in both position
     modes (and Recompute with ``sweep_recompute``), the same StreamingLLM at each of ``quant_bits``, TOVA and H2O
-    (two heavy:recent splits) at ``sweep_scored_cache_sizes``, and the lab's burst-eviction table at its own
-    capacities. ``sinks``: StreamingLLM at ``sweep_sink_cache`` tokens with each of ``sweep_sinks`` sinks."""
+    (two heavy:recent splits) at ``sweep_scored_cache_sizes``, the lab's burst-eviction table at its own capacities,
+    and the policies of ``sweep_more_policies`` (spec strings). ``sinks``: StreamingLLM at ``sweep_sink_cache`` tokens
+    with each of ``sweep_sinks`` sinks."""
     cache = []
     for size in cfg.sweep_cache_sizes:
         cache += [Window(size), StreamingLLM(SWEEP_SINKS, size - SWEEP_SINKS),
@@ -30,5 +31,6 @@ def sweep_grid(cfg) -> dict[str, list]:
     for size in cfg.sweep_scored_cache_sizes:
         cache += [TOVA(size), H2O(size // 2, size - size // 2), H2O(size // 4, size - size // 4)]
     cache += cfg.burst_policies()
+    cache += [parse_policy(spec) for spec in cfg.sweep_more_policies]
     sinks = [StreamingLLM(s, cfg.sweep_sink_cache - s) for s in cfg.sweep_sinks]
     return {"cache": list(dict.fromkeys(cache)), "sinks": sinks}

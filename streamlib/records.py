@@ -281,6 +281,8 @@ def load_results(*paths: str | os.PathLike) -> pd.DataFrame:
 
 def _fill_specs(df: pd.DataFrame) -> None:
     """Give the rows of records written before spec strings their policy's ``spec``, from their fields."""
+    if "policy" not in df:
+        return
     missing = df["spec"].isna() & df["policy"].notna()
     if not missing.any():
         return
@@ -296,6 +298,9 @@ def metrics_wide(df: pd.DataFrame, group: str | None = None) -> pd.DataFrame:
     """One row per measurement (record key): its descriptive columns plus one column per metric. The tidy form the
     figures and tables are built from."""
     ok = df[df["status"] == "ok"]
+    if "spec" not in ok or ok["spec"].isna().any():  # rows of records written before spec strings
+        ok = ok.assign(spec=ok["spec"] if "spec" in ok else None)
+        _fill_specs(ok)
     if group is not None:
         ok = ok[ok["group"] == group] if "group" in ok else ok.iloc[0:0]
     if ok.empty:

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from reference import burst_kept_indices, naive_streaming_nll
+from streamlib.naive import burst_kept_indices, naive_streaming_nll
 from streamlib.generation import forward_chunks, stream_generate
 from streamlib.policies import BurstEviction, Dense, StreamingLLM, from_params, parse_policy
 from streamlib.quality import token_nll

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from reference import naive_streaming_nll
+from streamlib.naive import naive_streaming_nll
 from streamlib import arch
 from streamlib.attention import first_token_attention, uniform_share
 from streamlib.data import adds_bos, load_stream

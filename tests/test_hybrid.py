@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import make_peaky_gemma
-from reference import burst_kept_indices, naive_scored_nll, naive_streaming_nll
+from streamlib.naive import burst_kept_indices, naive_scored_nll, naive_streaming_nll
 from streamlib import arch
 from streamlib.generation import TokenStream, forward_chunks, stream_generate
 from streamlib.policies import H2O, TOVA, BurstEviction, Dense, StreamingLLM, Window

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import make_peaky_llama, make_peaky_model
-from reference import NaiveQuant, burst_kept_indices, naive_scored_nll, naive_streaming_nll
+from streamlib.naive import NaiveQuant, burst_kept_indices, naive_scored_nll, naive_streaming_nll
 from streamlib import kv_quant
 from streamlib.generation import stream_generate
 from streamlib.policies import H2O, TOVA, BurstEviction, StreamingLLM, Window, from_params, parse_policy

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import decode_side_by_side, make_peaky_llama
-from reference import naive_recompute_nll, naive_scored_nll, naive_streaming_nll
+from streamlib.naive import naive_recompute_nll, naive_scored_nll, naive_streaming_nll
 from streamlib import arch
 from streamlib.generation import TokenStream, prefill, stream_generate
 from streamlib.handover import handover

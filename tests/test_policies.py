@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from reference import kept_indices, naive_recompute_nll, naive_streaming_nll
+from streamlib.naive import kept_indices, naive_recompute_nll, naive_streaming_nll
 from streamlib.cache import SinkWindowCache
 from streamlib.recompute import RecomputeWindow
 from streamlib.generation import forward_chunks, prefill, stream_generate

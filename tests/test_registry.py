@@ -9,52 +9,24 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_peaky_gemma, make_peaky_llama, make_peaky_model
-from reference import naive_recompute_nll, naive_rule_nll, naive_view_nll
 from streamlib import plots
-from streamlib.policies import Dense, Recompute, forms, from_params, parse_policy, registered
-from streamlib.policies.scored import ScoredPolicy
+from streamlib.naive import reference_nll, tiny_model
+from streamlib.policies import Dense, forms, from_params, parse_policy, registered
 from streamlib.quality import token_nll
 
 matplotlib.use("Agg")
 BUDGET = 12
 EXAMPLES = [p for cls in registered() for p in cls.examples(BUDGET)]
-
-
-def gemma_with_uneven_key_norms():
-    """Gemma 3 normalises each key head (k_norm); with the same weight on every channel, as conftest's model has, all
-    keys would have one norm. A real model's norm weights differ by channel: so do these."""
-    model = make_peaky_gemma("eager", scale=1.5)
-    generator = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            weight = layer.self_attn.k_norm.weight
-            weight += 0.5 * torch.randn(weight.shape, generator=generator)
-    return model
-
-
-MAKERS = {"gpt_neox": lambda: make_peaky_model("eager", scale=2.0, seed=3),
-          "llama": lambda: make_peaky_llama("llama", "sdpa", scale=2.0, seed=5),
-          "gemma3": gemma_with_uneven_key_norms}
+FAMILIES = ["gpt_neox", "llama", "gemma3_text"]
 _models: dict = {}
 
 
 def model_pair(family):
-    """The family's model and its float64 copy, made once per session."""
+    """The family's tiny random model (sdpa for Llama, eager for the others) and its float64 copy, made once."""
     if family not in _models:
-        model = MAKERS[family]()
+        model = tiny_model(family, "sdpa" if family == "llama" else "eager")
         _models[family] = (model, copy.deepcopy(model).double())
     return _models[family]
-
-
-def reference_nll(policy, model64, ids):
-    """The naive float64 NLL of ``policy`` on ``ids``, and the smallest gap between eviction candidates (inf where
-    nothing is decided by score)."""
-    if isinstance(policy, ScoredPolicy):
-        return naive_rule_nll(model64, ids, policy)
-    if isinstance(policy, Recompute):  # the one policy that keeps no keys: it recomputes a window per token
-        return naive_recompute_nll(model64, ids, policy.window), float("inf")
-    return naive_view_nll(model64, ids, policy.visible, getattr(policy, "pos_shift", False)), float("inf")
 
 
 def test_every_policy_has_examples_a_form_and_a_style():
@@ -78,7 +50,7 @@ def test_spec_string_and_record_round_trip(policy):
         assert 0 < policy.budget <= BUDGET + 1
 
 
-@pytest.mark.parametrize("family", list(MAKERS))
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("policy", EXAMPLES, ids=str)
 def test_exact_against_the_naive_reference(family, policy):
     model, model64 = model_pair(family)
@@ -112,7 +84,7 @@ def test_streaming_leaves_the_model_as_it_was_given(attn):
     was and a plain forward gives the same logits, bit for bit."""
     from streamlib.generation import stream_generate
 
-    model = make_peaky_llama("llama", attn, scale=2.0, seed=5)
+    model = tiny_model("llama", attn)
     ids = torch.randperm(97, generator=torch.Generator().manual_seed(3))[None, :40]
     with torch.no_grad():
         before = model(ids).logits

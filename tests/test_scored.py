@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import make_peaky_model
-from reference import naive_scored_nll
+from streamlib.naive import naive_scored_nll
 from streamlib.generation import forward_chunks, stream_generate
 from streamlib.policies import H2O, TOVA, Dense, StreamingLLM, from_params, parse_policy
 from streamlib.quality import token_nll

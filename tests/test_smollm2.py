@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from reference import naive_streaming_nll
+from streamlib.naive import naive_streaming_nll
 from streamlib import arch
 from streamlib.data import load_stream
 from streamlib.models import is_cached, load_model, load_tokenizer

@@ -76,6 +76,9 @@ class PolicyBase:
     why_not_compiled: ClassVar[str] = "its cache changes shape as it evicts"
     key_axis: ClassVar[str] = "channel"  # how a quantized cache groups keys: per channel over a block (tokens leave
     # in order)
+    # where its definition is written, for the naive reference (streamlib.naive): "view" (``visible``), "rule" (a
+    # score-based policy's ``score``), "forward" (a fresh forward over a window per token)
+    definition: ClassVar[str] = "view"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

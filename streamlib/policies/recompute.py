@@ -28,6 +28,7 @@ class Recompute(PolicyBase):
     style = Style("#009E73", "^", ":")
     order = 6
     token_mode = True
+    definition = "forward"  # it keeps no keys: a fresh forward over a window per token
     why_not_compiled = "it runs a fresh forward over a window per token"
 
     def __post_init__(self):

@@ -27,6 +27,7 @@ class ScoredPolicy(PolicyBase):
     needs_attention: ClassVar[bool] = False  # the step's attention probabilities (the model's attention is handed over)
     token_mode = True
     quantizable = True
+    definition = "rule"
     why_not_compiled = "it evicts by score"
     key_axis = "token"  # it evicts single tokens anywhere: a block's per-channel key scales would outlive the block
 
