@@ -1,6 +1,6 @@
 """Compiled vs eager decoding, and the cost of a long prompt, as ratios measured in one run (CPU, fp32).
 
-  1. Decode step, eager vs compiled (``streamlib.compiled``), StreamingLLM and Window, on the embedded micro model
+  1. Decode step, eager vs compiled (``streamlib.caches.compiled``), StreamingLLM and Window, on the embedded micro model
      and on random Pythia-160m weights; rounds alternate the two so machine noise hits both alike.  (goal >= 4x micro)
   2. stream_generate(model, ids, StreamingLLM(4, 124), 600, compile=True) end to end on the micro model, compilation
      excluded, against the eager call, with the tokens compared.                                   (goal >= 3x)
@@ -28,13 +28,12 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from streamlib.cache import SinkWindowCache  # noqa: E402
-from streamlib.compiled import compiled_decoder  # noqa: E402
-from streamlib.generation import decode_step, prefill, stream_generate  # noqa: E402
-from streamlib.handover import base_of  # noqa: E402
-from streamlib.models import describe, load_model  # noqa: E402
+from streamlib.caches.compiled import compiled_decoder  # noqa: E402
+from streamlib.caches.generation import decode_step, prefill, stream_generate  # noqa: E402
+from streamlib.caches.sink_window import SinkWindowCache  # noqa: E402
+from streamlib.core.arch import rotary_of  # noqa: E402
+from streamlib.loading.models import describe, load_model  # noqa: E402
 from streamlib.policies import Dense, StreamingLLM, Window  # noqa: E402
-from streamlib.arch import rotary_of  # noqa: E402
 
 
 def random_ids(model, n: int, seed: int = 0) -> torch.Tensor:
@@ -106,14 +105,12 @@ def linear_floor_ms(model, repeats: int = 500) -> float:
 
 def prefill_ratio(model, prompt_len: int, rounds: int) -> dict:
     """Dense vs StreamingLLM 4+252 with the queries turned to the sinks (the default), and with one turned copy of
-    the sinks per query (what a model whose attention bypasses streamlib.handover gets, chunks about the window)."""
+    the sinks per query (a cache made without the hand-over, rotate_queries=False: chunks about the window)."""
     ids = random_ids(model, prompt_len, seed=2)
     policy = StreamingLLM(4, 252)
-    own_attention = base_of(model.config._attn_implementation)
 
     def run(name):
         if name == "sink_copies":
-            model.set_attn_implementation(own_attention)
             cache = SinkWindowCache(model.config.num_hidden_layers, 4, 252, True, rotary_of(model))
             prefill(model, ids, cache)
             return

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from streamlib.generation import decode_step, prefill
-from streamlib.models import describe, load_model
+from streamlib.caches.generation import decode_step, prefill
+from streamlib.loading.models import describe, load_model
+from streamlib.metrics.timing import time_generation
 from streamlib.policies import Dense, Recompute, StreamingLLM
-from streamlib.timing import time_generation
 
 
 @torch.inference_mode()

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from streamlib.models import describe, load_model
+from streamlib.loading.models import describe, load_model
+from streamlib.metrics.quality import token_nll
 from streamlib.policies import Dense, StreamingLLM, Window
-from streamlib.quality import token_nll
 
 
 def main() -> None:

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_policies import bench_model, bench_parser, median_step
+
+from streamlib.metrics.quality import token_nll
 from streamlib.policies import StreamingLLM
-from streamlib.quality import token_nll
 
 
 def eval_throughput(model, policy, n_tokens: int) -> float:

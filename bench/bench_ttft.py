@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from streamlib.models import describe, load_model
+from streamlib.core.stats import median_spread
+from streamlib.loading.models import describe, load_model
+from streamlib.metrics.timing import random_prompt, time_interleaved
 from streamlib.policies import Dense, StreamingLLM
-from streamlib.stats import median_spread
-from streamlib.timing import time_interleaved, random_prompt
 
 
 def main() -> None:

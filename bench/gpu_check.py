@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 import transformers
 
-from streamlib.generation import TokenStream, stream_generate
-from streamlib.models import describe, load_model
+from streamlib.caches.generation import TokenStream, stream_generate
+from streamlib.loading.models import describe, load_model
+from streamlib.metrics.quality import token_nll
+from streamlib.metrics.timing import measure_generation
 from streamlib.policies import Dense, StreamingLLM
-from streamlib.quality import token_nll
-from streamlib.timing import measure_generation
 
 FULL = {"model": "random:pythia-2.8b", "prompt": 2048, "new_tokens": 256, "repeats": 2, "copy_mib": 2048,
         "policies": [Dense(), StreamingLLM(4, 252), StreamingLLM(4, 1020), StreamingLLM(4, 1020, bits=4)],

@@ -21,8 +21,8 @@ force = False  # re-measure configurations already recorded
 import pandas as pd
 
 from streamlib import workbook as wb
-from streamlib.data import corpus_text, hub_reachable
-from streamlib.models import download, is_cached, load_tokenizer
+from streamlib.loading.data import corpus_text, hub_reachable
+from streamlib.loading.models import download, is_cached, load_tokenizer
 
 # %%
 cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force)

@@ -24,15 +24,15 @@ force = False  # re-measure configurations already recorded
 # %%
 import pandas as pd
 
-from streamlib import plots, report, workbook as wb
-from streamlib.attention import measure_first_tokens
-from streamlib.data import load_stream
-from streamlib.models import describe
+from streamlib import report, workbook as wb
+from streamlib.loading.data import load_stream
+from streamlib.loading.models import describe
+from streamlib.metrics.attention import measure_first_tokens
+from streamlib.metrics.flops import measure_flops
+from streamlib.metrics.quality import measure_perplexity
+from streamlib.metrics.timing import measure_generation, random_prompt
 from streamlib.policies import Dense
-from streamlib.quality import measure_perplexity
-from streamlib.report import in_display_units
-from streamlib.flops import measure_flops
-from streamlib.timing import measure_generation, random_prompt
+from streamlib.report import figures, in_display_units
 
 # %%
 cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force)
@@ -66,7 +66,7 @@ run.metrics('ppl').query("spec == @policy.spec()")[['label', 'dataset', 'n_token
 # %%
 curves = run.curves('ppl').query("spec == @policy.spec()")
 curves = curves.assign(label=curves.label + ' · ' + curves.dataset)
-run.figure(plots.fig_nll_vs_position(curves, cfg.trained_length()), 'nll_baseline')
+run.figure(figures.fig_nll_vs_position(curves, cfg.trained_length()), 'nll_baseline')
 
 # %% [markdown]
 # ## Where attention goes
@@ -80,7 +80,7 @@ attention = run.measure('attention', policy, lambda: measure_first_tokens(eager,
 print(f"token 0 gets up to {attention['token0_over_uniform']:.1f}x the uniform share")
 
 # %%
-run.figure(plots.fig_attention(attention.curve, attention.curve['uniform'].iloc[0]), 'fig7_attention_sinks')
+run.figure(figures.fig_attention(attention.curve, attention.curve['uniform'].iloc[0]), 'fig7_attention_sinks')
 
 # %% [markdown]
 # ## FLOPs

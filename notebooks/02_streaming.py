@@ -26,14 +26,14 @@ pos_shift = None  # positions within the cache (True, the paper's) or original p
 import pandas as pd
 from IPython.display import Markdown, display
 
-from streamlib import plots, report, workbook as wb
-from streamlib.data import load_stream
-from streamlib.models import describe
-from streamlib.quality import measure_perplexity
-from streamlib.report import to_markdown
-from streamlib.flops import measure_flops
+from streamlib import report, workbook as wb
+from streamlib.loading.data import load_stream
+from streamlib.loading.models import describe
+from streamlib.metrics.flops import measure_flops
+from streamlib.metrics.quality import measure_perplexity
+from streamlib.metrics.timing import measure_generation, measure_interleaved, random_prompt
 from streamlib.policies import Dense
-from streamlib.timing import measure_generation, measure_interleaved, random_prompt
+from streamlib.report import figures, to_markdown
 
 # %%
 cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force,
@@ -67,7 +67,7 @@ run.metrics('ppl').query('n_tokens == @cfg.ppl_tokens')[['label', 'dataset', 'pp
 # %%
 curves = run.curves('ppl').query('dataset == @cfg.datasets[0] and n_tokens == @cfg.ppl_tokens')
 curves = curves[curves.label.isin(['Dense', policy.label()])]
-run.figure(plots.fig_nll_vs_position(curves, cfg.trained_length()), 'nll_streaming')
+run.figure(figures.fig_nll_vs_position(curves, cfg.trained_length()), 'nll_streaming')
 
 # %% [markdown]
 # ## FLOPs, speed and memory
@@ -85,7 +85,7 @@ speed = report.speed_table(run)
 speed.round(2)
 
 # %%
-run.figure(plots.fig_speed(speed[speed.label.isin(['Dense', policy.label()])]), 'fig6_speed')
+run.figure(figures.fig_speed(speed[speed.label.isin(['Dense', policy.label()])]), 'fig6_speed')
 
 # %% [markdown]
 # ## Compiled decoding

@@ -29,14 +29,15 @@ import inspect
 import pandas as pd
 import torch
 
-from streamlib import plots, report, workbook as wb
-from streamlib.data import load_stream
-from streamlib.models import describe
-from streamlib.experiments import sweep_grid
+from streamlib import report, workbook as wb
+from streamlib.experiments.grids import sweep_grid
+from streamlib.loading.data import load_stream
+from streamlib.loading.models import describe
+from streamlib.metrics.quality import measure_perplexity
+from streamlib.metrics.timing import measure_interleaved, measure_kv, measure_trace, random_prompt
 from streamlib.naive import check_exact, tiny_model
 from streamlib.policies import H2O, TOVA, Dense, KNorm, StreamingLLM, streaming_matches
-from streamlib.quality import measure_perplexity
-from streamlib.timing import measure_interleaved, measure_kv, measure_trace, random_prompt
+from streamlib.report import figures
 
 # %%
 cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force,
@@ -57,7 +58,7 @@ print(f'{ids.shape[1]} tokens of {cfg.datasets[0]}; decode timed after a {prompt
 
 # %% [markdown]
 # ## The grid
-# Every cache size with each policy (StreamingLLM with 4 sinks; quantized StreamingLLM at `quant_bits`; TOVA and H2O at `sweep_scored_cache_sizes`; the lab's burst-eviction table; the policies named in `sweep_more_policies`), then the sink counts at one cache size. The grid is `streamlib.experiments.sweep_grid`, which the report reads too, so a row is in the report's table because it was measured for it.
+# Every cache size with each policy (StreamingLLM with 4 sinks; quantized StreamingLLM at `quant_bits`; TOVA and H2O at `sweep_scored_cache_sizes`; the lab's burst-eviction table; the policies named in `sweep_more_policies`), then the sink counts at one cache size. The grid is `streamlib.experiments.grids.sweep_grid`, which the report reads too, so a row is in the report's table because it was measured for it.
 
 # %%
 sections = sweep_grid(cfg)
@@ -109,7 +110,7 @@ sweep.query("sweep != 'sinks'")[['label', 'cache_size', 'ppl', 'ppl_low', 'ppl_h
 
 # %% [markdown]
 # ## Bits per kept token
-# The other axis of KV memory: each kept token's keys and values stored in 8, 4 or 2 bits (`quant_bits`; KIVI's grouping, the last block of 32 tokens and the sinks in full precision, `streamlib.kv_quant`). Three series on a stream longer than every cache: the same cache of `quant_budget` tokens at fewer bits (what quantization costs), caches of equal code bytes (16-bit 4+252, 8-bit 4+508, 4-bit 4+1020: fewer bits or fewer tokens?), and the same caches with their sinks quantized too (do the sinks, which take much of the attention, need full precision?). The KV column is measured from each cache's own tensors: codes, scales and zero points, the full-precision part, and the one layer of full-precision slots the layers share while they attend. Profiles without `quant_bits` (offline, to keep its 20 minutes) skip this section; offline-full, cpu and paper run it.
+# The other axis of KV memory: each kept token's keys and values stored in 8, 4 or 2 bits (`quant_bits`; KIVI's grouping, the last block of 32 tokens and the sinks in full precision, `streamlib.caches.quant`). Three series on a stream longer than every cache: the same cache of `quant_budget` tokens at fewer bits (what quantization costs), caches of equal code bytes (16-bit 4+252, 8-bit 4+508, 4-bit 4+1020: fewer bits or fewer tokens?), and the same caches with their sinks quantized too (do the sinks, which take much of the attention, need full precision?). The KV column is measured from each cache's own tensors: codes, scales and zero points, the full-precision part, and the one layer of full-precision slots the layers share while they attend. Profiles without `quant_bits` (offline, to keep its 20 minutes) skip this section; offline-full, cpu and paper run it.
 
 # %%
 bit_series = cfg.quant_policies()
@@ -134,7 +135,7 @@ report.bits_report(bits).round(3) if not bits.empty else bits
 
 # %%
 if not bits.empty:
-    run.figure(plots.fig_bits(bits), 'fig15_bits')
+    run.figure(figures.fig_bits(bits), 'fig15_bits')
 
 # %% [markdown]
 # What does dequantizing cost a decode step? Every cache of the first two series, timed in turns against Dense (`speed_repeats` rounds). On a CPU each layer rebuilds its keys and values from the codes before it attends, so expect the cost to grow with the tokens kept.
@@ -171,7 +172,7 @@ best[['cache_size', 'label', 'ppl', 'ppl_low', 'ppl_high', 'kv_mib']].sort_value
 # Left: lower and further left is better; bars are 95 % intervals, the grey band is the Pareto front. Right: each timed policy's decode step against Dense's in the same round (median and interquartile range).
 
 # %%
-run.figure(plots.fig_tradeoff(sweep[sweep.sweep.str.contains('cache')], report.latency_table(run, 'sweep_speed', new_tokens=16)),
+run.figure(figures.fig_tradeoff(sweep[sweep.sweep.str.contains('cache')], report.latency_table(run, 'sweep_speed', new_tokens=16)),
            'fig4_tradeoff')
 
 # %% [markdown]
@@ -181,7 +182,7 @@ run.figure(plots.fig_tradeoff(sweep[sweep.sweep.str.contains('cache')], report.l
 # %%
 published = report.published_results().query("table == 'table2'")
 sinks = sweep[sweep.sweep.str.contains('sinks')].sort_values('n_sink')
-run.figure(plots.fig_sinks(sinks, published), 'fig5_ppl_vs_sinks')
+run.figure(figures.fig_sinks(sinks, published), 'fig5_ppl_vs_sinks')
 
 # %% [markdown]
 # ## The lab's press, done right: burst eviction
@@ -211,7 +212,7 @@ for policy in (lab, peak, mean):
     run.measure('burst_trace', policy, lambda: measure_trace(model, long_ids[:, :n], policy, every=8, timed=False),
                 dataset=cfg.datasets[0], n_tokens=n, every=8)
 traces = run.curves('burst_trace').query('n_tokens == @n')
-run.figure(plots.fig_trace(traces, 'kv_resident_bytes', 'KV cache held (MiB)', 'KV-cache memory along the stream',
+run.figure(figures.fig_trace(traces, 'kv_resident_bytes', 'KV cache held (MiB)', 'KV-cache memory along the stream',
            1 / 2**20), 'fig9_burst_memory')
 
 # %% [markdown]

@@ -24,14 +24,16 @@ trace_tokens = None  # tokens fed one by one for the memory and latency traces
 # %%
 import pandas as pd
 
-from streamlib import plots, report, workbook as wb
-from streamlib.arch import SLIDING, layer_types
-from streamlib.data import load_stream
-from streamlib.memory import kv_along_stream, kv_bytes_per_token
-from streamlib.models import describe
+from streamlib import report, workbook as wb
+from streamlib.core.arch import SLIDING, layer_types
+from streamlib.core.costs import kv_bytes_per_token
+from streamlib.loading.data import load_stream
+from streamlib.loading.models import describe
+from streamlib.metrics.memory import kv_along_stream
+from streamlib.metrics.quality import measure_perplexity
+from streamlib.metrics.timing import measure_trace
 from streamlib.policies import Dense, Recompute, Window
-from streamlib.quality import measure_perplexity
-from streamlib.timing import measure_trace
+from streamlib.report import figures
 
 # %%
 cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force,
@@ -69,7 +71,7 @@ for policy in policies:
                 progress=True), dataset=cfg.long_stream_corpus, n_tokens=stretch[policy].shape[1])
 labels = [p.label() for p in policies]
 nll = run.curves('long_nll').query('dataset == @cfg.long_stream_corpus and label in @labels')
-run.figure(plots.fig_nll_vs_position(nll, cfg.trained_length()), 'fig1_nll_vs_position')
+run.figure(figures.fig_nll_vs_position(nll, cfg.trained_length()), 'fig1_nll_vs_position')
 
 # %% [markdown]
 # ## Mean NLL by stretch of the stream
@@ -88,7 +90,7 @@ report.stretch_table(nll, [b for b in bins if b <= end])
 # %%
 held = nll.dropna(subset=['kv_bytes']) if 'kv_bytes' in nll else nll.iloc[:0]
 if len(held):
-    run.figure(plots.fig_trace(held, 'kv_bytes', 'KV cache held (MiB)', 'KV cache along the whole stream',
+    run.figure(figures.fig_trace(held, 'kv_bytes', 'KV cache held (MiB)', 'KV cache along the whole stream',
                1 / 2**20, log_x=end > 16 * trained), 'fig12_kv_whole_stream')
 held.groupby('label').agg(tokens=('position', 'max'), first_mib=('kv_bytes', 'first'),
                           last_mib=('kv_bytes', 'last'), max_mib=('kv_bytes', 'max')).div(
@@ -107,11 +109,11 @@ traces = run.curves('trace').query('dataset == @cfg.long_stream_corpus and label
 traces.groupby('label').tail(1)[['label', 'position', 'kv_bytes', 'kv_resident_bytes', 'step_s']]
 
 # %%
-run.figure(plots.fig_trace(traces, 'kv_resident_bytes', 'KV cache held (MiB)', 'KV-cache memory along the stream',
+run.figure(figures.fig_trace(traces, 'kv_resident_bytes', 'KV cache held (MiB)', 'KV-cache memory along the stream',
            1 / 2**20), 'fig2_memory_vs_position')
 
 # %%
-run.figure(plots.fig_trace(traces, 'step_s', 'time per token (ms)', 'Per-token latency along the stream',
+run.figure(figures.fig_trace(traces, 'step_s', 'time per token (ms)', 'Per-token latency along the stream',
            1e3), 'fig3_latency_vs_position')
 
 # %% [markdown]
@@ -123,6 +125,6 @@ dtype = next(model.parameters()).dtype
 hybrid = SLIDING in layer_types(model.config)
 at_length = kv_along_stream(model.config, policies, dtype, until=cfg.trained_length())
 first = kv_along_stream(model.config, policies, dtype, until=int(traces.position.max()), points=33)
-run.figure(plots.fig_kv_along_stream(at_length, first, traces, cfg.trained_length(),
+run.figure(figures.fig_kv_along_stream(at_length, first, traces, cfg.trained_length(),
            kv_bytes_per_token(model.config, dtype) if hybrid else None), 'fig11_kv_at_length')
 at_length.groupby('label').tail(1).assign(kv_mib=lambda d: d.kv_bytes / 2**20)[['label', 'position', 'kv_mib']].round(2)

@@ -26,13 +26,14 @@ generation_temperature = None  # 0: greedy; above 0: sampled (with generation_to
 import pandas as pd
 from IPython.display import display
 
-from streamlib import plots, workbook as wb
-from streamlib.chat import chat_header_ids, measure_chat
-from streamlib.data import load_stream, tokenize_stream
-from streamlib.generation import excerpt
-from streamlib.models import describe
+from streamlib import workbook as wb
+from streamlib.caches.generation import excerpt
+from streamlib.loading.data import load_stream, tokenize_stream
+from streamlib.loading.models import describe
+from streamlib.metrics.chat import chat_header_ids, measure_chat
+from streamlib.metrics.timing import measure_generation_trace
 from streamlib.policies import Dense
-from streamlib.timing import measure_generation_trace
+from streamlib.report import figures
 
 # %%
 cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force,
@@ -83,7 +84,7 @@ excerpts.style.set_properties(**{'text-align': 'left', 'white-space': 'pre-wrap'
 
 # %%
 steps = pd.concat([r.curve for r in runs.values()], ignore_index=True)
-run.figure(plots.fig_generation(steps, trained), 'fig8_generation')
+run.figure(figures.fig_generation(steps, trained), 'fig8_generation')
 
 # %%
 summary = run.metrics('generation')[['label', 'tokens_generated', 'ttft', 'tpot_mean', 'final_kv_bytes']]

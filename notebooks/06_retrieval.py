@@ -29,13 +29,14 @@ recall_turns = None  # turns of the scripted chat (0: none)
 # %%
 import pandas as pd
 
-from streamlib import plots, report, workbook as wb
-from streamlib.chat import chat_header_ids
-from streamlib.models import describe
+from streamlib import report, workbook as wb
+from streamlib.loading.models import describe
+from streamlib.metrics.chat import chat_header_ids
+from streamlib.metrics.recall import measure_recall, recall_script
+from streamlib.metrics.retrieval import measure_retrieval, passkey_grid
+from streamlib.metrics.streameval import measure_streameval, streameval_task
 from streamlib.policies import H2O, TOVA, BurstEviction, Dense, StreamingLLM, Window
-from streamlib.recall import measure_recall, recall_script
-from streamlib.retrieval import measure_retrieval, passkey_grid
-from streamlib.streameval import measure_streameval, streameval_task
+from streamlib.report import figures
 
 # %%
 cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force, retrieval_cache=retrieval_cache,
@@ -87,7 +88,7 @@ answers[['label', 'distance', 'pass_key', 'answer', 'correct', 'key_cached']].he
 # Solid: the share of trials answered correctly; dashed: the share whose key was still cached. The dotted line is the cache budget: beyond it a window has lost the key.
 
 # %%
-run.figure(plots.fig_retrieval(answers, budget), 'fig10_retrieval')
+run.figure(figures.fig_retrieval(answers, budget), 'fig10_retrieval')
 
 # %% [markdown]
 # ## Accuracy per policy, with its interval
@@ -126,7 +127,7 @@ for policy in stream_policies:
                 stream_tokens=cfg.streameval_tokens, tokens_read=read, every=cfg.streameval_every,
                 lines_back=cfg.streameval_lines_back)
 questions = report.streameval_questions(run)
-run.figure(plots.fig_streameval(questions, budget), 'fig13_streameval')
+run.figure(figures.fig_streameval(questions, budget), 'fig13_streameval')
 
 # %% [markdown]
 # Per policy, distance and part of the stream, with Wilson's interval. Read a bounded policy's rows inside its window against Dense's: where the intervals overlap, the cache costs nothing there.
@@ -154,7 +155,7 @@ if chat:
     for policy in chat_policies:
         run.measure('recall', policy, lambda: measure_recall(model, tokenizer, policy, script),
                     turns=cfg.recall_turns, turns_back=cfg.recall_turns_back)
-    run.figure(plots.fig_recall(report.recall_turns(run), budget), 'fig14_recall')
+    run.figure(figures.fig_recall(report.recall_turns(run), budget), 'fig14_recall')
 
 # %%
 report.recall_table(run).round(2) if chat else 'no recall chat'

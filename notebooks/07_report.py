@@ -21,12 +21,13 @@ export_figures = None  # also write the report's figures to the repository's fig
 # %%
 from IPython.display import Markdown, display
 
-from streamlib import plots, report, workbook as wb
-from streamlib.arch import SLIDING, layer_types
-from streamlib.memory import kv_along_stream, kv_bytes_per_token
-from streamlib.models import load_config
+from streamlib import report, workbook as wb
+from streamlib.core.arch import SLIDING, layer_types
+from streamlib.core.costs import kv_bytes_per_token
+from streamlib.loading.models import load_config
+from streamlib.metrics.memory import kv_along_stream
 from streamlib.policies import policy_from_row
-from streamlib.report import to_markdown
+from streamlib.report import figures, to_markdown
 
 # %%
 cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force, export_figures=export_figures)
@@ -46,9 +47,9 @@ display(Markdown(to_markdown(comparison)))
 nll = run.curves('long_nll')
 if not nll.empty:
     nll = nll.query('dataset == @cfg.long_stream_corpus')
-    run.figure(plots.fig_nll_vs_position(nll, cfg.trained_length()), 'fig1_nll_vs_position')
+    run.figure(figures.fig_nll_vs_position(nll, cfg.trained_length()), 'fig1_nll_vs_position')
     if 'kv_bytes' in nll and nll.kv_bytes.notna().any():
-        run.figure(plots.fig_trace(nll.dropna(subset=['kv_bytes']), 'kv_bytes', 'KV cache held (MiB)',
+        run.figure(figures.fig_trace(nll.dropna(subset=['kv_bytes']), 'kv_bytes', 'KV cache held (MiB)',
                    'KV cache along the whole stream', 1 / 2**20,
                    log_x=nll.position.max() > 16 * cfg.trained_length()), 'fig12_kv_whole_stream')
 
@@ -56,12 +57,12 @@ if not nll.empty:
 traces = run.curves('trace')
 traces = traces.query('dataset == @cfg.long_stream_corpus') if not traces.empty else traces
 if not traces.empty:
-    run.figure(plots.fig_trace(traces, 'kv_resident_bytes', 'KV cache held (MiB)', 'KV-cache memory along the stream',
+    run.figure(figures.fig_trace(traces, 'kv_resident_bytes', 'KV cache held (MiB)', 'KV-cache memory along the stream',
                1 / 2**20), 'fig2_memory_vs_position')
 
 # %%
 if not traces.empty:
-    run.figure(plots.fig_trace(traces, 'step_s', 'time per token (ms)', 'Per-token latency along the stream', 1e3),
+    run.figure(figures.fig_trace(traces, 'step_s', 'time per token (ms)', 'Per-token latency along the stream', 1e3),
                'fig3_latency_vs_position')
 
 # %% [markdown]
@@ -74,7 +75,7 @@ if not traces.empty:
     at_length = kv_along_stream(config, traced, dtype, until=cfg.trained_length())
     first = kv_along_stream(config, traced, dtype, until=int(traces.position.max()), points=33)
     every_layer = kv_bytes_per_token(config, dtype) if SLIDING in layer_types(config) else None
-    run.figure(plots.fig_kv_along_stream(at_length, first, traces, cfg.trained_length(), every_layer),
+    run.figure(figures.fig_kv_along_stream(at_length, first, traces, cfg.trained_length(), every_layer),
                'fig11_kv_at_length')
 
 # %% [markdown]
@@ -84,16 +85,16 @@ if not traces.empty:
 sweep = report.sweep_table(run)
 latency = report.latency_table(run, 'sweep_speed', new_tokens=16)
 if not sweep.empty:
-    run.figure(plots.fig_tradeoff(sweep[sweep.sweep.str.contains('cache')], latency), 'fig4_tradeoff')
+    run.figure(figures.fig_tradeoff(sweep[sweep.sweep.str.contains('cache')], latency), 'fig4_tradeoff')
 
 # %%
 bits = report.bits_table(run)
 if not bits.empty:
-    run.figure(plots.fig_bits(bits), 'fig15_bits')
+    run.figure(figures.fig_bits(bits), 'fig15_bits')
 
 # %%
 if not sweep.empty:
-    run.figure(plots.fig_sinks(sweep[sweep.sweep.str.contains('sinks')].sort_values('n_sink'),
+    run.figure(figures.fig_sinks(sweep[sweep.sweep.str.contains('sinks')].sort_values('n_sink'),
                report.published_results().query("table == 'table2'")), 'fig5_ppl_vs_sinks')
 
 # %% [markdown]
@@ -102,18 +103,18 @@ if not sweep.empty:
 # %%
 speed = report.speed_table(run)
 if not speed.empty:
-    run.figure(plots.fig_speed(speed), 'fig6_speed')
+    run.figure(figures.fig_speed(speed), 'fig6_speed')
 
 # %%
 attention = run.curves('attention')
 if not attention.empty:
-    run.figure(plots.fig_attention(attention, attention['uniform'].iloc[0]), 'fig7_attention_sinks')
+    run.figure(figures.fig_attention(attention, attention['uniform'].iloc[0]), 'fig7_attention_sinks')
 
 # %%
 steps = run.curves('generation')
 if not steps.empty:
     steps = steps.query('new_tokens == @cfg.generation_new_tokens')
-    run.figure(plots.fig_generation(steps, cfg.trained_length()), 'fig8_generation')
+    run.figure(figures.fig_generation(steps, cfg.trained_length()), 'fig8_generation')
 
 # %% [markdown]
 # ## The lab's press, done right
@@ -128,7 +129,7 @@ burst_speed = report.burst_speed_table(run)
 burst_trace = run.curves('burst_trace')
 if not burst_trace.empty:
     burst_trace = burst_trace[burst_trace.n_tokens == burst_trace.n_tokens.max()]
-    run.figure(plots.fig_trace(burst_trace, 'kv_resident_bytes', 'KV cache held (MiB)',
+    run.figure(figures.fig_trace(burst_trace, 'kv_resident_bytes', 'KV cache held (MiB)',
                'KV-cache memory along the stream', 1 / 2**20), 'fig9_burst_memory')
 burst_speed.round(2)
 
@@ -140,7 +141,7 @@ burst_speed.round(2)
 retrieval = report.retrieval_table(run)
 retrieval_summary = report.retrieval_summary(run)
 if not retrieval.empty:
-    run.figure(plots.fig_retrieval(report.retrieval_trials(run), cfg.retrieval_cache), 'fig10_retrieval')
+    run.figure(figures.fig_retrieval(report.retrieval_trials(run), cfg.retrieval_cache), 'fig10_retrieval')
 retrieval_summary.round(2)
 
 # %% [markdown]
@@ -149,13 +150,13 @@ retrieval_summary.round(2)
 # %%
 streameval = report.streameval_table(run)
 if not streameval.empty:
-    run.figure(plots.fig_streameval(report.streameval_questions(run), cfg.retrieval_cache), 'fig13_streameval')
+    run.figure(figures.fig_streameval(report.streameval_questions(run), cfg.retrieval_cache), 'fig13_streameval')
 streameval.round(2)
 
 # %%
 recall = report.recall_table(run)
 if not recall.empty:
-    run.figure(plots.fig_recall(report.recall_turns(run), cfg.retrieval_cache), 'fig14_recall')
+    run.figure(figures.fig_recall(report.recall_turns(run), cfg.retrieval_cache), 'fig14_recall')
 recall.round(2)
 
 # %% [markdown]

@@ -1,7 +1,9 @@
-"""The shape of ``streamlib/``, checked from its source: the import graph has no cycle (arrows point down), and no
-module switches on a policy's or a cache's type except the module that defines it.
+"""The shape of ``streamlib/``, checked from its source: the import graph has no cycle (arrows point down), each folder
+imports only from itself and the folders below it (:data:`FOLDERS`, bottom first; the package's top-level modules sit
+above them all), no module is longer than :data:`MAX_LINES`, and no module switches on a policy's or a cache's type
+except the module that defines it.
 
-    .venv/bin/python scripts/check_structure.py          # prints the modules in layers; exit 1 on a violation
+    .venv/bin/python scripts/check_structure.py          # prints the folders and the modules in layers; exit 1 on a violation
 
 ``tests/test_structure.py`` runs the same checks.
 """
@@ -14,6 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "streamlib"
+# The package's folders, bottom first: each imports only from itself and those before it.
+FOLDERS = ["core", "loading", "caches", "policies", "metrics", "naive", "experiments", "report", "cli"]
+MAX_LINES = 350
 # What a cache or policy type offers; asking for it with hasattr is switching on the type.
 INTERFACE_BASES = {"PolicyBase", "PolicyCache", "Cache", "CacheLayerMixin"}
 
@@ -141,10 +146,42 @@ def type_switches(package: Path = PACKAGE, notebooks: Path = ROOT / "notebooks")
     return found
 
 
+def folder_of(module: str) -> str | None:
+    """The folder of ``streamlib.<folder>.<module>``, or None for a top-level module."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in FOLDERS) else None
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Imports from a folder above the importer's (a top-level module may import anything); and folders that
+    :data:`FOLDERS` does not place."""
+    rank = {folder: i for i, folder in enumerate(FOLDERS)}
+    found = []
+    for module, deps in sorted(graph.items()):
+        here = folder_of(module)
+        if here is not None and here not in rank:
+            found.append(f"{module}: its folder {here!r} has no place in FOLDERS")
+            continue
+        for dep in sorted(deps):
+            there = folder_of(dep)
+            if here is not None and (there is None or rank.get(there, len(rank)) > rank[here]):
+                found.append(f"{module} imports {dep}, from a folder above its own")
+    return found
+
+
+def long_modules(package: Path = PACKAGE) -> list[str]:
+    """Modules longer than :data:`MAX_LINES` lines."""
+    return [f"{path.relative_to(package.parent)}: {n} lines" for path in sorted(package.rglob("*.py"))
+            if (n := len(path.read_text().splitlines())) > MAX_LINES]
+
+
 def main() -> int:
     graph = import_graph()
     loops = cycles(graph)
     switches = type_switches()
+    upward = upward_imports(graph)
+    long = long_modules()
+    print("folders, bottom first:", " < ".join(FOLDERS), "< the top-level modules")
     if not loops:
         for k, names in enumerate(layers(graph)):
             print(f"layer {k}: {', '.join(n.removeprefix('streamlib.') for n in names)}")
@@ -152,8 +189,13 @@ def main() -> int:
         print("import cycle:", " <-> ".join(loop))
     for line in switches:
         print("type switch:", line)
-    print("ok" if not (loops or switches) else "violations found")
-    return 1 if loops or switches else 0
+    for line in upward:
+        print("upward import:", line)
+    for line in long:
+        print("long module:", line)
+    bad = loops or switches or upward or long
+    print("ok" if not bad else "violations found")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

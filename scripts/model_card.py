@@ -13,11 +13,11 @@ import time
 
 import torch
 
-from streamlib.attention import first_token_attention, uniform_share
-from streamlib.data import kjv_text, tokenize_stream
-from streamlib.models import MICRO_DIR, load_model, load_tokenizer
+from streamlib.loading.data import kjv_text, tokenize_stream
+from streamlib.loading.models import MICRO_DIR, load_model, load_tokenizer
+from streamlib.metrics.attention import first_token_attention, uniform_share
+from streamlib.metrics.quality import perplexity, windowed_perplexity
 from streamlib.policies import Dense, Recompute, StreamingLLM, Window
-from streamlib.quality import perplexity, windowed_perplexity
 
 STREAM_TOKENS = 4096
 

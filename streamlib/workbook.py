@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-from .config import Config
-from .records import Run
+from .experiments.config import Config
+from .experiments.records import Run
 
 
 def open_run(profile: str = "smoke", **parameters) -> tuple[Config, Run]:
-    """The notebook's :class:`~streamlib.config.Config` (the profile, then the notebook's parameters; ``None`` keeps
-    the profile's value) and its :class:`~streamlib.records.Run`; sets the figure style and says what runs where."""
-    from . import plots
+    """The notebook's :class:`~streamlib.experiments.config.Config` (the profile, then the notebook's parameters; ``None`` keeps
+    the profile's value) and its :class:`~streamlib.experiments.records.Run`; sets the figure style and says what runs where."""
+    from .report.style import apply_style
 
     cfg = Config.load(profile, **parameters)
     run = Run(cfg)
-    plots.apply_style()
+    apply_style()
     print(f"profile {cfg.profile}{' (DRY RUN)' if cfg.dry_run else ''}: {cfg.model} on {cfg.torch_device()}, "
           f"{str(cfg.torch_dtype()).replace('torch.', '')}; records in {run.path}")
     return cfg, run
 
 
 def model_and_tokenizer(cfg: Config, **load_options):
-    """The profile's model on its device and dtype (``load_options`` go to :func:`streamlib.models.load_model`, e.g.
+    """The profile's model on its device and dtype (``load_options`` go to :func:`streamlib.loading.models.load_model`, e.g.
     ``attn_implementation="eager"``) and its tokenizer. ``cfg.bos`` is settled here: ``None`` (as the tokenizer does)
     becomes whether this tokenizer starts a stream with BOS, so the streams and every record say which it was."""
-    from .data import stream_bos
-    from .models import load_model, load_tokenizer
+    from .loading.data import stream_bos
+    from .loading.models import load_model, load_tokenizer
 
     model = load_model(cfg.model, device=cfg.torch_device(), dtype=cfg.torch_dtype(), device_map=cfg.device_map,
                        **load_options)

@@ -1,6 +1,14 @@
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+from transformers import (
+    AutoModelForCausalLM,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+    Qwen3Config,
+)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -79,7 +87,7 @@ def peaky_llama_sdpa():
 def decode_side_by_side(model, policy, prompt, steps: int):
     """Greedy decoding after ``prompt``, eager and compiled in lockstep: asserts the same token at every step and
     returns both streams and the largest logit difference seen."""
-    from streamlib.generation import TokenStream
+    from streamlib.caches.generation import TokenStream
 
     eager, compiled = TokenStream(model, policy), TokenStream(model, policy, compile=True)
     eager.feed(prompt)
@@ -125,3 +133,7 @@ def peaky_gemma():
 @pytest.fixture(scope="session")
 def peaky_gemma_sdpa():
     return make_peaky_gemma("sdpa")
+
+
+# streamlib.naive.naive_scored_nll's rule for each score-based policy it writes out independently
+RULES = {"tova": "current", "h2o": "accumulated"}

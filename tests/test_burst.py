@@ -6,10 +6,10 @@ import copy
 import pytest
 import torch
 
+from streamlib.caches.generation import forward_chunks, stream_generate
+from streamlib.metrics.quality import token_nll
 from streamlib.naive import burst_kept_indices, naive_streaming_nll
-from streamlib.generation import forward_chunks, stream_generate
 from streamlib.policies import BurstEviction, Dense, StreamingLLM, from_params, parse_policy
-from streamlib.quality import token_nll
 
 # (n_sink, capacity, discard_ratio): discards of 6, 1, 13 (all of the recent tokens) and 3 tokens
 CASES = [(4, 16, 0.5), (2, 12, 0.1), (0, 13, 1.0), (1, 10, 0.35)]

@@ -19,7 +19,7 @@ def _streamlib(*args: str) -> subprocess.CompletedProcess:
 def _in_process(capsys, monkeypatch, *args: str) -> subprocess.CompletedProcess:
     """``python -m streamlib ARGS`` run in this process (no interpreter start-up per case): its exit status and what
     it printed, as a subprocess would give them."""
-    from streamlib.__main__ import main
+    from streamlib.cli.main import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(ROOT)

@@ -5,12 +5,13 @@ any length, and a clear refusal for caches whose shape is not fixed. Each new ca
 import pytest
 import torch
 
+from streamlib.caches.compiled import compile_count, compiled_decoder
+from streamlib.caches.generation import TokenStream, stream_generate
+from streamlib.loading.models import load_model
+from streamlib.metrics.timing import time_generation
+from streamlib.policies import TOVA, Dense, StreamingLLM, Window
+
 from conftest import decode_side_by_side
-from streamlib.compiled import compile_count, compiled_decoder
-from streamlib.generation import TokenStream, stream_generate
-from streamlib.models import load_model
-from streamlib.policies import Dense, StreamingLLM, TOVA, Window
-from streamlib.timing import time_generation
 
 
 @pytest.fixture(scope="module")

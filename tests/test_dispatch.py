@@ -5,11 +5,12 @@ import copy
 
 import torch
 
-from conftest import make_peaky_model
-from streamlib.generation import stream_generate
-from streamlib.models import dispatch
+from streamlib.caches.generation import stream_generate
+from streamlib.loading.models import dispatch
+from streamlib.metrics.quality import token_nll
 from streamlib.policies import H2O, TOVA, Dense, StreamingLLM
-from streamlib.quality import token_nll
+
+from conftest import make_peaky_model
 
 
 def test_caches_under_accelerate_dispatch_equal_the_plain_model():
@@ -26,7 +27,7 @@ def test_caches_under_accelerate_dispatch_equal_the_plain_model():
 
 
 def test_load_model_takes_a_device_map():
-    from streamlib.models import load_model
+    from streamlib.loading.models import load_model
 
     model = load_model("random:pythia-14m", device_map="auto")  # no GPU here: everything lands on the CPU
     assert next(model.parameters()).device.type == "cpu"

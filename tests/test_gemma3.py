@@ -7,13 +7,14 @@ import copy
 import pytest
 import torch
 
+from streamlib.core import arch
+from streamlib.loading.data import adds_bos, load_stream
+from streamlib.loading.models import is_cached, load_model, load_tokenizer
+from streamlib.loading.packaged import gemma3_terms
+from streamlib.metrics.attention import first_token_attention, uniform_share
+from streamlib.metrics.quality import token_nll
 from streamlib.naive import naive_streaming_nll
-from streamlib import arch
-from streamlib.attention import first_token_attention, uniform_share
-from streamlib.data import adds_bos, load_stream
-from streamlib.models import gemma3_terms, is_cached, load_model, load_tokenizer
 from streamlib.policies import Dense, StreamingLLM, Window
-from streamlib.quality import token_nll
 
 
 @pytest.fixture(scope="module")

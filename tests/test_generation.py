@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamlib.generation import TokenStream, next_token, prefill, stream_generate
+from streamlib.caches.generation import TokenStream, next_token, prefill, stream_generate
+from streamlib.metrics.timing import measure_generation_trace
 from streamlib.policies import Dense, Recompute, StreamingLLM, Window, parse_policy
-from streamlib.timing import measure_generation_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,7 @@ def test_generate_command_streams_text_offline():
     assert proc.stdout.startswith("And God said") and len(proc.stdout) > 600
     last = proc.stderr.strip().splitlines()[-1]
     assert re.search(r"300 tokens in [\d.]+ s \([\d.]+ tok/s\)", last)
-    from streamlib.models import load_tokenizer
+    from streamlib.loading.models import load_tokenizer
 
     n_prompt = len(load_tokenizer("micro")("And God said").input_ids)
     # 4 layers x 256 channels x fp32: 129 slots of keys and values, and 4 stored sink keys

@@ -7,12 +7,13 @@ import copy
 import pytest
 import torch
 
-from conftest import make_peaky_gemma
+from streamlib.caches.generation import TokenStream, forward_chunks, stream_generate
+from streamlib.core import arch
+from streamlib.metrics.quality import token_nll
 from streamlib.naive import burst_kept_indices, naive_scored_nll, naive_streaming_nll
-from streamlib import arch
-from streamlib.generation import TokenStream, forward_chunks, stream_generate
 from streamlib.policies import H2O, TOVA, BurstEviction, Dense, StreamingLLM, Window
-from streamlib.quality import token_nll
+
+from conftest import RULES, make_peaky_gemma
 
 # (n_sink, window, pos_shift): budgets above and below the sliding window of 8, so the full layers fill before or
 # after the sliding ones
@@ -119,7 +120,7 @@ def soft_gemma():
 
 @pytest.mark.parametrize("policy", [TOVA(10), H2O(4, 6)], ids=lambda p: p.label())
 def test_score_based_eviction_on_the_full_layers_exact(soft_gemma, ids, policy):
-    expected, gap = naive_scored_nll(copy.deepcopy(soft_gemma).double(), ids, policy.name, policy.budget,
+    expected, gap = naive_scored_nll(copy.deepcopy(soft_gemma).double(), ids, RULES[policy.name], policy.budget,
                                      getattr(policy, "n_recent", 0))
     assert gap > 1e-5, f"a near tie ({gap:.2e}) that float32 rounding could decide either way"
     got = token_nll(soft_gemma, ids, policy, chunk_size=16)
@@ -182,8 +183,7 @@ def test_dense_memory_and_flops_by_layer_type(peaky_gemma, ids):
     """The analytic counts know the layer types: a dense cache's bytes after 64 tokens are the full layers' 64 tokens
     and the sliding layers' 7, as the cache itself holds them; the sliding layers' attention stops growing at their
     window."""
-    from streamlib.flops import flops_per_token
-    from streamlib.memory import dense_kv_bytes
+    from streamlib.core.costs import dense_kv_bytes, flops_per_token
 
     cache = Dense().make_cache(peaky_gemma)
     with torch.inference_mode():
@@ -222,7 +222,8 @@ def test_analytic_kv_bytes_equal_what_each_cache_holds(family, n_tokens, peaky_g
 def test_kv_along_stream_shows_the_sliding_cap(peaky_gemma):
     """Past the sliding window only the full layers grow under Dense; under StreamingLLM nothing grows past the
     budget; the rows carry a trace's columns."""
-    from streamlib.memory import kv_along_stream, kv_bytes_per_token
+    from streamlib.core.costs import kv_bytes_per_token
+    from streamlib.metrics.memory import kv_along_stream
 
     curve = kv_along_stream(peaky_gemma.config, [Dense(), StreamingLLM(4, 16)], torch.float32, until=1000, points=11)
     assert list(curve.columns) == ["label", "spec", "position", "kv_bytes"]

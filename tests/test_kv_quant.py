@@ -1,4 +1,4 @@
-"""Quantized KV caches (streamlib.kv_quant): exact against a naive float64 reference written from the definition
+"""Quantized KV caches (streamlib.caches.quant): exact against a naive float64 reference written from the definition
 (quantize, dequantize, attend) for every bounded policy, token by token and in chunks, on GPT-NeoX, the Llama family
 and Gemma 3; the bytes held against the formula; the arithmetic; names, records and errors."""
 
@@ -7,12 +7,13 @@ import copy
 import pytest
 import torch
 
-from conftest import make_peaky_llama, make_peaky_model
+from streamlib.caches import quant as kv_quant
+from streamlib.caches.generation import stream_generate
+from streamlib.metrics.quality import token_nll
 from streamlib.naive import NaiveQuant, burst_kept_indices, naive_scored_nll, naive_streaming_nll
-from streamlib import kv_quant
-from streamlib.generation import stream_generate
 from streamlib.policies import H2O, TOVA, BurstEviction, StreamingLLM, Window, from_params, parse_policy
-from streamlib.quality import token_nll
+
+from conftest import RULES, make_peaky_llama, make_peaky_model
 
 TOL = 1e-4  # float64 runs: what float32 NLLs of equal computations differ by
 
@@ -143,9 +144,9 @@ def test_tova_and_h2o_exact_against_reference(kind, policy, budget, n_recent):
     model = make_peaky_model("eager", scale=2.0, seed=3).double()
     ids = torch.randint(0, 97, (1, 80), generator=torch.Generator().manual_seed(31))
     quant = NaiveQuant(policy.bits, policy.residual, 32, False, 0)  # keys per token: these evict anywhere
-    expected, gap = naive_scored_nll(model, ids, kind, budget, n_recent, quant=quant)
+    expected, gap = naive_scored_nll(model, ids, RULES[kind], budget, n_recent, quant=quant)
     assert gap > 1e-5, f"a near tie ({gap:.2e}) that rounding could decide either way"
-    full_precision, _ = naive_scored_nll(model, ids, kind, budget, n_recent)
+    full_precision, _ = naive_scored_nll(model, ids, RULES[kind], budget, n_recent)
     assert (expected - full_precision).abs().max() > 10 * TOL
     torch.testing.assert_close(token_nll(model, ids, policy), expected, atol=TOL, rtol=0)
 

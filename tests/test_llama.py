@@ -6,15 +6,16 @@ import copy
 import pytest
 import torch
 
-from conftest import decode_side_by_side, make_peaky_llama
+from streamlib.caches.generation import TokenStream, prefill, stream_generate
+from streamlib.caches.handover import handover
+from streamlib.core import arch
+from streamlib.core.costs import flops_per_token, forward_flops, kv_bytes_per_token
+from streamlib.metrics.flops import calflops_forward
+from streamlib.metrics.quality import token_nll
 from streamlib.naive import naive_recompute_nll, naive_scored_nll, naive_streaming_nll
-from streamlib import arch
-from streamlib.generation import TokenStream, prefill, stream_generate
-from streamlib.handover import handover
 from streamlib.policies import H2O, TOVA, Dense, Recompute, StreamingLLM, Window
-from streamlib.quality import token_nll
-from streamlib.flops import calflops_forward, flops_per_token, forward_flops
-from streamlib.memory import kv_bytes_per_token
+
+from conftest import decode_side_by_side, make_peaky_llama
 
 CASES = [(0, 8, True), (1, 8, True), (4, 16, True), (4, 16, False), (2, 5, False)]
 
@@ -66,9 +67,9 @@ def test_dense_window_recompute_exact(peaky_llama, llama_f64, stream):
 def test_scored_policies_exact_against_naive_float64(peaky_llama_sdpa, llama_f64, stream, policy):
     ids = stream[:, :64]
     if isinstance(policy, TOVA):
-        expected, gap = naive_scored_nll(llama_f64, ids, "tova", policy.budget)
+        expected, gap = naive_scored_nll(llama_f64, ids, "current", policy.budget)
     else:
-        expected, gap = naive_scored_nll(llama_f64, ids, "h2o", policy.budget, policy.n_recent)
+        expected, gap = naive_scored_nll(llama_f64, ids, "accumulated", policy.budget, policy.n_recent)
     assert gap > 1e-5  # no eviction was a near tie that rounding could flip
     torch.testing.assert_close(token_nll(peaky_llama_sdpa, ids, policy), expected, atol=1e-4, rtol=0)
 
@@ -80,7 +81,7 @@ def test_other_families_fit_the_same_spec(model_type, stream):
     for policy in (StreamingLLM(4, 16, True), StreamingLLM(2, 9, False)):
         expected = naive_streaming_nll(reference, stream, policy.n_sink, policy.window, policy.pos_shift).float()
         torch.testing.assert_close(token_nll(model, stream, policy, chunk_size=13), expected, atol=1e-4, rtol=0)
-    expected, _ = naive_scored_nll(reference, stream[:, :48], "h2o", 12, 6)
+    expected, _ = naive_scored_nll(reference, stream[:, :48], "accumulated", 12, 6)
     torch.testing.assert_close(token_nll(model, stream[:, :48], H2O(6, 6)), expected, atol=1e-4, rtol=0)
 
 

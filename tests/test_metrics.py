@@ -11,15 +11,16 @@ import pandas as pd
 import pytest
 import torch
 
-from streamlib.models import load_model
+from streamlib.core.costs import flops_per_token, forward_flops
+from streamlib.experiments.config import Config
+from streamlib.experiments.records import Measurement, Run, config_key, load_results, read_rows
+from streamlib.loading.models import load_model
+from streamlib.metrics.flops import calflops_forward, stream_flops
+from streamlib.metrics.quality import perplexity, token_nll
+from streamlib.metrics.timing import stream_trace, time_generation
 from streamlib.policies import Dense, Recompute, StreamingLLM, Window
-from streamlib.quality import perplexity, token_nll
-from streamlib.config import Config
-from streamlib.flops import calflops_forward, flops_per_token, forward_flops, stream_flops
-from streamlib.records import Measurement, Run, config_key, load_results, read_rows
-from streamlib.report import comparison_table, to_latex, to_markdown
-from streamlib.timing import stream_trace, time_generation
-
+from streamlib.report import to_latex, to_markdown
+from streamlib.report.compare import comparison_table
 
 # -------------------------------------------------------------------------------------------------- quality --
 
@@ -103,7 +104,7 @@ def test_peak_memory_reports_cpu_rss():
     import subprocess
     import sys
 
-    code = ("import psutil, torch; from streamlib.memory import peak_memory; "
+    code = ("import psutil, torch; from streamlib.metrics.memory import peak_memory; "
             "before = psutil.Process().memory_info().rss; "
             "out = peak_memory(lambda: torch.ones(256 * 2**20 // 4).add_(1).sum(), 'cpu'); "  # a 256 MiB transient
             "print(out['peak_rss'] - before)")
@@ -170,9 +171,9 @@ def test_records_append_skip_and_fail(tmp_path):
 def test_records_survive_a_killed_process(tmp_path):
     script = textwrap.dedent(f"""
         import os, time
-        from streamlib.config import Config
+        from streamlib.experiments.config import Config
         from streamlib.policies import Dense
-        from streamlib.records import Measurement, Run
+        from streamlib.experiments.records import Measurement, Run
         run = Run(Config.load("smoke", run_dir={str(tmp_path / 'run')!r}))
         for i in range(10_000):
             run.measure("g", Dense(), lambda: Measurement(rows=[("m", float(i), "u")]), i=i)
@@ -244,7 +245,7 @@ def test_comparison_table_says_when_nothing_pairs(tmp_path):
 def test_interleaved_timings_alternate_and_pair_each_round(peaky_model, monkeypatch):
     """Rounds start from a different policy each time (A B, B A, ...), the warm-up round is dropped, and the
     baseline's per-round ratio against itself is exactly 1."""
-    import streamlib.timing as timing
+    import streamlib.metrics.timing as timing
 
     order = []
     real = timing.time_generation
@@ -292,8 +293,8 @@ def test_measure_all_records_each_policy_once_and_fails_for_all(tmp_path):
 
 @pytest.mark.parametrize("policy", [StreamingLLM(4, 28), Window(24)])
 def test_kv_bytes_of_a_budget_long_prompt_equal_any_longer_one(peaky_model, policy):
+    from streamlib.metrics.timing import measure_kv
     from streamlib.policies import BurstEviction  # the burst cache preallocates its capacity too
-    from streamlib.timing import measure_kv
 
     ids = torch.randint(0, 97, (1, 200))
     for p in (policy, BurstEviction(4, 40, 0.5)):

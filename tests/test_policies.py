@@ -4,12 +4,12 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from streamlib.caches.generation import forward_chunks, prefill, stream_generate
+from streamlib.caches.recompute import RecomputeWindow
+from streamlib.caches.sink_window import SinkWindowCache
+from streamlib.metrics.quality import token_nll
 from streamlib.naive import kept_indices, naive_recompute_nll, naive_streaming_nll
-from streamlib.cache import SinkWindowCache
-from streamlib.recompute import RecomputeWindow
-from streamlib.generation import forward_chunks, prefill, stream_generate
 from streamlib.policies import Dense, Recompute, StreamingLLM, Window, from_params
-from streamlib.quality import token_nll
 
 CASES = [(0, 8, True), (1, 8, True), (1, 8, False), (4, 16, True), (4, 16, False), (2, 5, True), (3, 1, False)]
 
@@ -272,8 +272,8 @@ def test_micro_model_memory_flat_over_100k_tokens():
     (a Dense cache would hold ~820 MB by the end)."""
     import psutil
 
-    from streamlib.data import kjv_text, tokenize_stream
-    from streamlib.models import load_model, load_tokenizer
+    from streamlib.loading.data import kjv_text, tokenize_stream
+    from streamlib.loading.models import load_model, load_tokenizer
 
     model, tok = load_model("micro", device="cpu"), load_tokenizer("micro")
     ids = tokenize_stream(tok, kjv_text("train"), max_tokens=100_000)
@@ -316,8 +316,9 @@ def test_both_sink_layouts_match_the_reference(stream, attn):
     for, and the loops open around each call) each query is turned to the sinks and one copy of them serves all;
     without it (a cache made without rotate_queries) every query gets its own turned copy. Both equal the naive
     reference, and the model's attention setting is what it was."""
+    from streamlib.core.arch import rotary_of
+
     from conftest import make_peaky_model
-    from streamlib.arch import rotary_of
 
     model = make_peaky_model(attn)
     expected = naive_streaming_nll(model, stream, 4, 16, True)

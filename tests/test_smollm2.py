@@ -6,12 +6,12 @@ import copy
 import pytest
 import torch
 
+from streamlib.core import arch
+from streamlib.loading.data import load_stream
+from streamlib.loading.models import is_cached, load_model, load_tokenizer
+from streamlib.metrics.quality import token_nll
 from streamlib.naive import naive_streaming_nll
-from streamlib import arch
-from streamlib.data import load_stream
-from streamlib.models import is_cached, load_model, load_tokenizer
 from streamlib.policies import Dense, StreamingLLM, Window
-from streamlib.quality import token_nll
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_streaming_caches_exact_on_real_weights(smollm2, tokenizer):
 
 
 def test_chat_transcript_feeds_only_what_is_new(tokenizer):
-    from streamlib.chat import ChatTranscript
+    from streamlib.metrics.chat import ChatTranscript
 
     chat = ChatTranscript(tokenizer)
     first = chat.user("Hi")
@@ -100,8 +100,8 @@ def _chat_in_process(monkeypatch, capsys, *args: str):
     stderr, the stream (its cache) and every token id of the stream in order (fed and generated)."""
     import io
 
-    from streamlib import generation
-    from streamlib.__main__ import main
+    from streamlib.caches import generation
+    from streamlib.cli.main import main
 
     made = []
 
@@ -136,7 +136,7 @@ def test_chat_keeps_the_system_header_by_default(monkeypatch, capsys, tokenizer)
     """Under StreamingLLM 4+60, after a conversation more than twice the 64-token cache, the chat header's token ids
     are the first entries the cache holds in every layer, inside the same budget (24 + 40), and the per-turn line
     says what is kept. With ``--keep sinks`` the header is gone, which is what the default prevents."""
-    from streamlib.chat import chat_header_ids
+    from streamlib.metrics.chat import chat_header_ids
 
     header = chat_header_ids(tokenizer)
     assert len(header) == 24 and tokenizer.decode(header).startswith("<|im_start|>system\n")

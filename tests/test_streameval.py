@@ -5,10 +5,10 @@ SmolLM2 a bounded cache answers what its window holds and nothing beyond it."""
 import pytest
 import torch
 
-from streamlib.models import is_cached, load_tokenizer
+from streamlib.loading.models import is_cached, load_tokenizer
+from streamlib.metrics.recall import answered, measure_recall, recall_script
+from streamlib.metrics.streameval import measure_streameval, streameval_task
 from streamlib.policies import H2O, TOVA, BurstEviction, Dense, StreamingLLM, Window
-from streamlib.recall import answered, measure_recall, recall_script
-from streamlib.streameval import measure_streameval, streameval_task
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ needs_smollm2 = pytest.mark.skipif(not is_cached("smollm2-135m"), reason="SmolLM
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from streamlib.models import load_model
+    from streamlib.loading.models import load_model
 
     return load_model("smollm2-135m", device="cpu", dtype=torch.float32), load_tokenizer("smollm2-135m")
 
@@ -105,7 +105,7 @@ def smollm2():
 def test_smollm2_answers_what_its_window_holds(smollm2):
     """Real weights: Dense answers most questions one line back; StreamingLLM 4+60 answers none whose line has left
     its cache; and a question scored answered is one greedy decoding answers, token for token."""
-    from streamlib.generation import TokenStream
+    from streamlib.caches.generation import TokenStream
 
     model, tokenizer = smollm2
     task = streameval_task(tokenizer, 900, [1, 2, 8, 16], every=3)

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_peaky_model
-from streamlib.generation import forward_chunks, stream_generate
-from streamlib.memory import kv_cache_bytes
+from streamlib.caches.generation import forward_chunks, stream_generate
+from streamlib.metrics.memory import kv_cache_bytes
 from streamlib.policies import H2O, TOVA, BurstEviction, Dense, Recompute, StreamingLLM, Window
+
+from conftest import make_peaky_model
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("check_structure", ROOT / "scripts" / "check_structure.py")
@@ -27,7 +28,7 @@ POLICIES = [Dense(), Recompute(12)] + BOUNDED
 
 def test_the_import_graph_has_no_cycle():
     graph = structure.import_graph()
-    assert "streamlib.cache_base" in graph and graph["streamlib.generation"]  # the graph was read
+    assert "streamlib.caches.base" in graph and graph["streamlib.caches.generation"]  # the graph was read
     assert structure.cycles(graph) == []
 
 
@@ -35,6 +36,48 @@ def test_cycles_are_found():
     """The check itself: a loop of three modules is one component."""
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert structure.cycles(graph) == [["a", "b", "c"]]
+
+
+def test_folders_import_only_from_below_and_modules_stay_short():
+    graph = structure.import_graph()
+    assert {structure.folder_of(m) for m in graph} - {None} == set(structure.FOLDERS)  # every folder is placed
+    assert structure.upward_imports(graph) == []
+    assert structure.long_modules() == []
+
+
+def test_an_upward_import_and_a_long_module_are_found(tmp_path):
+    """The checks themselves: a cache importing a policy, a folder nobody placed, a module of too many lines."""
+    graph = {"streamlib.caches.x": {"streamlib.policies.y"}, "streamlib.policies.y": {"streamlib.caches.x"},
+             "streamlib.nowhere.z": set(), "streamlib.workbook": {"streamlib.cli.main"}}
+    assert structure.upward_imports(graph) == [
+        "streamlib.caches.x imports streamlib.policies.y, from a folder above its own",
+        "streamlib.nowhere.z: its folder 'nowhere' has no place in FOLDERS"]
+    package = tmp_path / "streamlib"
+    package.mkdir()
+    (package / "long.py").write_text("x = 1\n" * (structure.MAX_LINES + 1))
+    assert structure.long_modules(package) == [f"streamlib/long.py: {structure.MAX_LINES + 1} lines"]
+
+
+def test_no_policy_kind_is_named_outside_its_file():
+    """Nothing outside streamlib/policies/ compares a string to a policy's name: the registry answers."""
+    import ast
+
+    from streamlib.policies import registered
+
+    names = {cls.name for cls in registered()}
+    found = []
+    for path in (ROOT / "streamlib").rglob("*.py"):
+        if "policies" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                for side in [node.left, *node.comparators]:
+                    if isinstance(side, ast.Constant) and side.value in names:
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            elif isinstance(node, ast.Dict):  # selectors such as {"policy": "dense"}
+                found += [f"{path.relative_to(ROOT)}:{node.lineno}" for v in node.values
+                          if isinstance(v, ast.Constant) and v.value in names]
+    assert found == []
 
 
 def test_no_module_switches_on_a_policy_or_cache_type():
@@ -85,7 +128,7 @@ def test_layers_hold_nothing_of_their_cache(peaky_model, policy):
 
 def test_the_model_carries_nothing_of_streamlib():
     """Compiled decoding keeps its decoder beside the model, not on it, and lets it go with the model."""
-    from streamlib.compiled import compiled_decoder
+    from streamlib.caches.compiled import compiled_decoder
 
     model = make_peaky_model("sdpa")
     before = dict(vars(model))

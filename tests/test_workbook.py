@@ -14,13 +14,15 @@ import pytest
 import torch
 import yaml
 
-from streamlib.config import PROFILES_DIR, Config, dry_run_values
-from streamlib.models import load_tokenizer
+from streamlib.cli.run import notebook_sources, read_notebook, run_chain
+from streamlib.experiments.config import PROFILES_DIR, Config, dry_run_values
+from streamlib.experiments.records import Measurement, Run, load_results, metrics_wide
+from streamlib.loading.models import load_tokenizer
+from streamlib.metrics.retrieval import passkey_trial
 from streamlib.policies import Dense, StreamingLLM, Window
-from streamlib.records import Measurement, Run, load_results, metrics_wide
-from streamlib.retrieval import passkey_trial
-from streamlib.report import CAPTIONS, comparison, decode_modes_table, in_display_units, speed_table
-from streamlib.runner import notebook_sources, read_notebook, run_chain
+from streamlib.report import CAPTIONS, in_display_units
+from streamlib.report.compare import comparison
+from streamlib.report.tables import decode_modes_table, speed_table
 
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
@@ -424,7 +426,7 @@ def test_report_tables_compare_like_with_like(tmp_path):
 def test_retrieval_tables_keep_each_policys_latest_trials(tmp_path):
     """A policy measured twice in one run (its record key changed between the two) counts its latest trials only:
     the tables never pool two measurements of one policy into twice the trials."""
-    from streamlib.report import retrieval_summary, retrieval_trials
+    from streamlib.report.tasks import retrieval_summary, retrieval_trials
 
     cfg = Config.load("smoke", run_dir=str(tmp_path))
     run = Run(cfg)

@@ -17,8 +17,15 @@ import pandas as pd
 import torch
 
 from .forward import Naive, NaiveQuant
-from .references import (burst_kept_indices, kept_indices, naive_recompute_nll, naive_rule_nll, naive_scored_nll,
-                         naive_streaming_nll, naive_view_nll)
+from .references import (
+    burst_kept_indices,
+    kept_indices,
+    naive_recompute_nll,
+    naive_rule_nll,
+    naive_scored_nll,
+    naive_streaming_nll,
+    naive_view_nll,
+)
 
 __all__ = ["Naive", "NaiveQuant", "burst_kept_indices", "check_exact", "kept_indices", "naive_recompute_nll",
            "naive_rule_nll", "naive_scored_nll", "naive_streaming_nll", "naive_view_nll", "reference_nll",
@@ -41,8 +48,8 @@ def check_exact(policy, model, ids: torch.Tensor, chunk_sizes=(7, 64)) -> pd.Dat
     """``policy``'s cache on ``model`` against its naive float64 reference on ``ids`` (1, T), token by token and in
     chunks: one row per feeding mode with the largest difference in per-token NLL, and how far the policy is from
     Dense (the budget binds when that is large)."""
+    from ..metrics.quality import token_nll
     from ..policies import Dense
-    from ..quality import token_nll
 
     expected, gap = reference_nll(policy, copy.deepcopy(model).double(), ids)
     dense = token_nll(model, ids, Dense())

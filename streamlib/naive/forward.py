@@ -104,7 +104,7 @@ class Naive:
 
 
 class NaiveQuant:
-    """Quantized keys and values from the definition (KIVI's grouping, as ``streamlib.kv_quant`` states it), with
+    """Quantized keys and values from the definition (KIVI's grouping, as ``streamlib.caches.quant`` states it), with
     no packing and no buffers: blocks of ``residual`` consecutive positions; a query sees the earlier tokens of its
     own block, and the first ``n_fp_sinks``, as they are; every other token as ``dequantize(quantize(x))``, where a
     block is quantized once, after the step of its last token, from its tokens that step saw (``members``). Values:

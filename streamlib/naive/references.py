@@ -108,10 +108,11 @@ def naive_recompute_nll(model, input_ids: torch.Tensor, window: int) -> torch.Te
 
 
 @torch.no_grad()
-def naive_scored_nll(model, input_ids: torch.Tensor, policy: str, budget: int, n_recent: int = 0,
+def naive_scored_nll(model, input_ids: torch.Tensor, rule: str, budget: int, n_recent: int = 0,
                      quant: NaiveQuant | None = None):
-    """TOVA (``policy='tova'``) or H2O (``'h2o'``, ``budget = n_heavy + n_recent``) from their definitions, token by
-    token, with explicit lists of held tokens (per layer; per layer and kv head for H2O) at original positions.
+    """TOVA (``rule='current'``: the current query's weights) or H2O (``'accumulated'``: every query's weights summed,
+    ``budget = n_heavy + n_recent``) from their definitions, written here independently of the policies' own rules,
+    token by token, with explicit lists of held tokens (per layer; per layer and kv head for H2O) at original positions.
     TOVA averages the weights over every query head; H2O credits a kv head's token with the weights of every query
     head of its group.
 
@@ -161,7 +162,7 @@ def naive_scored_nll(model, input_ids: torch.Tensor, policy: str, budget: int, n
             out, probs = net.attend(q, keys, vals)
             if net.sliding(li):
                 pass
-            elif policy == "tova":
+            elif rule == "current":
                 idx = held[li][0]  # every head holds the same tokens
                 if len(idx) > budget:
                     mean = torch.stack(probs).mean(dim=0)

@@ -11,20 +11,15 @@ from typing import ClassVar
 
 import torch
 
-from ..arch import SLIDING, family_of, layer_types, shapes_of
-from ..flops import bounded_stream_flops
-from ..kv_quant import KVQuantSpec, held_bytes, quant_label
-from ..memory import held_kv_bytes
+from ..caches.compiled import NOT_COMPILABLE
+from ..caches.quant import KVQuantSpec, held_bytes, quant_label
+from ..core.arch import SLIDING, family_of, layer_types, shapes_of
+from ..core.costs import bounded_stream_flops, held_kv_bytes
 from .registry import register
-
-# The one answer to "can this policy's decode step be compiled": each policy's compiled_form.
-NOT_COMPILABLE = ("compile=True covers StreamingLLM, Window, and Dense when the stream's length is known "
-                  "(stream_generate, the timing functions): their caches keep one shape. {label} does not ({why}): "
-                  "use compile=False")
 
 
 def check_model(model, policy_name: str) -> None:
-    """The caches are written for the families of :mod:`streamlib.arch`; anything else is refused clearly."""
+    """The caches are written for the families of :mod:`streamlib.core.arch`; anything else is refused clearly."""
     family_of(model, f"policy {policy_name}")
 
 
@@ -191,7 +186,7 @@ class PolicyBase:
 
     def kv_quant(self) -> KVQuantSpec | None:
         """The quantization of the policy's cache (its ``bits``, ``residual``, ``quantize_sinks`` fields), or None at
-        16 bits (:mod:`streamlib.kv_quant`)."""
+        16 bits (:mod:`streamlib.caches.quant`)."""
         bits = getattr(self, "bits", 16)
         if bits == 16:
             return None
@@ -220,8 +215,8 @@ class PolicyBase:
 
     def kv_bytes_held(self, config, n_tokens: int, dtype) -> int:
         """Analytic bytes of keys and values held after ``n_tokens`` tokens: the full layers at most ``budget``
-        tokens, a hybrid model's sliding layers their trained window (:func:`~streamlib.memory.held_kv_bytes`). A
-        quantized cache's full layers: :func:`~streamlib.kv_quant.held_bytes` for the first ``n_sink`` and the most
+        tokens, a hybrid model's sliding layers their trained window (:func:`~streamlib.core.costs.held_kv_bytes`). A
+        quantized cache's full layers: :func:`~streamlib.caches.quant.held_bytes` for the first ``n_sink`` and the most
         recent of its tokens (exact for StreamingLLM and Window; for the others, which keep other tokens, the count
         is exact and the split between blocks an estimate)."""
         quant = self.kv_quant()

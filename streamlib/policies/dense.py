@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from ..cache_base import PolicyCache, forward
+from ..caches.base import PolicyCache, forward
 from .base import PolicyBase, Style, check_model
 from .window import Window
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..checks import check_int
-from ..kv_quant import check_quant_fields
+from ..caches.quant import check_quant_fields
+from ..core.checks import check_int
 from .base import Style, int_parts
 from .scored import ScoredPolicy, ScoreView
 

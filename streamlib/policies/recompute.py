@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..checks import check_int
-from ..flops import recompute_stream_flops
-from ..memory import dense_kv_bytes
-from ..recompute import RecomputeWindow
+from ..caches.recompute import RecomputeWindow
+from ..core.checks import check_int
+from ..core.costs import dense_kv_bytes, recompute_stream_flops
 from .base import PolicyBase, Style, check_model, int_parts
 
 
@@ -17,7 +16,7 @@ class Recompute(PolicyBase):
 
     The StreamingLLM paper's "sliding window with re-computation" baseline (arXiv 2309.17453, Figure 1c): quality
     close to the model at its trained length, cost O(window^2) per token. It keeps token ids, not keys and values:
-    :class:`~streamlib.recompute.RecomputeWindow`.
+    :class:`~streamlib.caches.recompute.RecomputeWindow`.
     """
 
     window: int = 1024

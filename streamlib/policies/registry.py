@@ -81,7 +81,7 @@ def from_params(params: dict):
 
 
 def policy_from_row(row: dict):
-    """The policy a record row (or a row of :func:`streamlib.records.metrics_wide`) describes."""
+    """The policy a record row (or a row of :func:`streamlib.experiments.records.metrics_wide`) describes."""
     return from_params(row)
 
 

@@ -9,9 +9,9 @@ from typing import ClassVar
 
 import torch
 
-from ..arch import rotary_of, sliding_layers_of
-from ..handover import can_hand_over
-from ..scored_cache import ScoredCache, ScoreView
+from ..caches.handover import can_hand_over
+from ..caches.scored import ScoredCache, ScoreView
+from ..core.arch import rotary_of, sliding_layers_of
 from .base import PolicyBase, check_model
 
 __all__ = ["ScoredPolicy", "ScoreView"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..arch import rotary_of, sliding_layers_of
-from ..cache import SinkWindowCache
-from ..handover import can_hand_over
-from ..checks import check_bool, check_int
-from ..kv_quant import check_quant_fields
+from ..caches.handover import can_hand_over
+from ..caches.quant import check_quant_fields
+from ..caches.sink_window import SinkWindowCache
+from ..core.arch import rotary_of, sliding_layers_of
+from ..core.checks import check_bool, check_int
 from .base import PolicyBase, Style, check_model, int_parts, shift_part
 
 
@@ -21,7 +21,7 @@ class StreamingLLM(PolicyBase):
     (arXiv 2309.17453). With ``pos_shift`` (the paper's choice) positions are assigned within the cache, so the
     model never sees a position beyond ``n_sink + window``; without it every token keeps its original position.
 
-    ``bits`` 8, 4 or 2 stores the kept keys and values quantized (KIVI's grouping, :mod:`streamlib.kv_quant`): the
+    ``bits`` 8, 4 or 2 stores the kept keys and values quantized (KIVI's grouping, :mod:`streamlib.caches.quant`): the
     last ``residual`` tokens' block in full precision, the sinks too unless ``quantize_sinks``.
     """
 

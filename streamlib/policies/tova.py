@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..checks import check_int
-from ..kv_quant import check_quant_fields
+from ..caches.quant import check_quant_fields
+from ..core.checks import check_int
 from .base import Style, int_parts
 from .scored import ScoredPolicy, ScoreView
 
@@ -22,7 +22,7 @@ class TOVA(ScoredPolicy):
     """
 
     budget: int = 512
-    bits: int = 16  # 8, 4, 2: quantized keys and values, keys grouped per token (streamlib.kv_quant)
+    bits: int = 16  # 8, 4, 2: quantized keys and values, keys grouped per token (streamlib.caches.quant)
     residual: int = 32
 
     name = "tova"

@@ -1,0 +1,1 @@
+"""The command line: ``python -m streamlib run|generate|download|profiles`` and the notebook chain it runs."""

@@ -1,0 +1,36 @@
+"""The grids the notebooks measure, each defined once: the notebook that measures a grid and the report that reads it
+back both ask this module, so a row belongs to a table because it was measured for it, not because a rule in the
+report guesses so."""
+
+from __future__ import annotations
+
+from ..policies import H2O, TOVA, Recompute, StreamingLLM, Window, parse_policy
+
+SWEEP_SINKS = 4  # the sink count of the cache-size sweep (the paper's choice)
+
+
+def sweep_reference(cache_size: int) -> StreamingLLM | None:
+    """What every policy of the cache-size sweep is compared with at its size: StreamingLLM with 4 sinks."""
+    return StreamingLLM(SWEEP_SINKS, cache_size - SWEEP_SINKS) if cache_size > SWEEP_SINKS + 1 else None
+
+
+def sweep_grid(cfg) -> dict[str, list]:
+    """Notebook 03's grid. ``cache``: at every cache size Window and StreamingLLM with 4 sinks in both position
+    modes (and Recompute with ``sweep_recompute``), the same StreamingLLM at each of ``quant_bits``, TOVA and H2O
+    (two heavy:recent splits) at ``sweep_scored_cache_sizes``, the lab's burst-eviction table at its own capacities,
+    and the policies of ``sweep_more_policies`` (spec strings). ``sinks``: StreamingLLM at ``sweep_sink_cache`` tokens
+    with each of ``sweep_sinks`` sinks."""
+    cache = []
+    for size in cfg.sweep_cache_sizes:
+        cache += [Window(size), StreamingLLM(SWEEP_SINKS, size - SWEEP_SINKS),
+                  StreamingLLM(SWEEP_SINKS, size - SWEEP_SINKS, pos_shift=False)]
+        if cfg.sweep_recompute:
+            cache.append(Recompute(size))
+    for size in cfg.sweep_cache_sizes:
+        cache += [StreamingLLM(SWEEP_SINKS, size - SWEEP_SINKS, bits=bits) for bits in cfg.quant_bits]
+    for size in cfg.sweep_scored_cache_sizes:
+        cache += [TOVA(size), H2O(size // 2, size - size // 2), H2O(size // 4, size - size // 4)]
+    cache += cfg.burst_policies()
+    cache += [parse_policy(spec) for spec in cfg.sweep_more_policies]
+    sinks = [StreamingLLM(s, cfg.sweep_sink_cache - s) for s in cfg.sweep_sinks]
+    return {"cache": list(dict.fromkeys(cache)), "sinks": sinks}

@@ -1,0 +1,108 @@
+"""The figures of the tasks (notebook 06): pass-key retrieval, StreamEval and recall across chat turns, each
+accuracy with its Wilson interval."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .style import distinct_style, plain_log_axis, style_of
+
+
+def fig_retrieval(trials: pd.DataFrame, budget: int | None = None):
+    """Pass-key retrieval: accuracy (left) and the share of the key's tokens still cached when the question came
+    (right, mean over layers and trials) against the key's distance from the question, one line per policy. ``trials``: one row per trial with
+    label, spec, distance, correct, key_cached."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True, sharey=True)
+    from ..core.stats import wilson_interval
+
+    points = trials.groupby(["label", "spec", "depth", "prompt_tokens"], sort=False, as_index=False).agg(
+        distance=("distance", "mean"), correct=("correct", "mean"), hits=("correct", "sum"), n=("correct", "size"),
+        key_cached=("key_cached", "mean"))
+    groups = list(points.groupby(["label", "spec"], sort=False))
+    nudge = 0.012 * (points["distance"].max() - points["distance"].min() or 1)  # bars side by side, not on top
+    seen: dict[tuple, int] = {}
+    for i, ((label, spec), df) in enumerate(groups):
+        df = df.sort_values("distance")
+        style = distinct_style(style_of(spec), seen)  # StreamingLLM keeping the prompt: a second style
+        wilson = [wilson_interval(int(k), int(n)) for k, n in zip(df["hits"], df["n"])]
+        yerr = np.array([[c - w.low for c, w in zip(df["correct"], wilson)],
+                         [w.high - c for c, w in zip(df["correct"], wilson)]]).clip(min=0)
+        a.errorbar(df["distance"] + (i - (len(groups) - 1) / 2) * nudge, df["correct"], yerr=yerr, label=label,
+                   capsize=2, **style)
+        b.plot(df["distance"], df["key_cached"], label=label, **style)
+    for ax, title in ((a, "Pass key answered correctly (bars: Wilson 95 % CI)"),
+                      (b, "Key's tokens still cached at the question (share)")):
+        if budget:
+            ax.axvline(budget, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("tokens from the key to the question")
+        ax.set_title(title)
+        ax.set_ylim(-0.05, 1.05)
+    handles, labels = a.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncols=min(len(labels), 6), bbox_to_anchor=(0.5, -0.08))
+    return fig
+
+
+def _accuracy_lines(ax, rows: pd.DataFrame, x: str, group: str, log_x: bool = True) -> None:
+    """Accuracy against ``x`` (the mean of each ``group``) per policy, Wilson 95 % bars. ``rows``: one per trial,
+    with label, policy, correct and the columns named."""
+    from ..core.stats import wilson_interval
+
+    seen: dict[tuple, int] = {}
+    for label, df in rows.groupby("label", sort=False):
+        points = df.groupby(group).agg(x=(x, "mean"), hits=("correct", "sum"), n=("correct", "size")).sort_values("x")
+        wilson = [wilson_interval(int(k), int(n)) for k, n in zip(points["hits"], points["n"])]
+        acc = points["hits"] / points["n"]
+        yerr = np.array([[a - w.low for a, w in zip(acc, wilson)], [w.high - a for a, w in zip(acc, wilson)]])
+        ax.errorbar(points["x"], acc, yerr=yerr.clip(min=0), label=label, capsize=2,
+                    **distinct_style(style_of(df["spec"].iloc[0]), seen))
+    if log_x:
+        plain_log_axis(ax, "x")
+    ax.set_ylim(-0.05, 1.05)
+
+
+def fig_streameval(questions: pd.DataFrame, budget: int | None = None):
+    """StreamEval: accuracy against the tokens from fact to question (log scale), one line per policy, one panel per
+    part of the stream (before and past the trained length). ``questions``: one row per question and policy with
+    label, policy, part, lines_back, tokens_back, correct."""
+    parts = list(dict.fromkeys(sorted(questions["part"], key=lambda p: p.startswith("past"))))
+    fig, axes = plt.subplots(1, len(parts), figsize=(4.6 * len(parts), 3.4), sharey=True, squeeze=False)
+    for ax, part in zip(axes[0], parts):
+        _accuracy_lines(ax, questions[questions["part"] == part].astype({"correct": bool}), "tokens_back",
+                        "lines_back")
+        if budget:
+            ax.axvline(budget, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("tokens from the fact to its question")
+        ax.set_title(f"questions {part} tokens")
+    axes[0][0].set_ylabel("answered (Wilson 95 % CI)")
+    _legend_below(fig, axes[0][0])
+    return fig
+
+
+def _legend_below(fig, ax) -> None:
+    """One legend for the figure, under its axes (a saved figure's tight box takes it in)."""
+    fig.tight_layout()
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncols=min(len(labels), 4), bbox_to_anchor=(0.5, 0.0))
+
+
+def fig_recall(turns: pd.DataFrame, budget: int | None = None):
+    """Recall across turns: accuracy against the tokens from a fact's turn to its question (left, Wilson bars) and
+    the KV cache held after each turn (right), one line per policy. ``turns``: one row per turn and policy with
+    label, policy, kind, turn, turns_back, tokens_back, correct, kv_bytes."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    asked = turns[turns["kind"] == "question"].astype({"correct": bool})
+    _accuracy_lines(a, asked, "tokens_back", "turns_back", log_x=False)
+    if budget:
+        a.axvline(budget, color="grey", lw=0.8, ls=":")
+    a.set_xlabel("tokens from the fact to its question")
+    a.set_title("Fact recalled (points: 1, 3, 6 ... turns back)")
+    seen: dict[tuple, int] = {}
+    for label, df in turns.groupby("label", sort=False):
+        b.plot(df["turn"], df["kv_bytes"] / 2**20, label=label, **distinct_style(style_of(df["spec"].iloc[0]), seen))
+    b.set_xlabel("turn")
+    b.set_ylabel("MiB")
+    b.set_title("KV cache held after each turn")
+    _legend_below(fig, a)
+    return fig
