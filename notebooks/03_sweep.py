@@ -30,14 +30,13 @@ import pandas as pd
 import torch
 
 from streamlib import report, workbook as wb
-from streamlib.experiments.grids import sweep_grid
+from streamlib.experiments.grids import SWEEP_NEW_TOKENS, sweep_grid
 from streamlib.loading.data import load_stream
 from streamlib.loading.models import describe
 from streamlib.metrics.quality import measure_perplexity
 from streamlib.metrics.timing import measure_interleaved, measure_kv, measure_trace, random_prompt
 from streamlib.naive import check_exact, tiny_model
 from streamlib.policies import H2O, TOVA, Dense, KNorm, StreamingLLM, streaming_matches
-from streamlib.report import figures
 
 # %%
 cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force,
@@ -134,8 +133,7 @@ bits = report.bits_table(run)
 report.bits_report(bits).round(3) if not bits.empty else bits
 
 # %%
-if not bits.empty:
-    run.figure(figures.fig_bits(bits), 'fig15_bits')
+report.draw(run, 'fig15_bits')
 
 # %% [markdown]
 # What does dequantizing cost a decode step? Every cache of the first two series, timed in turns against Dense (`speed_repeats` rounds). On a CPU each layer rebuilds its keys and values from the codes before it attends, so expect the cost to grow with the tokens kept.
@@ -143,9 +141,9 @@ if not bits.empty:
 # %%
 quant_timed = list(dict.fromkeys([Dense()] + bit_series['same tokens'] + bit_series['equal bytes'])) if bit_series else []
 if quant_timed:
-    run.measure_all('quant_speed', quant_timed, lambda: measure_interleaved(model, quant_timed, prompt, 16,
-                    rounds=cfg.speed_repeats), prompt_tokens=prompt.shape[1], new_tokens=16, rounds=cfg.speed_repeats)
-report.latency_table(run, 'quant_speed', new_tokens=16).round(3)
+    run.measure_all('quant_speed', quant_timed, lambda: measure_interleaved(model, quant_timed, prompt, SWEEP_NEW_TOKENS,
+                    rounds=cfg.speed_repeats), prompt_tokens=prompt.shape[1], new_tokens=SWEEP_NEW_TOKENS, rounds=cfg.speed_repeats)
+report.latency_table(run, 'quant_speed', new_tokens=SWEEP_NEW_TOKENS).round(3)
 
 # %% [markdown]
 # ## Decode latency: does the cache size matter?
@@ -155,9 +153,9 @@ report.latency_table(run, 'quant_speed', new_tokens=16).round(3)
 timed = [Dense()] + [StreamingLLM(4, size - 4) for size in (min(cfg.sweep_cache_sizes), max(cfg.sweep_cache_sizes))]
 timed += [TOVA(size) for size in cfg.sweep_scored_cache_sizes[:1]] + [H2O(size // 2, size - size // 2) for size in cfg.sweep_scored_cache_sizes[:1]]
 prompts = {p: prompt[:, : p.budget] if p.token_mode else prompt for p in timed}
-run.measure_all('sweep_speed', timed, lambda: measure_interleaved(model, timed, prompts, 16, rounds=cfg.speed_repeats),
-                prompt_tokens=prompt.shape[1], new_tokens=16, rounds=cfg.speed_repeats)
-report.latency_table(run, 'sweep_speed', new_tokens=16).round(3)
+run.measure_all('sweep_speed', timed, lambda: measure_interleaved(model, timed, prompts, SWEEP_NEW_TOKENS, rounds=cfg.speed_repeats),
+                prompt_tokens=prompt.shape[1], new_tokens=SWEEP_NEW_TOKENS, rounds=cfg.speed_repeats)
+report.latency_table(run, 'sweep_speed', new_tokens=SWEEP_NEW_TOKENS).round(3)
 
 # %% [markdown]
 # ## At equal memory, which policy predicts best?
@@ -172,17 +170,14 @@ best[['cache_size', 'label', 'ppl', 'ppl_low', 'ppl_high', 'kv_mib']].sort_value
 # Left: lower and further left is better; bars are 95 % intervals, the grey band is the Pareto front. Right: each timed policy's decode step against Dense's in the same round (median and interquartile range).
 
 # %%
-run.figure(figures.fig_tradeoff(sweep[sweep.sweep.str.contains('cache')], report.latency_table(run, 'sweep_speed', new_tokens=16)),
-           'fig4_tradeoff')
+report.draw(run, 'fig4_tradeoff')
 
 # %% [markdown]
 # ## How many sinks?
 # Perplexity at a fixed cache size as sinks replace recent tokens, beside the paper's Table 2.
 
 # %%
-published = report.published_results().query("table == 'table2'")
-sinks = sweep[sweep.sweep.str.contains('sinks')].sort_values('n_sink')
-run.figure(figures.fig_sinks(sinks, published), 'fig5_ppl_vs_sinks')
+report.draw(run, 'fig5_ppl_vs_sinks')
 
 # %% [markdown]
 # ## The lab's press, done right: burst eviction
@@ -211,9 +206,7 @@ n = min(long_ids.shape[1], max(cfg.trace_tokens, 2 * lab.capacity))
 for policy in (lab, peak, mean):
     run.measure('burst_trace', policy, lambda: measure_trace(model, long_ids[:, :n], policy, every=8, timed=False),
                 dataset=cfg.datasets[0], n_tokens=n, every=8)
-traces = run.curves('burst_trace').query('n_tokens == @n')
-run.figure(figures.fig_trace(traces, 'kv_resident_bytes', 'KV cache held (MiB)', 'KV-cache memory along the stream',
-           1 / 2**20), 'fig9_burst_memory')
+report.draw(run, 'fig9_burst_memory')
 
 # %% [markdown]
 # ## The lab's speed claims, on our implementation

@@ -82,20 +82,13 @@ if not traces.empty:
 # ## The sweep
 
 # %%
-sweep = report.sweep_table(run)
-latency = report.latency_table(run, 'sweep_speed', new_tokens=16)
-if not sweep.empty:
-    run.figure(figures.fig_tradeoff(sweep[sweep.sweep.str.contains('cache')], latency), 'fig4_tradeoff')
+report.draw(run, 'fig4_tradeoff')
 
 # %%
-bits = report.bits_table(run)
-if not bits.empty:
-    run.figure(figures.fig_bits(bits), 'fig15_bits')
+report.draw(run, 'fig15_bits')
 
 # %%
-if not sweep.empty:
-    run.figure(figures.fig_sinks(sweep[sweep.sweep.str.contains('sinks')].sort_values('n_sink'),
-               report.published_results().query("table == 'table2'")), 'fig5_ppl_vs_sinks')
+report.draw(run, 'fig5_ppl_vs_sinks')
 
 # %% [markdown]
 # ## Speed, attention, generation
@@ -125,13 +118,8 @@ bursts = report.burst_table(run)
 bursts.round(2)
 
 # %%
-burst_speed = report.burst_speed_table(run)
-burst_trace = run.curves('burst_trace')
-if not burst_trace.empty:
-    burst_trace = burst_trace[burst_trace.n_tokens == burst_trace.n_tokens.max()]
-    run.figure(figures.fig_trace(burst_trace, 'kv_resident_bytes', 'KV cache held (MiB)',
-               'KV-cache memory along the stream', 1 / 2**20), 'fig9_burst_memory')
-burst_speed.round(2)
+report.draw(run, 'fig9_burst_memory')
+report.burst_speed_table(run).round(2)
 
 # %% [markdown]
 # ## What each policy remembers
@@ -169,42 +157,12 @@ published[['source', 'table', 'model', 'dataset', 'n_sink', 'window', 'ppl', 'no
 
 # %% [markdown]
 # ## report.md
+# The tables above and the sweep's, latency, bit-width and task tables, as `streamlib.report.report_tables` lists them, then every figure with its caption.
 
 # %%
-tables = {'Baseline against StreamingLLM': comparison}
-if not sweep.empty:
-    tables[f'Sweep ({cfg.datasets[0]}, {cfg.sweep_tokens} tokens)'] = report.sweep_report(sweep).round(3)
-if not latency.empty:
-    tables[f'Decode latency against Dense, interleaved (prompt {cfg.speed_prompt_tokens}, 16 new)'] = latency[
-        ['label', 'cache_size', 'ttft_ms', 'TTFT IQR (ms)', 'tpot_ms', 'TPOT IQR (ms)', 'TPOT vs Dense (IQR)', 'rounds']].round(2)
-if not bits.empty:
-    tables[f'Bits per kept token ({cfg.datasets[0]}, {cfg.quant_tokens} tokens)'] = report.bits_report(bits).round(3)
-quant_latency = report.latency_table(run, 'quant_speed', new_tokens=16)
-if not quant_latency.empty:
-    tables['Decode latency of the quantized caches against Dense, interleaved'] = quant_latency[
-        ['label', 'cache_size', 'tpot_ms', 'TPOT IQR (ms)', 'TPOT vs Dense (IQR)', 'rounds']].round(2)
-modes = report.decode_modes_table(run)
-if not modes.empty:
-    tables[f'Eager and compiled decoding (batch 1, prompt {cfg.speed_prompt_tokens}, {cfg.speed_new_tokens} new)'] = modes.round(3)
+tables = report.report_tables(run)
+list(tables)
 
 # %%
-if not bursts.empty:
-    tables[f"The lab's press: burst eviction beside StreamingLLM ({cfg.datasets[0]}, {bursts.tokens.iloc[0]} tokens)"] = bursts.drop(columns='tokens').round(2)
-if not burst_speed.empty:
-    tables[f"The lab's speed metrics on our implementation (batch 1, prompt {cfg.speed_prompt_tokens}, {cfg.burst_new_tokens} new)"] = burst_speed.round(2)
-if not retrieval.empty:
-    tables[f'Pass-key retrieval per policy (KV budget {cfg.retrieval_cache} tokens)'] = retrieval_summary.drop(
-        columns=['accuracy_low', 'accuracy_high']).round(2)
-    tables['Pass-key retrieval by distance (accuracy, key still cached)'] = retrieval.drop(
-        columns=['accuracy_low', 'accuracy_high']).round(2)
-
-# %%
-if not streameval.empty:
-    tables[f'StreamEval ({cfg.streameval_tokens} tokens, a question every {cfg.streameval_every} lines; KV budget '
-           f'{cfg.retrieval_cache})'] = streameval.drop(columns=['accuracy_low', 'accuracy_high']).round(2)
-if not recall.empty:
-    tables[f'Recall across the turns of one chat ({cfg.recall_turns} turns; KV budget {cfg.retrieval_cache})'] = \
-        recall.drop(columns=['accuracy_low', 'accuracy_high']).round(2)
-tables['Published numbers (for shape, not digits)'] = published[['source', 'model', 'dataset', 'n_sink', 'window', 'ppl']]
 report_md = report.write_report(run, tables, note=report.INTERVALS_NOTE)
 print('wrote', report_md)

@@ -1,14 +1,7 @@
 import pytest
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    LlamaConfig,
-    MistralConfig,
-    Qwen2Config,
-    Qwen3Config,
-)
+from transformers import (AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, MistralConfig,
+                          Qwen2Config, Qwen3Config)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -78,7 +78,10 @@ def test_generate_empty_prompt_file(capsys, monkeypatch, tmp_path):
 @pytest.mark.parametrize("text, words", [
     ("model: micro\nwindow: -3\n", ["window must be an integer >= 1", "-3"]),
     ("model: micro\nppl_tokens: lots\n", ["ppl_tokens", "'lots'"]),
-    ("model: micro\nwindw: 12\n", ["unknown parameters", "windw"]),
+    ("model: micro\nwindw: 12\n", ["unknown parameter 'windw'", "did you mean 'window'"]),
+    ("model: micro\nsweep:\n  ppl_tokens: 64\n", ["ppl_tokens belongs in section 'baseline'"]),
+    ("model: micro\nbase: nope\n", ["base must be one of"]),
+    ("model: micro\nsweep:\n  sweep_cache_sizes: [64, -3]\ndry_run: true\n", ["sweep_cache_sizes", "-3"]),
     ("model: micro\nwindow: [\n", ["not valid YAML"]),
     ("- just\n- a list\n", ["must be a mapping"]),
 ])

@@ -6,16 +6,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from streamlib.loading.data import (
-    DataUnavailableError,
-    corpus_text,
-    kjv_books,
-    kjv_text,
-    load_stream,
-    text_file,
-    tokenize_stream,
-    wikitext2_text,
-)
+from streamlib.loading.data import (DataUnavailableError, corpus_text, kjv_books, kjv_text, load_stream, text_file,
+                                    tokenize_stream, wikitext2_text)
 from streamlib.loading.models import MICRO_DIR, WeightsUnavailableError, load_model, load_tokenizer, pythia_config
 from streamlib.metrics.quality import windowed_perplexity
 

@@ -5,14 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from streamlib.core.stats import (
-    bootstrap_means,
-    mean_interval,
-    median_spread,
-    paired_ratio_interval,
-    perplexity_interval,
-    wilson_interval,
-)
+from streamlib.core.stats import (bootstrap_means, mean_interval, median_spread, paired_ratio_interval,
+                                  perplexity_interval, wilson_interval)
 
 
 def ar1(reps: int, n: int, phi: float, mean: float, seed: int) -> np.ndarray:

@@ -62,7 +62,7 @@ def test_profiles_load_and_validate():
         Config.load("nope")
     with pytest.raises(ValueError, match="window"):
         Config.load("smoke", window=0)
-    with pytest.raises(ValueError, match="unknown parameters"):
+    with pytest.raises(ValueError, match="unknown parameter 'windw'; did you mean 'window'"):
         Config.load("smoke", windw=12)
     with pytest.raises(ValueError, match="sweep_sinks"):
         Config.load("smoke", sweep_sinks=[0, 64])
@@ -82,6 +82,22 @@ def test_profiles_load_and_validate():
     for outside in ("/tmp/figs", "../figures", ""):
         with pytest.raises(ValueError, match="figures_dir must be a folder inside the repository"):
             Config.load("smoke", figures_dir=outside)
+
+
+def test_profiles_have_sections_and_extend_each_other(tmp_path):
+    """A profile groups its parameters by notebook and may extend another; what it changes is all it writes."""
+    offline, full = Config.load("offline"), Config.load("offline-full")
+    assert full.profile == "offline-full" and full.model == offline.model and full.window == offline.window
+    assert full.quant_bits == [8, 4, 2] and offline.quant_bits == []
+    (tmp_path / "mine.yaml").write_text("base: smoke\nsweep:\n  sweep_more_policies: ['knorm:16+16']\n")
+    mine = Config.load(str(tmp_path / "mine.yaml"))
+    assert mine.profile == "mine" and mine.sweep_more_policies == ["knorm:16+16"]
+    assert mine.sweep_cache_sizes == Config.load("smoke").sweep_cache_sizes
+    (tmp_path / "loop.yaml").write_text("base: loop\n")
+    with pytest.raises(ValueError, match="base profiles form a loop"):
+        Config.load(str(tmp_path / "loop.yaml"))
+    with pytest.raises(ValueError, match="sweep_more_policies entry 'dense'"):
+        Config.load("smoke", sweep_more_policies=["dense"])
 
 
 @pytest.mark.parametrize("profile", ["cpu", "paper", "paper-12b"])

@@ -18,17 +18,8 @@ import math
 import torch
 
 from ..core.rotary import rotate, rotation_tables
-from .quant import (
-    KVQuantSpec,
-    dequantize_per_token,
-    full_precision,
-    group_size,
-    held_bytes,
-    pack,
-    quantize_per_channel,
-    quantize_per_token,
-    unpack,
-)
+from .quant import (KVQuantSpec, dequantize_per_token, full_precision, group_size, held_bytes, pack,
+                    quantize_per_channel, quantize_per_token, unpack)
 
 
 class SlotScratch:

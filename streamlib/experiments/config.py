@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..core.checks import check_bool, check_int, check_ints
 from ..loading import models as M
 from ..loading.data import repo_root
 from ..policies import BurstEviction, StreamingLLM, parse_policy, registered
+from .profiles import check_names, read_profile
 
 PROFILES_DIR = repo_root() / "profiles"
 TOKEN_COUNTS = ("ppl_tokens", "speed_prompt_tokens", "speed_new_tokens", "flops_tokens", "sweep_tokens",
@@ -122,21 +122,17 @@ class Config:
         if not path.is_file():
             names = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
             raise ConfigError(f"profile must be one of {names} or a YAML path; got {profile!r}")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"profile {str(path)!r} is not valid YAML: {err}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"profile {str(path)!r} must be a mapping of parameter: value; got {type(values).__name__}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown parameters {unknown}; known: {sorted(known)}")
         try:
-            if values.get("dry_run"):
-                values = dry_run_values(values)
-            cfg = cls(**values)
+            values = read_profile(path, known, PROFILES_DIR)
+            given = {k: v for k, v in overrides.items() if v is not None}
+            check_names(given, known, "parameters")
+            values.update(given)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        try:
+            cls(**values).validate()  # the profile as written, before a dry run shrinks it
+            cfg = cls(**dry_run_values(values)) if values.get("dry_run") else cls(**values)
             cfg.validate()
         except (TypeError, ValueError) as err:
             raise ConfigError(f"profile {str(profile)!r}: {err}") from None

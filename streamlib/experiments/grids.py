@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..policies import H2O, TOVA, Recompute, StreamingLLM, Window, parse_policy
 
 SWEEP_SINKS = 4  # the sink count of the cache-size sweep (the paper's choice)
+SWEEP_NEW_TOKENS = 16  # tokens generated after the prompt when 03 times decoding (its latency tables)
 
 
 def sweep_reference(cache_size: int) -> StreamingLLM | None:

@@ -25,16 +25,8 @@ from transformers.utils import logging as hf_logging
 
 from ..core.arch import family_of, no_split_modules
 from .data import data_dir, hub_reachable
-from .packaged import (
-    GEMMA3_NAMES,
-    GEMMA3_PACKAGES,
-    PACKAGED,
-    SMOLLM2_NAMES,
-    SMOLLM2_PACKAGE,
-    WeightsUnavailableError,
-    gemma3_gguf,
-    smollm2_gguf,
-)
+from .packaged import (GEMMA3_NAMES, GEMMA3_PACKAGES, PACKAGED, SMOLLM2_NAMES, SMOLLM2_PACKAGE, WeightsUnavailableError,
+                       gemma3_gguf, smollm2_gguf)
 
 MICRO_DIR = Path(__file__).resolve().parents[1] / "assets" / "pythia-micro"
 

@@ -17,15 +17,8 @@ import pandas as pd
 import torch
 
 from .forward import Naive, NaiveQuant
-from .references import (
-    burst_kept_indices,
-    kept_indices,
-    naive_recompute_nll,
-    naive_rule_nll,
-    naive_scored_nll,
-    naive_streaming_nll,
-    naive_view_nll,
-)
+from .references import (burst_kept_indices, kept_indices, naive_recompute_nll, naive_rule_nll, naive_scored_nll,
+                         naive_streaming_nll, naive_view_nll)
 
 __all__ = ["Naive", "NaiveQuant", "burst_kept_indices", "check_exact", "kept_indices", "naive_recompute_nll",
            "naive_rule_nll", "naive_scored_nll", "naive_streaming_nll", "naive_view_nll", "reference_nll",

@@ -7,16 +7,8 @@ import importlib
 import pkgutil
 
 from .base import PolicyBase, Style
-from .registry import (
-    baseline,
-    forms,
-    from_params,
-    parse_policy,
-    policy_class,
-    policy_from_row,
-    policy_label,
-    registered,
-)
+from .registry import (baseline, forms, from_params, parse_policy, policy_class, policy_from_row, policy_label,
+                       registered)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")

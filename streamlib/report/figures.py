@@ -8,16 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from .style import (
-    OKABE_ITO,
-    binned,
-    binned_band,
-    distinct_style,
-    error_bars,
-    markevery,
-    plain_log_axis,
-    style_of,
-)
+from .style import OKABE_ITO, binned, binned_band, distinct_style, error_bars, markevery, plain_log_axis, style_of
 
 
 def fig_nll_vs_position(curves: pd.DataFrame, trained_length: int | None = None, bands: bool = True):

@@ -11,17 +11,8 @@ import pandas as pd
 from ..core.format import format_interval
 from ..experiments.grids import sweep_grid, sweep_reference
 from ..policies import parse_policy
-from .compare import (
-    CI,
-    interval_bounds,
-    interval_pair,
-    latest_of_each,
-    nll_curves,
-    paired_interval,
-    ppl_interval,
-    resolved_change,
-    same_setting,
-)
+from .compare import (CI, interval_bounds, interval_pair, latest_of_each, nll_curves, paired_interval, ppl_interval,
+                      resolved_change, same_setting)
 
 
 def speed_table(run) -> pd.DataFrame:
