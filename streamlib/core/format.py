@@ -9,6 +9,16 @@ import pandas as pd
 DISPLAY_UNITS = {"s": ("ms", 1e3), "bytes": ("MiB", 1 / 2**20), "FLOP": ("GFLOP", 1e-9)}
 
 
+def plain_value(value):
+    """A record field as a comparable Python value: NaN and NA become None, whole floats ints (pandas reads 252 as
+    252.0), numpy scalars Python ones."""
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value.item() if hasattr(value, "item") else value
+
+
 def in_display_units(table: pd.DataFrame, value_columns=("baseline", "streamingllm", "value")) -> pd.DataFrame:
     """Seconds to ms, bytes to MiB (GiB from 1 GiB up), FLOP to GFLOP, in a table with a ``unit`` column."""
     out = table.copy()

@@ -107,6 +107,14 @@ def naive_recompute_nll(model, input_ids: torch.Tensor, window: int) -> torch.Te
     return torch.stack(out)
 
 
+def _store_token(net, layer, x, t: int, li: int, raw_keys, values) -> torch.Tensor:
+    """Keep token ``t``'s key (before rotary) and value in layer ``li``; its query rotated at ``t``, (heads, 1, d)."""
+    q, k, v = net.qkv(layer, x)
+    raw_keys[li].append(k)
+    values[li].append(v)
+    return net.rotate(q[:, None, :], torch.tensor([t]), li)
+
+
 @torch.no_grad()
 def naive_scored_nll(model, input_ids: torch.Tensor, rule: str, budget: int, n_recent: int = 0,
                      quant: NaiveQuant | None = None):
@@ -138,10 +146,7 @@ def naive_scored_nll(model, input_ids: torch.Tensor, rule: str, budget: int, n_r
     for t in range(ids.numel() - 1):
         x = net.embed(ids[t : t + 1])
         for li, layer in enumerate(net.layers):
-            q, k, v = net.qkv(layer, x)
-            raw_keys[li].append(k)
-            values[li].append(v)
-            q = net.rotate(q[:, None, :], torch.tensor([t]), li)  # (heads, 1, d)
+            q = _store_token(net, layer, x, t, li, raw_keys, values)
             keys, vals = [], []
             for h in range(kv_heads):
                 if net.sliding(li):  # a hybrid model's sliding layer keeps its trained window, no scores
@@ -207,10 +212,7 @@ def naive_rule_nll(model, input_ids: torch.Tensor, policy, quant: NaiveQuant | N
     for t in range(ids.numel() - 1):
         x = net.embed(ids[t : t + 1])
         for li, layer in enumerate(net.layers):
-            q, k, v = net.qkv(layer, x)
-            raw_keys[li].append(k)
-            values[li].append(v)
-            q = net.rotate(q[:, None, :], torch.tensor([t]), li)  # (heads, 1, d)
+            q = _store_token(net, layer, x, t, li, raw_keys, values)
             sliding = net.sliding(li)
             if not sliding:
                 for row in held[li]:

@@ -45,14 +45,14 @@ BITS_LINESTYLE = {8: "--", 4: ":", 2: (0, (1, 3))}
 
 
 class PolicyBase:
-    """Mixin for the policy dataclasses. A policy declares, in its own file:
+    """Mixin for the policy dataclasses. A policy declares, in its own file, in its class statement:
 
-    - ``name`` (its registry key and the first part of its spec string), ``forms`` (its command-line forms, for
-      help texts), ``spec_parts()`` and ``from_parts(parts, **quant)`` (its own parts of the spec string, so that
-      ``parse_policy(str(p)) == p``);
-    - ``title`` (its kind in legends), ``label()`` (one configuration), ``style`` (:class:`Style`) and ``order``
-      (where its kind sits in tables and legends);
-    - its fields (the record's columns, ``params()``), ``budget``, ``make_cache(model)``.
+    - ``name`` (its registry key and the first part of its spec string) and ``form`` (the rest of its spec string,
+      its fields in braces: ``"{n_sink}+{window}"``; ``flags`` names a boolean field written as a part of its own
+      when false, ``{"pos_shift": "noshift"}``), so that ``parse_policy(str(p)) == p`` with nothing else written;
+    - ``title`` (its kind in legends), ``style`` (:class:`Style`) and ``order`` (where its kind sits in tables and
+      legends); and in its body ``label()`` (one configuration), its fields (the record's columns), ``budget``,
+      ``examples(budget)`` and ``make_cache(model)`` (a score-based policy: ``score``, :mod:`.scored`).
 
     ``token_mode``: whether a prompt longer than the cache is read one full decode step per token (Recompute, TOVA,
     H2O), which is what sizes the token counts a run can afford for it. ``quantizable``: whether it takes ``bits``,
@@ -60,7 +60,8 @@ class PolicyBase:
 
     name: ClassVar[str] = "policy"
     title: ClassVar[str] = "Policy"
-    forms: ClassVar[tuple[str, ...]] = ()
+    form: ClassVar[str] = ""
+    flags: ClassVar[dict] = {}
     style: ClassVar[Style] = Style("#56B4E9", "*", "-")
     order: ClassVar[int] = 50
     is_baseline: ClassVar[bool] = False  # the policy every other is compared with (Dense)
@@ -75,22 +76,46 @@ class PolicyBase:
     # score-based policy's ``score``), "forward" (a fresh forward over a window per token)
     definition: ClassVar[str] = "view"
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, name=None, title=None, form=None, flags=None, style=None, order=None, **kwargs):
         super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
+        declared = dict(title=title, form=form, flags=flags, style=style, order=order)
+        for key, value in declared.items():
+            if value is not None:
+                setattr(cls, key, value)
+        if name is not None:
+            cls.name = name
             register(cls)
 
     # -- the spec string, the record, the label ---------------------------------------------------------------
+    @classmethod
+    def spec_form(cls) -> str:
+        """How the command line writes it: ``streamingllm:{n_sink}+{window}[:noshift]``."""
+        flags = "".join(f"[:{word}]" for word in cls.flags.values())
+        return ":".join(part for part in (cls.name, cls.form) if part) + flags
+
     def spec_parts(self) -> list[str]:
-        """The parts of the spec string after the name (``["4+252"]``)."""
-        return []
+        """The parts of the spec string after the name (``["4+252", "noshift"]``), from ``form`` and ``flags``."""
+        values = {f.name: repr(v) if isinstance(v := getattr(self, f.name), float) else v
+                  for f in dataclasses.fields(self)}
+        parts = self.form.format(**values).split(":") if self.form else []
+        return parts + [word for field, word in self.flags.items() if not getattr(self, field)]
 
     @classmethod
     def from_parts(cls, parts: list[str], **quant) -> "PolicyBase":
         """The policy whose ``spec_parts()`` are ``parts`` (``quant``: bits, residual, quantize_sinks)."""
-        if parts:
-            raise ValueError(f"{cls.name} takes no parts; got {parts}")
-        return cls(**quant)
+        words = {word: field for field, word in cls.flags.items()}
+        values = {words[p]: False for p in parts if p in words}
+        text = ":".join(p for p in parts if p not in words and not (words and p == "shift"))  # "shift": the default
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        pieces = re.split(r"\{(\w+)\}", cls.form)
+        pattern = "".join(re.escape(piece) if k % 2 == 0 else
+                          rf"(?P<{piece}>\d+(?:\.\d*)?)" if types[piece] == "float" else rf"(?P<{piece}>\d+)"
+                          for k, piece in enumerate(pieces))
+        match = re.fullmatch(pattern, text)
+        if match is None:
+            raise ValueError(f"expected {cls.spec_form()}; got {':'.join([cls.name, *parts])!r}")
+        values.update({k: float(v) if types[k] == "float" else int(v) for k, v in match.groupdict().items()})
+        return cls(**values, **quant)
 
     def spec(self) -> str:
         """The policy as one string: ``streamingllm:4+1020:int4``; :func:`~streamlib.policies.parse_policy` reads it
@@ -232,22 +257,3 @@ class PolicyBase:
         element = torch.finfo(dtype).bits // 8
         per_head = held_bytes(quant, held, n_tokens, sh.head_dim, sh.head_dim, element)
         return sliding + full_layers * sh.kv_heads * per_head
-
-
-def int_parts(text: str, separator: str, what: str, count: int = 2) -> list[int]:
-    """``"4+252"`` -> ``[4, 252]``: a spec part of ``count`` integers joined by ``separator``; ``what`` names them in
-    errors."""
-    pieces = text.split(separator)
-    if len(pieces) != count or not all(re.fullmatch(r"\d+", p) for p in pieces):
-        raise ValueError(f"expected {what}, got {text!r}")
-    return [int(p) for p in pieces]
-
-
-def shift_part(parts: list[str], index: int) -> bool:
-    """Position shift from an optional spec part: absent or ``shift`` -> True, ``noshift`` -> False."""
-    if len(parts) <= index:
-        return True
-    if parts[index] not in ("shift", "noshift"):
-        raise ValueError(f"part {index + 2} must be 'shift', 'noshift' or a bit width such as 'int4', got "
-                         f"{parts[index]!r}")
-    return parts[index] == "shift"

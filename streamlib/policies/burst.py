@@ -13,12 +13,13 @@ from ..caches.burst import BurstCache
 from ..caches.quant import check_quant_fields
 from ..core.arch import rotary_of, sliding_layers_of
 from ..core.checks import check_bool, check_int
-from .base import PolicyBase, Style, check_model, int_parts, shift_part
+from .base import PolicyBase, Style, check_model
 from .streaming_llm import StreamingLLM
 
 
 @dataclass(frozen=True)
-class BurstEviction(PolicyBase):
+class BurstEviction(PolicyBase, name="burst", title="Burst eviction", form="{n_sink}/{capacity}:{discard_ratio}",
+                    flags={"pos_shift": "noshift"}, style=Style("#F0E442", "*", "-"), order=3):
     """Keep ``n_sink`` sinks and the recent tokens in ``capacity`` slots; when an incoming token would exceed
     ``capacity`` (it included), the oldest ``floor(discard_ratio * (capacity - n_sink))`` tokens after the sinks
     leave at once.
@@ -31,11 +32,6 @@ class BurstEviction(PolicyBase):
     StreamingLLM against this kind of windowed cache; the attention sinks are theirs.
     """
 
-    name = "burst"
-    title = "Burst eviction"
-    forms = ("burst:S/C:R", "burst:S/C:R:noshift")
-    style = Style("#F0E442", "*", "-")
-    order = 3
     takes_sinks = True
     streams_long = True
     quantizable = True
@@ -109,15 +105,7 @@ class BurstEviction(PolicyBase):
                 held.append(s)
         return held
 
-    def spec_parts(self) -> list[str]:
-        return [f"{self.n_sink}/{self.capacity}", repr(self.discard_ratio)] + ([] if self.pos_shift else ["noshift"])
 
-    @classmethod
-    def from_parts(cls, parts: list[str], **quant) -> "BurstEviction":
-        if len(parts) not in (2, 3):
-            raise ValueError("expected S/C, the discard ratio R and optionally noshift")
-        n_sink, capacity = int_parts(parts[0], "/", "sinks/capacity such as 4/256")
-        return cls(n_sink, capacity, float(parts[1]), shift_part(parts, 2), **quant)
 
     def label(self) -> str:
         shift = "" if self.pos_shift else ", no shift"

@@ -44,15 +44,10 @@ class DenseCache(PolicyCache, DynamicCache):
 
 
 @dataclass(frozen=True)
-class Dense(PolicyBase):
+class Dense(PolicyBase, name="dense", title="Dense", style=Style("#000000", "o", "-"), order=0):
     """Keep every key and value (Vaswani et al., 2017). Memory and per-token cost grow with the stream; the model
     also meets positions beyond its training length, which is where its perplexity blows up."""
 
-    name = "dense"
-    title = "Dense"
-    forms = ("dense",)
-    style = Style("#000000", "o", "-")
-    order = 0
     is_baseline = True
 
     def make_cache(self, model) -> DenseCache:

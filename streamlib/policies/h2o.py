@@ -9,12 +9,12 @@ import torch
 
 from ..caches.quant import check_quant_fields
 from ..core.checks import check_int
-from .base import Style, int_parts
+from .base import Style
 from .scored import ScoredPolicy, ScoreView
 
 
 @dataclass(frozen=True)
-class H2O(ScoredPolicy):
+class H2O(ScoredPolicy, name="h2o", title="H2O", form="{n_heavy}+{n_recent}", style=Style("#D55E00", "X", "-"), order=5):
     """Keep the ``n_recent`` most recent tokens and ``n_heavy`` heavy hitters, per layer and head.
 
     Zhang et al.: *H2O: Heavy-Hitter Oracle for Efficient Generative Inference of Large Language Models*, NeurIPS
@@ -29,11 +29,6 @@ class H2O(ScoredPolicy):
     bits: int = 16  # 8, 4, 2: quantized keys and values, keys grouped per token (streamlib.caches.quant)
     residual: int = 32
 
-    name = "h2o"
-    title = "H2O"
-    forms = ("h2o:H+R",)
-    style = Style("#D55E00", "X", "-")
-    order = 5
     per_head = True  # each kv head keeps its own heavy hitters
     needs_attention = True
 
@@ -48,10 +43,6 @@ class H2O(ScoredPolicy):
     def budget(self) -> int:
         return self.n_heavy + self.n_recent
 
-    @property
-    def protected_recent(self) -> int:
-        return self.n_recent
-
     def score(self, view: ScoreView) -> torch.Tensor:
         """Every token's score grows by the probabilities it received this step; a kv head's token gets the weights of
         every query head of its group (kvpress's convention for grouped-query attention)."""
@@ -61,15 +52,7 @@ class H2O(ScoredPolicy):
     def examples(cls, budget: int) -> list["H2O"]:
         return [cls(budget // 2, budget - budget // 2)]
 
-    def spec_parts(self) -> list[str]:
-        return [f"{self.n_heavy}+{self.n_recent}"]
 
-    @classmethod
-    def from_parts(cls, parts: list[str], **quant) -> "H2O":
-        if len(parts) != 1:
-            raise ValueError("expected one part, heavy+recent such as 128+128")
-        n_heavy, n_recent = int_parts(parts[0], "+", "heavy+recent such as 128+128")
-        return cls(n_heavy, n_recent, **quant)
 
     def label(self) -> str:
         return f"H2O {self.n_heavy}+{self.n_recent}" + self.quant_label()

@@ -8,12 +8,13 @@ import torch
 
 from ..caches.quant import check_quant_fields
 from ..core.checks import check_int
-from .base import Style, int_parts
+from .base import Style
 from .scored import ScoredPolicy, ScoreView
 
 
 @dataclass(frozen=True)
-class KNorm(ScoredPolicy):
+class KNorm(ScoredPolicy, name="knorm", title="K-norm", form="{n_low}+{n_recent}", style=Style("#009E73", "h", "-."),
+            order=7):
     """Keep the ``n_recent`` most recent tokens and the ``n_low`` tokens whose keys have the smallest L2 norm, per layer
     and kv head; after each token the largest-norm key outside the recent ones leaves.
 
@@ -29,11 +30,6 @@ class KNorm(ScoredPolicy):
     bits: int = 16
     residual: int = 32
 
-    name = "knorm"
-    title = "K-norm"
-    forms = ("knorm:L+R",)
-    style = Style("#009E73", "h", "-.")
-    order = 7
     per_head = True
 
     def __post_init__(self):
@@ -46,10 +42,6 @@ class KNorm(ScoredPolicy):
     def budget(self) -> int:
         return self.n_low + self.n_recent
 
-    @property
-    def protected_recent(self) -> int:
-        return self.n_recent
-
     def score(self, view: ScoreView) -> torch.Tensor:
         return -view.keys.float().norm(dim=-1)  # the largest norm scores lowest and leaves first
 
@@ -57,12 +49,7 @@ class KNorm(ScoredPolicy):
     def examples(cls, budget: int) -> list["KNorm"]:
         return [cls(budget // 2, budget - budget // 2)]
 
-    def spec_parts(self) -> list[str]:
-        return [f"{self.n_low}+{self.n_recent}"]
 
-    @classmethod
-    def from_parts(cls, parts: list[str], **quant) -> "KNorm":
-        return cls(*int_parts(parts[0] if len(parts) == 1 else "", "+", "low+recent such as 128+128"), **quant)
 
     def label(self) -> str:
         return f"K-norm {self.n_low}+{self.n_recent}" + self.quant_label()

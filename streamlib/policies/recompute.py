@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from ..caches.recompute import RecomputeWindow
 from ..core.checks import check_int
 from ..core.costs import dense_kv_bytes, recompute_stream_flops
-from .base import PolicyBase, Style, check_model, int_parts
+from .base import PolicyBase, Style, check_model
 
 
 @dataclass(frozen=True)
-class Recompute(PolicyBase):
+class Recompute(PolicyBase, name="recompute", title="Recompute", form="{window}", style=Style("#009E73", "^", ":"),
+                order=6):
     """Each token's logits come from a fresh forward over the last ``window`` tokens (positions 0..window-1).
 
     The StreamingLLM paper's "sliding window with re-computation" baseline (arXiv 2309.17453, Figure 1c): quality
@@ -21,11 +22,6 @@ class Recompute(PolicyBase):
 
     window: int = 1024
 
-    name = "recompute"
-    title = "Recompute"
-    forms = ("recompute:W",)
-    style = Style("#009E73", "^", ":")
-    order = 6
     token_mode = True
     definition = "forward"  # it keeps no keys: a fresh forward over a window per token
     why_not_compiled = "it runs a fresh forward over a window per token"
@@ -55,14 +51,7 @@ class Recompute(PolicyBase):
     def examples(cls, budget: int) -> list["Recompute"]:
         return [cls(budget)]
 
-    def spec_parts(self) -> list[str]:
-        return [str(self.window)]
 
-    @classmethod
-    def from_parts(cls, parts: list[str], **quant) -> "Recompute":
-        if len(parts) != 1:
-            raise ValueError("expected one part, the window W")
-        return cls(int_parts(parts[0], "+", "the window W", 1)[0])
 
     def label(self) -> str:
         return f"Recompute {self.window}"

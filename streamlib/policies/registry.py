@@ -5,7 +5,7 @@ a policy asks this module: the command line's ``--policy``, the records read bac
 
 from __future__ import annotations
 
-import pandas as pd
+from ..core.format import plain_value
 
 _REGISTRY: dict[str, type] = {}
 
@@ -42,8 +42,8 @@ def baseline():
 
 
 def forms() -> list[str]:
-    """Every registered policy's command-line forms, e.g. ``streamingllm:S+W[:noshift]``."""
-    out = [form for cls in registered() for form in cls.forms]
+    """Every registered policy's command-line form, e.g. ``streamingllm:{n_sink}+{window}[:noshift]``."""
+    out = [cls.spec_form() for cls in registered()]
     return out + ["a bounded cache's form then :int8/:int4/:int2 [:rN] [:qsinks]"]
 
 
@@ -62,19 +62,10 @@ def parse_policy(spec: str):
         raise ValueError(f"policy {spec!r}: {err}. Accepted forms: {accepted}") from None
 
 
-def _plain(value):
-    """A record field as a Python value: NaN and NA become None, whole floats ints (pandas reads 252 as 252.0)."""
-    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value.item() if hasattr(value, "item") else value
-
-
 def from_params(params: dict):
     """A policy from ``policy.params()`` as a record stores it: its ``spec`` string when the record has one, else
     (records written before spec strings) its name and fields."""
-    params = {k: _plain(v) for k, v in params.items()}
+    params = {k: plain_value(v) for k, v in params.items()}
     if isinstance(params.get("spec"), str):
         return parse_policy(params["spec"])
     return policy_class(params.get("policy")).from_fields(params)

@@ -33,8 +33,8 @@ class ScoredPolicy(PolicyBase):
 
     @property
     def protected_recent(self) -> int:
-        """The most recent tokens that no eviction takes."""
-        return 0
+        """The most recent tokens that no eviction takes: the policy's ``n_recent`` where it has one."""
+        return getattr(self, "n_recent", 0)
 
     def score(self, view: ScoreView) -> torch.Tensor:
         """Every slot's score, (batch, rows, L): the lowest leaves once the layer holds more than ``budget``."""

@@ -10,11 +10,12 @@ from ..caches.quant import check_quant_fields
 from ..caches.sink_window import SinkWindowCache
 from ..core.arch import rotary_of, sliding_layers_of
 from ..core.checks import check_bool, check_int
-from .base import PolicyBase, Style, check_model, int_parts, shift_part
+from .base import PolicyBase, Style, check_model
 
 
 @dataclass(frozen=True)
-class StreamingLLM(PolicyBase):
+class StreamingLLM(PolicyBase, name="streamingllm", title="StreamingLLM", form="{n_sink}+{window}",
+                   flags={"pos_shift": "noshift"}, style=Style("#0072B2", "D", "-"), order=2):
     """Keep the first ``n_sink`` tokens (the attention sinks) and the last ``window`` tokens.
 
     Xiao, Tian, Chen, Han, Lewis: *Efficient Streaming Language Models with Attention Sinks*, ICLR 2024
@@ -32,11 +33,6 @@ class StreamingLLM(PolicyBase):
     residual: int = 32
     quantize_sinks: bool = False
 
-    name = "streamingllm"
-    title = "StreamingLLM"
-    forms = ("streamingllm:S+W", "streamingllm:S+W:noshift")
-    style = Style("#0072B2", "D", "-")
-    order = 2
     takes_sinks = True
     streams_long = True
     quantizable = True
@@ -87,15 +83,7 @@ class StreamingLLM(PolicyBase):
             return list(range(t))
         return list(range(self.n_sink)) + list(range(t - self.window, t))
 
-    def spec_parts(self) -> list[str]:
-        return [f"{self.n_sink}+{self.window}"] + ([] if self.pos_shift else ["noshift"])
 
-    @classmethod
-    def from_parts(cls, parts: list[str], **quant) -> "StreamingLLM":
-        if len(parts) not in (1, 2):
-            raise ValueError("expected S+W and optionally noshift")
-        n_sink, window = int_parts(parts[0], "+", "sinks+window such as 4+252")
-        return cls(n_sink, window, shift_part(parts, 1), **quant)
 
     def label(self) -> str:
         shift = "" if self.pos_shift else ", no shift"

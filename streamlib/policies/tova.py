@@ -8,12 +8,12 @@ import torch
 
 from ..caches.quant import check_quant_fields
 from ..core.checks import check_int
-from .base import Style, int_parts
+from .base import Style
 from .scored import ScoredPolicy, ScoreView
 
 
 @dataclass(frozen=True)
-class TOVA(ScoredPolicy):
+class TOVA(ScoredPolicy, name="tova", title="TOVA", form="{budget}", style=Style("#56B4E9", "P", "--"), order=4):
     """Keep ``budget`` tokens per layer; after each token, drop the one the current query attends to least.
 
     Oren, Hassid, Yarden, Adi, Schwartz: *Transformers are Multi-State RNNs*, 2024 (arXiv 2401.06104). The weight is
@@ -25,11 +25,6 @@ class TOVA(ScoredPolicy):
     bits: int = 16  # 8, 4, 2: quantized keys and values, keys grouped per token (streamlib.caches.quant)
     residual: int = 32
 
-    name = "tova"
-    title = "TOVA"
-    forms = ("tova:B",)
-    style = Style("#56B4E9", "P", "--")
-    order = 4
     needs_attention = True
 
     def __post_init__(self):
@@ -44,14 +39,7 @@ class TOVA(ScoredPolicy):
     def examples(cls, budget: int) -> list["TOVA"]:
         return [cls(budget)]
 
-    def spec_parts(self) -> list[str]:
-        return [str(self.budget)]
 
-    @classmethod
-    def from_parts(cls, parts: list[str], **quant) -> "TOVA":
-        if len(parts) != 1:
-            raise ValueError("expected one part, the budget B")
-        return cls(int_parts(parts[0], "+", "the budget B", 1)[0], **quant)
 
     def label(self) -> str:
         return f"TOVA {self.budget}" + self.quant_label()

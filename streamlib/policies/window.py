@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Style, int_parts
+from .base import Style
 from .streaming_llm import StreamingLLM
 
 
 @dataclass(frozen=True)
-class Window(StreamingLLM):
+class Window(StreamingLLM, name="window", title="Window", form="{window}", flags={}, style=Style("#E69F00", "s", "--"),
+             order=1):
     """Keep the last ``window`` tokens (Beltagy et al., *Longformer*, 2020, as the StreamingLLM paper uses it).
 
     Exactly ``StreamingLLM(n_sink=0, window=window)``: with no sinks both position modes give the same distances.
@@ -20,11 +21,6 @@ class Window(StreamingLLM):
     window: int = 1024
     pos_shift: bool = True
 
-    name = "window"
-    title = "Window"
-    forms = ("window:W",)
-    style = Style("#E69F00", "s", "--")
-    order = 1
 
     def __init__(self, window: int = 1024, bits: int = 16, residual: int = 32):
         object.__setattr__(self, "n_sink", 0)
@@ -43,14 +39,7 @@ class Window(StreamingLLM):
     def examples(cls, budget: int) -> list["Window"]:
         return [cls(budget)]
 
-    def spec_parts(self) -> list[str]:
-        return [str(self.window)]
 
-    @classmethod
-    def from_parts(cls, parts: list[str], **quant) -> "Window":
-        if len(parts) != 1:
-            raise ValueError("expected one part, the window W")
-        return cls(int_parts(parts[0], "+", "the window W", 1)[0], **quant)
 
     @classmethod
     def from_fields(cls, params: dict, accepts=None) -> "Window":

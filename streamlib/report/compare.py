@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.format import format_interval, in_display_units
+from ..core.format import format_interval, in_display_units, plain_value
 from ..core.stats import BLOCK, RESAMPLES, paired_ratio_interval, perplexity_interval
 from ..policies import baseline
 
@@ -24,15 +24,6 @@ INTERVALS_NOTE = (f"Perplexity intervals: {CI}, circular block bootstrap over th
 # What makes two measurements comparable: the same text and token count, the same batch and prompt, the same
 # decoding mode. A record lacks the fields that do not apply to it; a missing field is a value like any other.
 LIKE_FOR_LIKE = ("dataset", "n_tokens", "tokens", "batch_size", "prompt_tokens", "new_tokens", "compiled")
-
-
-def _plain(value):
-    """A record field as a comparable Python value: NaN and NA become None, whole floats become ints."""
-    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value.item() if hasattr(value, "item") else value
 
 
 def describe_setting(setting: dict) -> str:
@@ -67,7 +58,7 @@ def comparison_table(df: pd.DataFrame, baseline: dict, streaming: dict, metrics:
         for col, val in selector.items():
             rows = rows[rows[col] == val]
         # in time order, file order among rows of the same second: the last row of each setting stays
-        return {tuple(_plain(row[c]) for c in match): row
+        return {tuple(plain_value(row[c]) for c in match): row
                 for _, row in rows.sort_values("timestamp", kind="stable").iterrows()}
 
     def recency(row: pd.Series) -> tuple:
@@ -80,7 +71,7 @@ def comparison_table(df: pd.DataFrame, baseline: dict, streaming: dict, metrics:
         row = {"metric": metric, "unit": "", "baseline": None, "streamingllm": None, "change_%": None}
         if common:
             def rank(s: tuple) -> tuple:
-                preferred = all(_plain(v) == dict(zip(match, s)).get(k) for k, v in (prefer or {}).items())
+                preferred = all(plain_value(v) == dict(zip(match, s)).get(k) for k, v in (prefer or {}).items())
                 return preferred, max(recency(base[s]), recency(stream[s]))
 
             setting = max(common, key=rank)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..experiments.grids import SWEEP_NEW_TOKENS
-from . import figures
+from .figures import fig_bits, fig_sinks, fig_trace, fig_tradeoff
 from .compare import comparison, published_results
 from .tables import (bits_report, bits_table, burst_speed_table, burst_table, decode_modes_table, latency_table,
                      sweep_report, sweep_table)
@@ -23,7 +23,7 @@ def fig4_tradeoff(run):
     if sweep.empty:
         return None
     latency = latency_table(run, "sweep_speed", new_tokens=SWEEP_NEW_TOKENS)
-    return figures.fig_tradeoff(sweep[sweep.sweep.str.contains("cache")], latency)
+    return fig_tradeoff(sweep[sweep.sweep.str.contains("cache")], latency)
 
 
 def fig5_ppl_vs_sinks(run):
@@ -32,7 +32,7 @@ def fig5_ppl_vs_sinks(run):
     sinks = sweep[sweep.sweep.str.contains("sinks")].sort_values("n_sink") if not sweep.empty else sweep
     if sinks.empty:
         return None
-    return figures.fig_sinks(sinks, published_results().query("table == 'table2'"))
+    return fig_sinks(sinks, published_results().query("table == 'table2'"))
 
 
 def fig9_burst_memory(run):
@@ -41,14 +41,14 @@ def fig9_burst_memory(run):
     if traces.empty:
         return None
     traces = traces[traces.n_tokens == traces.n_tokens.max()]
-    return figures.fig_trace(traces, "kv_resident_bytes", "KV cache held (MiB)", "KV-cache memory along the stream",
+    return fig_trace(traces, "kv_resident_bytes", "KV cache held (MiB)", "KV-cache memory along the stream",
                              1 / 2**20)
 
 
 def fig15_bits(run):
     """Bits per kept token: 03's bit-width series with their paired changes."""
     bits = bits_table(run)
-    return None if bits.empty else figures.fig_bits(bits)
+    return None if bits.empty else fig_bits(bits)
 
 
 RUN_FIGURES = {"fig4_tradeoff": fig4_tradeoff, "fig5_ppl_vs_sinks": fig5_ppl_vs_sinks,
