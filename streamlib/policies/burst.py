@@ -105,8 +105,6 @@ class BurstEviction(PolicyBase, name="burst", title="Burst eviction", form="{n_s
                 held.append(s)
         return held
 
-
-
     def label(self) -> str:
         shift = "" if self.pos_shift else ", no shift"
         return f"Burst {self.n_sink}/{self.capacity} drop {self.discard_ratio:g}{shift}{self.quant_label()}"

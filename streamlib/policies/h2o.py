@@ -52,8 +52,6 @@ class H2O(ScoredPolicy, name="h2o", title="H2O", form="{n_heavy}+{n_recent}", st
     def examples(cls, budget: int) -> list["H2O"]:
         return [cls(budget // 2, budget - budget // 2)]
 
-
-
     def label(self) -> str:
         return f"H2O {self.n_heavy}+{self.n_recent}" + self.quant_label()
 

@@ -49,7 +49,5 @@ class KNorm(ScoredPolicy, name="knorm", title="K-norm", form="{n_low}+{n_recent}
     def examples(cls, budget: int) -> list["KNorm"]:
         return [cls(budget // 2, budget - budget // 2)]
 
-
-
     def label(self) -> str:
         return f"K-norm {self.n_low}+{self.n_recent}" + self.quant_label()

@@ -51,7 +51,5 @@ class Recompute(PolicyBase, name="recompute", title="Recompute", form="{window}"
     def examples(cls, budget: int) -> list["Recompute"]:
         return [cls(budget)]
 
-
-
     def label(self) -> str:
         return f"Recompute {self.window}"

@@ -83,8 +83,6 @@ class StreamingLLM(PolicyBase, name="streamingllm", title="StreamingLLM", form="
             return list(range(t))
         return list(range(self.n_sink)) + list(range(t - self.window, t))
 
-
-
     def label(self) -> str:
         shift = "" if self.pos_shift else ", no shift"
         return f"StreamingLLM {self.n_sink}+{self.window}{shift}" + self.quant_label()

@@ -39,7 +39,5 @@ class TOVA(ScoredPolicy, name="tova", title="TOVA", form="{budget}", style=Style
     def examples(cls, budget: int) -> list["TOVA"]:
         return [cls(budget)]
 
-
-
     def label(self) -> str:
         return f"TOVA {self.budget}" + self.quant_label()

@@ -21,7 +21,6 @@ class Window(StreamingLLM, name="window", title="Window", form="{window}", flags
     window: int = 1024
     pos_shift: bool = True
 
-
     def __init__(self, window: int = 1024, bits: int = 16, residual: int = 32):
         object.__setattr__(self, "n_sink", 0)
         object.__setattr__(self, "window", window)
@@ -38,8 +37,6 @@ class Window(StreamingLLM, name="window", title="Window", form="{window}", flags
     @classmethod
     def examples(cls, budget: int) -> list["Window"]:
         return [cls(budget)]
-
-
 
     @classmethod
     def from_fields(cls, params: dict, accepts=None) -> "Window":
