@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from .task_figures import fig_recall, fig_retrieval, fig_streameval  # noqa: F401  (the figures, in one place)
 from .style import OKABE_ITO, binned, binned_band, distinct_style, error_bars, markevery, plain_log_axis, style_of
 
 
