@@ -98,8 +98,8 @@ class StreamingCache(PolicyCache, Cache):
         self.rotations = rotations
         self.rebase_interval = rebase_interval
         self.step = None  # the mode of the call in progress, handed to each layer's update
-        self._plans: dict | None = None  # a hybrid model's chunk: one plan per kind of layer (its spec), or None
-        # one layer of each kind answers for all of its kind (a hybrid model has two)
+        self._plans: dict | None = None  # a chunk's plans: one per kind of layer (its spec), or None
+        # one layer of each kind answers for all of its kind (a hybrid model has two; budgets per layer, more)
         self.leaders = list({layer.spec: layer for layer in reversed(layers)}.values())
         # the frame is moved back to the largest budget, so that every layer's keys keep positions >= 0
         self.frame_floor = max(layer.budget for layer in self.leaders)
@@ -133,7 +133,8 @@ class StreamingCache(PolicyCache, Cache):
 
     @property
     def is_hybrid(self) -> bool:
-        return len(self.leaders) > 1
+        """A hybrid model's cache: sliding layers beside the policy's (the model takes a mask per layer type)."""
+        return self.layer_types is not None
 
     def resident_tokens(self) -> int:
         return self.layers[0].resident
@@ -211,12 +212,13 @@ class StreamingCache(PolicyCache, Cache):
             plan, mask = leader.chunk_plan(first, offset, n, dtype, device, self._workspace, self.rotate_queries)
             plans[leader.spec] = plan
             masks[leader.spec] = mask[None, None].to(device)
+        # the model takes one mask per layer type; layers of one type with plans of their own (budgets per layer)
+        # attend with their plan's mask through the hand-over
         if self.is_hybrid:
-            mask = {self.layer_types[leader.layer_idx]: masks[leader.spec] for leader in self.leaders}
-            self._plans = plans
+            mask = {self.layer_types[leader.layer_idx]: masks[leader.spec] for leader in reversed(self.leaders)}
         else:
-            mask = masks[self.spec]
-            self.step = plans[self.spec]
+            mask = masks[self.leaders[0].spec]
+        self._plans = plans
         try:
             yield (first + torch.arange(n) - offset)[None].to(device), mask
         finally:

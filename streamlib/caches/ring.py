@@ -4,7 +4,9 @@ and cheap is in ``docs/design.md``."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar
 
 import torch
@@ -24,11 +26,21 @@ class SinkWindowSpec:
     pos_shift: bool
 
     name: ClassVar[str] = "StreamingLLM"
+    varies: ClassVar[bool] = False  # whether the window changes along the stream (each query then has its own)
 
     @property
     def budget(self) -> int:
-        """Tokens kept between steps: ``n_sink + window``."""
+        """The most tokens kept between steps: ``n_sink + window``."""
         return self.n_sink + self.window
+
+    def window_at(self, t):
+        """The recent tokens the query at ``t`` sees besides the sinks (a tensor for a tensor of positions)."""
+        return self.window + 0 * t if torch.is_tensor(t) else self.window
+
+    @property
+    def plain_until(self) -> int:
+        """The first position whose query would not see every token before it: plain calls end before it."""
+        return self.slots
 
     @property
     def slots(self) -> int:
@@ -44,10 +56,35 @@ class SinkWindowSpec:
         query at absolute position ``t`` in a frame moved back by ``offset``. With position shift the query sits at
         slot ``budget`` once the cache is full, so the sinks come ``t - budget`` positions closer; without it they
         keep their positions."""
-        over = t - self.budget
+        over = t - self.n_sink - self.window_at(t)
         if not self.pos_shift:
             return 0 * over - offset
         return (over.clamp(min=0) if torch.is_tensor(over) else max(over, 0)) - offset
+
+
+@dataclass(frozen=True)
+class GrowingSpec(SinkWindowSpec):
+    """A window that grows with the stream: the query at ``t`` sees the sinks and the ``w(t) = min(window, max(
+    min_window, floor(ratio * t)))`` tokens before it (``window`` is the ceiling, the ring's size). With ``ratio <= 1``
+    the window grows by at most one token a step, so no token that left comes back."""
+
+    ratio: float
+    min_window: int
+
+    name: ClassVar[str] = "GrowingWindow"
+    varies: ClassVar[bool] = True
+
+    def window_at(self, t):
+        if torch.is_tensor(t):
+            return (t.double() * self.ratio).floor().long().clamp(min=self.min_window, max=self.window)
+        return min(self.window, max(self.min_window, math.floor(self.ratio * t)))
+
+    @cached_property
+    def plain_until(self) -> int:
+        t = self.n_sink + self.min_window + 1
+        while t < self.slots and t <= self.n_sink + self.window_at(t):
+            t += 1
+        return t
 
 
 @dataclass
@@ -67,6 +104,7 @@ class ChunkPlan:
     ring_index: torch.Tensor  # ring slots that receive the chunk's last tokens
     ring_src_start: int  # first chunk token that is written to the ring
     workspace: Workspace
+    mask: torch.Tensor | None = None  # the additive mask (n, kv_length) of the chunk's queries over its keys
     rotate_queries: bool = False  # position shift through the hand-over: rotate each query, one copy of the sinks
     plain_queries: int = 0  # leading queries that see every chunk token before them, sinks unrotated (a first chunk)
     attended: bool = False  # whether attend ran: the model's attention went through the hand-over
@@ -90,10 +128,16 @@ class ChunkPlan:
                                "`with streamlib.caches.handover.handover(model, cache):`, as streamlib's loops do")
 
     def attend(self, base, module, query, key, value, attention_mask, **kwargs):
-        """The chunk's attention with one copy of the sinks (:func:`streamlib.caches.handover.sink_rotated_attention`)."""
+        """The chunk's attention with the plan's own mask (layers of one model may follow different plans), and with
+        one copy of the sinks when the queries turn to them (:func:`streamlib.caches.handover.sink_rotated_attention`)."""
         self.attended = True
+        if self._copies is None:
+            self._copies = {}
+        mask = self._copies.setdefault(("mask", query.device), self.mask[None, None].to(query.device))
+        if not self.rotate_queries:
+            return base(module, query, key, value, mask, **kwargs)
         cos, sin = self.tables_on(query.device)
-        return sink_rotated_attention(base, module, query, key, value, attention_mask, n_sink=self.n_sink,
+        return sink_rotated_attention(base, module, query, key, value, mask, n_sink=self.n_sink,
                                       cos=cos, sin=sin, scaling=kwargs.get("scaling", module.scaling),
                                       plain_queries=self.plain_queries)
 
@@ -107,7 +151,8 @@ def ring_chunk_plan(spec: SinkWindowSpec, first: int, offset: int, n: int, dtype
     causal call for these layers (no plan to follow)."""
     empty, ring = first == 0, spec.window + 1
     t = first + torch.arange(n)
-    if first + n <= spec.slots:
+    window = spec.window_at(t)[:, None]  # each query's own (one for all unless the window varies)
+    if first + n <= spec.plain_until:
         return None, additive_mask(torch.arange(first + n)[None, :] <= t[:, None], dtype)
     if empty:
         ring_visible = torch.zeros(n, 0, dtype=torch.bool)
@@ -115,10 +160,10 @@ def ring_chunk_plan(spec: SinkWindowSpec, first: int, offset: int, n: int, dtype
         ring_tokens = torch.arange(max(spec.n_sink, first - ring), first)
         token_in_slot = torch.full((ring,), -1, dtype=torch.long)  # -1: an empty slot
         token_in_slot[spec.ring_slot(ring_tokens) - spec.n_sink] = ring_tokens
-        ring_visible = (token_in_slot[None, :] >= 0) & ((t[:, None] - token_in_slot[None, :]) <= spec.window)
+        ring_visible = (token_in_slot[None, :] >= 0) & ((t[:, None] - token_in_slot[None, :]) <= window)
     lag = t[:, None] - t[None, :]
     # the sinks are seen through the sink block only
-    chunk_visible = (lag >= 0) & (lag <= spec.window) & (t[None, :] >= spec.n_sink)
+    chunk_visible = (lag >= 0) & (lag <= window) & (t[None, :] >= spec.n_sink)
     sink_seen = torch.arange(spec.n_sink)[None, :] <= t[:, None]  # all of them once the stream is past them
     rotate_queries = rotate_queries and spec.n_sink > 0 and spec.pos_shift
     if rotate_queries:
@@ -141,7 +186,7 @@ def ring_chunk_plan(spec: SinkWindowSpec, first: int, offset: int, n: int, dtype
         first=first, n=n, n_sink=spec.n_sink, n_sink_keys=sink_visible.shape[1],
         ring_keys=ring_visible.shape[1], kv_length=visible.shape[1], cos=cos, sin=sin,
         ring_index=spec.ring_slot(new_tokens).to(device), ring_src_start=n - m, workspace=workspace,
-        rotate_queries=rotate_queries, plain_queries=min(n, spec.slots) if empty else 0,
+        mask=mask, rotate_queries=rotate_queries, plain_queries=min(n, spec.plain_until) if empty else 0,
     )
     return plan, mask
 

@@ -11,7 +11,7 @@ import torch
 from ..core.arch import SlidingLayers
 from ..core.rotary import RotaryInfo, Rotations, rotate
 from .base import StreamingCache
-from .layers import SinkLayer, StreamLayer
+from .layers import SinkLayer, StreamLayer, additive_mask
 from .quant import KVQuantSpec
 from .quant_store import QuantizedStore, SlotScratch
 from .ring import ChunkPlan, SinkWindowSpec, StaticState, ring_chunk_plan
@@ -20,7 +20,11 @@ from .ring import ChunkPlan, SinkWindowSpec, StaticState, ring_chunk_plan
 class SinkWindowLayer(SinkLayer):
     """One layer's keys and values: ``n_sink`` sink slots, then a ring of ``window + 1`` recent slots. The step's
     mode comes with each call: ``None`` (a plain call), a :class:`ChunkPlan`, or a compiled step's
-    :class:`StaticState`."""
+    :class:`StaticState`. ``own_masks``: the layer cannot share the model's mask (its window differs from the other
+    layers', or changes along the stream), so its chunks and single tokens attend through the hand-over with masks of
+    its own."""
+
+    own_masks = False
 
     def get_mask_sizes(self, query_length: int, step=None) -> tuple[int, int]:
         if self.position + query_length <= self.capacity:
@@ -42,8 +46,28 @@ class SinkWindowLayer(SinkLayer):
         return out.to(self.device)
 
     def attender(self, step):
-        """A chunk whose queries turn to the sinks runs its attention through its plan."""
-        return step if isinstance(step, ChunkPlan) and step.rotate_queries else None
+        """A chunk whose queries turn to the sinks, or that brings its own mask, runs its attention through its plan;
+        a single token with a mask of its own, through the layer."""
+        if isinstance(step, ChunkPlan):
+            return step if step.rotate_queries or self.own_masks else None
+        return self if self.own_masks else None
+
+    def attend(self, base, module, query, key, value, attention_mask, **kwargs):
+        """A plain call's queries over the slots they were given (token ``a`` in slot ``a`` while the ring fills),
+        each hiding what its own window no longer reaches, and the empty slots."""
+        n = query.shape[2]
+        t = (self.position - n + torch.arange(n, device=self.device))[:, None]
+        positions = self.slot_positions()[0, 0, : key.shape[-2]][None, :]
+        visible = (positions >= 0) & (positions <= t) & (
+            (positions < self.n_sink) | (positions >= t - self.spec.window_at(t)))
+        return base(module, query, key, value, additive_mask(visible, query.dtype)[None, None], **kwargs)
+
+    def plain_room(self) -> int:
+        return self.spec.plain_until - self.position
+
+    @property
+    def resident(self) -> int:
+        return min(self.position, self.n_sink + self.spec.window_at(self.position))
 
     def chunk_plan(self, first: int, offset: int, n: int, dtype, device, workspace, rotate_queries: bool):
         return ring_chunk_plan(self.spec, first, offset, n, dtype, device, self.rotations.info, workspace,
@@ -54,7 +78,8 @@ class SinkWindowLayer(SinkLayer):
         ``window`` tokens."""
         n_sink = self.n_sink
         sinks = torch.arange(min(n_sink, self.position))
-        return torch.cat([sinks, torch.arange(max(n_sink, self.position - self.spec.window), self.position)])[None]
+        recent = torch.arange(max(n_sink, self.position - self.spec.window_at(self.position)), self.position)
+        return torch.cat([sinks, recent])[None]
 
     # -- place ------------------------------------------------------------------------------------------------
     def place(self, key_states: torch.Tensor, value_states: torch.Tensor, step=None):
@@ -64,12 +89,14 @@ class SinkWindowLayer(SinkLayer):
             self.lazy_initialization(key_states, value_states)
         self.check_batch(key_states)
         n, first = key_states.shape[-2], self.position
-        if first + n <= self.capacity:
+        if first + n <= self.capacity and not isinstance(step, ChunkPlan):
             # Filling: no token of this call needs an eviction, token a sits in slot a, positions are original.
             self.keys[:, :, first : first + n] = key_states
             self.values[:, :, first : first + n] = value_states
             self.store_sinks(first, key_states)
             self.sink_delta = 0
+            if n == 1 and first >= self.n_sink:  # a window that grows hides tokens before the ring is full
+                self.place_sinks(self.spec.sink_delta(first, self.offset))
             self.position += n
             return self.keys[:, :, : first + n], self.values[:, :, : first + n]
         if n == 1 and (step is None or step.first != first):
@@ -152,12 +179,14 @@ def trained_window_layer(layer_idx: int, sliding: SlidingLayers) -> SinkWindowLa
 def build_layers(num_layers: int, layer_type: type, spec, rotations: Rotations, sliding: SlidingLayers | None,
                  quant: KVQuantSpec | None) -> tuple[list[StreamLayer], SlotScratch | None]:
     """A model's cache layers by kind: a hybrid model's sliding layers as they were trained
-    (:func:`trained_window_layer`, full precision), every other layer a ``layer_type`` of the policy's ``spec``,
-    holding a :class:`~streamlib.caches.quant_store.QuantizedStore` when ``quant`` is given. Returns the layers and the
-    scratch their stores share."""
+    (:func:`trained_window_layer`, full precision), every other layer a ``layer_type`` of the policy's ``spec`` (or of
+    ``spec[i]`` for layer ``i``, when the policy sets each layer apart), holding a
+    :class:`~streamlib.caches.quant_store.QuantizedStore` when ``quant`` is given. Returns the layers and the scratch
+    their stores share."""
     scratch = SlotScratch() if quant is not None else None
     layers = [trained_window_layer(i, sliding) if sliding is not None and i in sliding.indices
-              else layer_type(i, spec, rotations, store=QuantizedStore(quant, scratch) if quant else None)
+              else layer_type(i, spec[i] if isinstance(spec, (list, tuple)) else spec, rotations,
+                              store=QuantizedStore(quant, scratch) if quant else None)
               for i in range(num_layers)]
     return layers, scratch
 
@@ -175,19 +204,24 @@ class SinkWindowCache(StreamingCache):
 
     def __init__(self, num_layers: int, n_sink: int, window: int, pos_shift: bool, rotary: RotaryInfo,
                  rebase_interval: int = 256, rotate_queries: bool = False, sliding: SlidingLayers | None = None,
-                 quant: KVQuantSpec | None = None):
-        spec = SinkWindowSpec(n_sink, window, pos_shift)
+                 quant: KVQuantSpec | None = None, specs=None):
+        # ``specs``: the layers' own (a window per layer, or one that grows), in place of n_sink + window
+        spec = specs or SinkWindowSpec(n_sink, window, pos_shift)
         if sliding is not None and n_sink >= sliding.window:
             raise ValueError(f"n_sink must be below the model's sliding window ({sliding.window}); got {n_sink}")
         rotations = Rotations(rotary)
         layers, scratch = build_layers(num_layers, SinkWindowLayer, spec, rotations, sliding, quant)
-        super().__init__(spec, layers, rotations, rebase_interval, quant, scratch,
+        kinds = {layer.spec for layer in layers if not layer.is_sliding}
+        own_masks = len(kinds) > 1 or any(kind.varies for kind in kinds)
+        for layer in layers:
+            layer.own_masks = own_masks and not layer.is_sliding
+        super().__init__(max(kinds, key=lambda kind: kind.budget) if kinds else spec, layers, rotations, rebase_interval, quant, scratch,
                          sliding.layer_types if sliding is not None else None,
                          rotate_queries=rotate_queries and n_sink > 0 and pos_shift)
-        self.needs_handover = self.rotate_queries
+        self.needs_handover = self.rotate_queries or own_masks
         self.static_state: StaticState | None = None  # made by the first compiled decode step
         # one shape for the whole stream: a compiled decode step can run on it (one kind of layer, for now)
-        self.fixed_shape = not self.is_hybrid and quant is None
+        self.fixed_shape = not self.is_hybrid and quant is None and not own_masks
         if self.is_hybrid:
             self.why_not_compiled = "a hybrid model's cache; the compiled step takes one kind of layer"
 

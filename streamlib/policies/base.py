@@ -95,8 +95,8 @@ class PolicyBase:
 
     def spec_parts(self) -> list[str]:
         """The parts of the spec string after the name (``["4+252", "noshift"]``), from ``form`` and ``flags``."""
-        values = {f.name: repr(v) if isinstance(v := getattr(self, f.name), float) else v
-                  for f in dataclasses.fields(self)}
+        written = {float: repr, tuple: lambda v: ",".join(map(str, v))}
+        values = {f.name: written.get(type(v := getattr(self, f.name)), lambda v: v)(v) for f in dataclasses.fields(self)}
         parts = self.form.format(**values).split(":") if self.form else []
         return parts + [word for field, word in self.flags.items() if not getattr(self, field)]
 
@@ -108,13 +108,14 @@ class PolicyBase:
         text = ":".join(p for p in parts if p not in words and not (words and p == "shift"))  # "shift": the default
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         pieces = re.split(r"\{(\w+)\}", cls.form)
-        pattern = "".join(re.escape(piece) if k % 2 == 0 else
-                          rf"(?P<{piece}>\d+(?:\.\d*)?)" if types[piece] == "float" else rf"(?P<{piece}>\d+)"
+        kinds = {"float": r"\d+(?:\.\d*)?", "str": r"[^:]+", "int": r"\d+", "tuple": r"\d+(?:,\d+)*"}
+        pattern = "".join(re.escape(piece) if k % 2 == 0 else f"(?P<{piece}>{kinds[types[piece]]})"
                           for k, piece in enumerate(pieces))
         match = re.fullmatch(pattern, text)
         if match is None:
             raise ValueError(f"expected {cls.spec_form()}; got {':'.join([cls.name, *parts])!r}")
-        values.update({k: float(v) if types[k] == "float" else int(v) for k, v in match.groupdict().items()})
+        convert = {"float": float, "str": str, "tuple": lambda v: tuple(int(x) for x in v.split(","))}
+        values.update({k: convert.get(types[k], int)(v) for k, v in match.groupdict().items()})
         return cls(**values, **quant)
 
     def spec(self) -> str:
