@@ -12,15 +12,21 @@ from typing import ClassVar
 import torch
 
 from ..caches.compiled import NOT_COMPILABLE
+from ..caches.handover import can_hand_over
 from ..caches.quant import KVQuantSpec, held_bytes, quant_label
 from ..core.arch import SLIDING, family_of, layer_types, shapes_of
 from ..core.costs import bounded_stream_flops, held_kv_bytes
 from .registry import register
 
 
-def check_model(model, policy_name: str) -> None:
-    """The caches are written for the families of :mod:`streamlib.core.arch`; anything else is refused clearly."""
+def check_model(model, policy_name: str, hand_over: str | None = None) -> None:
+    """The caches are written for the families of :mod:`streamlib.core.arch`; anything else is refused clearly. A
+    policy whose cache runs attention through the hand-over says why (``hand_over``): the model's attention must then
+    be sdpa or eager."""
     family_of(model, f"policy {policy_name}")
+    if hand_over and not can_hand_over(model):
+        raise ValueError(f"model: {policy_name} {hand_over}, which needs attn_implementation 'sdpa' or 'eager'; got "
+                         f"{model.config._attn_implementation!r}")
 
 
 @dataclass(frozen=True)

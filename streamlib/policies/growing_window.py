@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..caches.handover import can_hand_over
 from ..caches.ring import GrowingSpec
 from ..caches.sink_window import SinkWindowCache
 from ..core.arch import rotary_of, sliding_layers_of
@@ -52,10 +51,7 @@ class GrowingWindow(PolicyBase, name="growing", title="Growing window", form="{n
         return self.n_sink + self.max_window
 
     def make_cache(self, model) -> SinkWindowCache:
-        check_model(model, "GrowingWindow")
-        if not can_hand_over(model):
-            raise ValueError("model: GrowingWindow gives each query its own window, which needs attn_implementation "
-                             f"'sdpa' or 'eager'; got {model.config._attn_implementation!r}")
+        check_model(model, "GrowingWindow", hand_over="gives each query its own window")
         spec = GrowingSpec(self.n_sink, self.max_window, self.pos_shift, float(self.ratio), self.min_window)
         return SinkWindowCache(model.config.num_hidden_layers, self.n_sink, self.max_window, self.pos_shift,
                                rotary_of(model), rotate_queries=True, sliding=sliding_layers_of(model), specs=spec)

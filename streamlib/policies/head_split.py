@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 
 from ..caches.head_split import HeadSplitCache
-from ..caches.handover import can_hand_over
 from ..core.arch import SLIDING, layer_types, rotary_of, shapes_of, sliding_layers_of
 from ..core.checks import check_int
 from ..core.costs import bounded_stream_flops, held_kv_bytes
@@ -63,10 +62,7 @@ class HeadSplit(PolicyBase, name="headsplit", title="Head split", form="{n_sink}
         return self.n_sink + self.window
 
     def make_cache(self, model) -> HeadSplitCache:
-        check_model(model, "HeadSplit")
-        if not can_hand_over(model):
-            raise ValueError("model: HeadSplit runs each kind of head's attention itself, which needs "
-                             f"attn_implementation 'sdpa' or 'eager'; got {model.config._attn_implementation!r}")
+        check_model(model, "HeadSplit", hand_over="runs each kind of head's attention itself")
         sh = shapes_of(model)
         mask = self.retrieval_mask(sh.layers, sh.kv_heads)
         retrieval = [tuple(row.nonzero()[:, 0].tolist()) for row in mask]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..caches.handover import can_hand_over
 from ..caches.ring import SinkWindowSpec
 from ..caches.sink_window import SinkWindowCache
 from ..core.arch import SLIDING, layer_types, rotary_of, sliding_layers_of
@@ -50,19 +49,27 @@ class LayerBudgets(PolicyBase, name="layers", title="Budgets per layer", form="{
             windows[i % layers] += 1
         return cls(n_sink, tuple(windows), pos_shift)
 
+    def params(self) -> dict:
+        """The record's fields, the windows as one string (``"508,492,..."``): a record's cell holds no tuple."""
+        return {**super().params(), "windows": ",".join(map(str, self.windows))}
+
+    @classmethod
+    def from_fields(cls, params: dict, accepts=None) -> "LayerBudgets":
+        windows = params.get("windows")
+        if isinstance(windows, str):
+            params = {**params, "windows": tuple(int(w) for w in windows.split(","))}
+        return super().from_fields(params, accepts)
+
     @property
     def budget(self) -> int:
         """The most tokens a layer keeps."""
         return self.n_sink + max(self.windows)
 
     def make_cache(self, model) -> SinkWindowCache:
-        check_model(model, "LayerBudgets")
+        check_model(model, "LayerBudgets", hand_over="gives each layer its own mask")
         layers = model.config.num_hidden_layers
         if len(self.windows) != layers:
             raise ValueError(f"windows: one per layer, {layers} for this model; got {len(self.windows)}")
-        if not can_hand_over(model):
-            raise ValueError("model: LayerBudgets gives each layer its own mask, which needs attn_implementation "
-                             f"'sdpa' or 'eager'; got {model.config._attn_implementation!r}")
         specs = [SinkWindowSpec(self.n_sink, w, self.pos_shift) for w in self.windows]
         return SinkWindowCache(layers, self.n_sink, max(self.windows), self.pos_shift, rotary_of(model),
                                rotate_queries=True, sliding=sliding_layers_of(model), specs=specs)

@@ -9,7 +9,6 @@ from typing import ClassVar
 
 import torch
 
-from ..caches.handover import can_hand_over
 from ..caches.scored import ScoredCache, ScoreView
 from ..core.arch import rotary_of, sliding_layers_of
 from .base import PolicyBase, check_model
@@ -41,9 +40,6 @@ class ScoredPolicy(PolicyBase):
         raise NotImplementedError
 
     def make_cache(self, model) -> ScoredCache:
-        check_model(model, type(self).__name__)
-        if self.needs_attention and not can_hand_over(model):
-            raise ValueError(f"model: {self.title} reads the attention weights, which needs attn_implementation "
-                             f"'sdpa' or 'eager'; got {model.config._attn_implementation!r}")
+        check_model(model, type(self).__name__, hand_over="reads the attention weights" if self.needs_attention else None)
         return ScoredCache(model.config.num_hidden_layers, self, rotary_of(model), sliding=sliding_layers_of(model),
                            quant=self.kv_quant())
