@@ -16,6 +16,7 @@ retrieval_context_tokens = None  # prompt lengths
 retrieval_depths = None  # where the key sits in the filler, 0 (start) to 1 (end)
 streameval_tokens = None  # the StreamEval stream's length (past the trained length to see what Dense does there)
 recall_turns = None  # turns of the scripted chat (0: none)
+head_split_shares = None  # shares of the kv heads HeadSplit keeps whole ([]: no section)
 
 # %% [markdown]
 # # 06 · What each policy remembers: pass key, StreamEval, recall across turns
@@ -28,10 +29,14 @@ recall_turns = None  # turns of the scripted chat (0: none)
 
 # %%
 import pandas as pd
+import torch
 
 from streamlib import report, workbook as wb
+from streamlib.experiments.grids import head_split_grid
+from streamlib.loading.head_maps import head_map
 from streamlib.loading.models import describe
 from streamlib.metrics.chat import chat_header_ids
+from streamlib.metrics.head_scores import map_trials, measure_head_scores
 from streamlib.metrics.recall import measure_recall, recall_script
 from streamlib.metrics.retrieval import measure_retrieval, passkey_grid
 from streamlib.metrics.streameval import measure_streameval, streameval_task
@@ -41,7 +46,8 @@ from streamlib.report import figures
 # %%
 cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force, retrieval_cache=retrieval_cache,
                        retrieval_context_tokens=retrieval_context_tokens, retrieval_depths=retrieval_depths,
-                       streameval_tokens=streameval_tokens, recall_turns=recall_turns)
+                       streameval_tokens=streameval_tokens, recall_turns=recall_turns,
+                       head_split_shares=head_split_shares)
 
 # %% [markdown]
 # ## The model and the trials
@@ -159,3 +165,46 @@ if chat:
 
 # %%
 report.recall_table(run).round(2) if chat else 'no recall chat'
+
+# %% [markdown]
+# ## Memory beyond the window: retrieval heads
+# StreamingLLM forgets a key once it leaves the window; its authors' answer to "can it remember more?" is no. Their follow-up, DuoAttention (Xiao et al., 2024), keeps the whole context in a few *retrieval heads* and sinks plus a window in all the others. Which heads retrieve can be found without training (Wu et al., 2024): while the model writes a pass key under Dense, a head whose strongest attention lands on the digit being copied retrieves it. The map is the model's shipped one (`scripts/head_map.py`, `streamlib/assets/<model>/head_map.json`) where it has one, else measured here on six prompts apart from the ones asked below. Bright cells are the heads a split keeps whole.
+
+# %%
+shipped = head_map(cfg.model) if cfg.head_split_shares else None
+eager = wb.model_and_tokenizer(cfg, attn_implementation='eager')[0] if cfg.head_split_shares and shipped is None else None
+scored = map_trials(tokenizer, cfg.head_split_tokens, bos=cfg.bos)
+if cfg.head_split_shares:
+    run.measure('head_scores', Dense(), lambda: measure_head_scores(eager, tokenizer, scored, shipped),
+                tokens=cfg.head_split_tokens, trials=len(scored), shipped=shipped is not None)
+del eager
+report.draw(run, 'fig16_head_map')
+
+# %% [markdown]
+# The policies: Dense, StreamingLLM at the retrieval budget, and for each of `head_split_shares` HeadSplit keeping that share of the kv heads whole (the best scored) with the same sinks and window, beside StreamingLLM holding the same KV bytes at this prompt's length. The KV column is what each holds at the end of the prompt, from the model's shapes.
+
+# %%
+heads = run.curves('head_scores')
+heads = heads[heads.key == heads.key.iloc[-1]] if len(heads) else heads  # the latest map
+scores = torch.tensor(heads.pivot(index='layer', columns='kv_head', values='score').to_numpy()) if len(heads) else None
+grid = head_split_grid(cfg, scores, model.config) if scores is not None else []
+far = passkey_grid(tokenizer, [cfg.head_split_tokens], cfg.head_split_depths, cfg.head_split_seeds, bos=cfg.bos)
+kv_mib = {p: p.kv_bytes_held(model.config, far[0].prompt_ids.shape[1], model.dtype) / 2**20 for p in grid}
+pd.DataFrame([{'label': p.label(), 'KV at the prompt (MiB)': round(kv_mib[p], 2)} for p in grid])
+
+# %% [markdown]
+# Every policy on the same prompts, each key further back than the window (`head_split_depths` of a `head_split_tokens`-token prompt, `head_split_seeds` keys each).
+
+# %%
+for policy in grid:
+    run.measure('beyond_window', policy, lambda: measure_retrieval(model, tokenizer, policy, far,
+                cfg.retrieval_new_tokens), context_tokens=cfg.head_split_tokens, depths=cfg.head_split_depths,
+                seeds=cfg.head_split_seeds, new_tokens=cfg.retrieval_new_tokens, kv_mib=round(kv_mib[policy], 4))
+report.beyond_window_table(run).round(3)
+
+# %% [markdown]
+# What to look for: StreamingLLM at the retrieval budget near zero (the key is gone), Dense the ceiling, and where HeadSplit sits between them for the KV bytes it holds, against StreamingLLM holding as many bytes. A difference counts only where the two Wilson intervals do not overlap.
+
+# %%
+report.draw(run, 'fig17_beyond_window')
+

@@ -148,6 +148,16 @@ if not recall.empty:
 recall.round(2)
 
 # %% [markdown]
+# Memory beyond the window (06): the retrieval score of every kv head, then pass keys further back than the window under HeadSplit and StreamingLLM at equal KV bytes.
+
+# %%
+report.draw(run, 'fig16_head_map')
+
+# %%
+report.draw(run, 'fig17_beyond_window')
+report.beyond_window_table(run).round(3)
+
+# %% [markdown]
 # ## Published numbers
 # For shape, not digits: models, data and protocols differ.
 

@@ -102,6 +102,12 @@ class Config:
     recall_turns: int = 0  # 06: a scripted chat of this many turns (models with a chat template); 0: none
     recall_turns_back: list = field(default_factory=lambda: [1, 3, 6, 12])  # turns from a fact to its question
     recall_more_policies: bool = False  # burst eviction, TOVA and H2O join the recall chat (minutes more)
+    head_split_shares: list = field(default_factory=list)  # 06: HeadSplit keeping these shares of the kv heads whole,
+    # beside StreamingLLM at equal KV bytes, on pass keys beyond the window; [] none
+    head_split_tokens: int = 1024  # 06: their prompts' length
+    head_split_depths: list = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7])  # where the key sits (all beyond
+    # the window at 1,024 tokens and a budget of 128)
+    head_split_seeds: int = 5  # trials per depth
     quant_bits: list = field(default_factory=list)  # 03: quantized KV caches at these bit widths (8, 4, 2); [] none
     quant_budget: int = 256  # 03: the full-precision cache the equal-memory series matches (4+252 = 8-bit 4+508 ...)
     quant_tokens: int = 4096  # 03: the stream the bit widths are compared on (longer than the largest cache)
@@ -157,6 +163,14 @@ class Config:
         check_int("recall_turns", self.recall_turns, 0)
         check_ints("recall_turns_back", self.recall_turns_back, 1)
         check_bool("recall_more_policies", self.recall_more_policies)
+        if not isinstance(self.head_split_shares, list) or any(
+                isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= 1 for s in self.head_split_shares):
+            raise ValueError(f"head_split_shares must be a list of numbers in (0, 1]; got {self.head_split_shares!r}")
+        check_int("head_split_tokens", self.head_split_tokens, 64)
+        check_int("head_split_seeds", self.head_split_seeds, 1)
+        for depth in self.head_split_depths:
+            if isinstance(depth, bool) or not isinstance(depth, (int, float)) or not 0 <= depth <= 1:
+                raise ValueError(f"head_split_depths must hold numbers in [0, 1]; got {depth!r}")
         kinds = [cls.name for cls in registered() if cls.streams_long]  # a constant cost per token
         if not isinstance(self.long_stream_policies, list) or any(k not in kinds for k in self.long_stream_policies):
             raise ValueError(f"long_stream_policies must be a list drawn from {list(kinds)}; "
@@ -292,6 +306,8 @@ def dry_run_values(values: dict) -> dict:
     v["retrieval_context_tokens"] = sorted({min(256, n) for n in v.get("retrieval_context_tokens", [512])})
     v["retrieval_seeds"] = v["retrieval_scored_seeds"] = 1
     v["recall_turns"] = 0  # the embedded tokenizer has no chat template
+    v["head_split_tokens"] = min(256, v.get("head_split_tokens", 1024))
+    v["head_split_seeds"] = 1
     v["burst_configs"] = [[max(16, capacity // div), ratio] for capacity, ratio in v.get("burst_configs", [[256, 0.7]])]
     for name, cap in DRY_RUN_CAPS.items():
         v[name] = min(v.get(name, cap), cap)

@@ -4,7 +4,8 @@ report guesses so."""
 
 from __future__ import annotations
 
-from ..policies import H2O, TOVA, Recompute, StreamingLLM, Window, parse_policy
+from ..metrics.head_scores import top_heads
+from ..policies import H2O, TOVA, Dense, HeadSplit, Recompute, StreamingLLM, Window, parse_policy
 
 SWEEP_SINKS = 4  # the sink count of the cache-size sweep (the paper's choice)
 SWEEP_NEW_TOKENS = 16  # tokens generated after the prompt when 03 times decoding (its latency tables)
@@ -35,3 +36,18 @@ def sweep_grid(cfg) -> dict[str, list]:
     cache += [parse_policy(spec) for spec in cfg.sweep_more_policies]
     sinks = [StreamingLLM(s, cfg.sweep_sink_cache - s) for s in cfg.sweep_sinks]
     return {"cache": list(dict.fromkeys(cache)), "sinks": sinks}
+
+
+def head_split_grid(cfg, scores, config) -> list:
+    """06's memory beyond the window: Dense, StreamingLLM at the retrieval budget, and for each of
+    ``head_split_shares`` HeadSplit keeping that share of the full layers' kv heads whole (those with the highest
+    retrieval ``scores``) beside StreamingLLM holding the same KV bytes at a prompt of ``head_split_tokens`` (its
+    budget ``share * T + (1 - share) * budget``)."""
+    budget, n_sink, tokens = cfg.retrieval_cache, cfg.n_sink, cfg.head_split_tokens
+    grid = [Dense(), StreamingLLM(n_sink, budget - n_sink)]
+    for share in cfg.head_split_shares:
+        split = HeadSplit.of(top_heads(scores, share, config), n_sink, budget - n_sink)
+        equal = round(split.full_share(config) * tokens + (1 - split.full_share(config)) * budget)
+        grid += [split, StreamingLLM(n_sink, equal - n_sink)]
+    return list(dict.fromkeys(grid))
+

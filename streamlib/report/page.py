@@ -42,6 +42,11 @@ CAPTIONS = {
                         "length.",
     "fig14_recall": "Recall across turns of one chat: accuracy (Wilson 95 % CI bars) against the turns from a fact to "
                     "its question, and the KV cache held after each turn.",
+    "fig16_head_map": "Retrieval score of every kv head (the share of a pass key's digits its strongest attention "
+                      "lands on while the model writes the key, under Dense): the heads HeadSplit keeps whole.",
+    "fig17_beyond_window": "Pass keys further back than the window: accuracy (Wilson 95 % CI bars) against the KV "
+                           "cache each policy holds at the prompt's length; HeadSplit keeping its best retrieval heads "
+                           "whole beside StreamingLLM at equal bytes.",
     "fig15_bits": "Bits per kept token: the paired change in perplexity (95 % CI bars) against KV memory for one cache at fewer bits and for "
                   "caches of equal code bytes (more tokens at fewer bits), and the paired change from quantizing the "
                   "sinks too.",

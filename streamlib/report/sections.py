@@ -8,10 +8,11 @@ import pandas as pd
 
 from ..experiments.grids import SWEEP_NEW_TOKENS
 from .figures import fig_bits, fig_sinks, fig_trace, fig_tradeoff
+from .task_figures import fig_beyond_window, fig_head_map
 from .compare import comparison, published_results
 from .tables import (bits_report, bits_table, burst_speed_table, burst_table, decode_modes_table, latency_table,
                      sweep_report, sweep_table)
-from .tasks import recall_table, retrieval_summary, retrieval_table, streameval_table
+from .tasks import beyond_window_table, recall_table, retrieval_summary, retrieval_table, streameval_table
 
 WILSON_BOUNDS = ["accuracy_low", "accuracy_high"]  # the bounds behind each "accuracy 95 % CI" cell
 
@@ -51,8 +52,21 @@ def fig15_bits(run):
     return None if bits.empty else fig_bits(bits)
 
 
+def fig16_head_map(run):
+    """Every kv head's retrieval score, as 06 measured it (or read it from the model's shipped map)."""
+    scores = run.curves("head_scores")
+    return None if scores.empty else fig_head_map(scores[scores.key == scores.key.iloc[-1]])
+
+
+def fig17_beyond_window(run):
+    """Pass keys beyond the window: accuracy against the KV bytes each policy holds."""
+    table = beyond_window_table(run)
+    return None if table.empty else fig_beyond_window(table)
+
+
 RUN_FIGURES = {"fig4_tradeoff": fig4_tradeoff, "fig5_ppl_vs_sinks": fig5_ppl_vs_sinks,
-               "fig9_burst_memory": fig9_burst_memory, "fig15_bits": fig15_bits}
+               "fig9_burst_memory": fig9_burst_memory, "fig15_bits": fig15_bits, "fig16_head_map": fig16_head_map,
+               "fig17_beyond_window": fig17_beyond_window}
 
 
 def draw(run, name: str):
@@ -94,6 +108,9 @@ def report_tables(run) -> dict[str, pd.DataFrame]:
         f"{cfg.retrieval_cache})": _without(streameval_table(run)),
         f"Recall across the turns of one chat ({cfg.recall_turns} turns; KV budget {cfg.retrieval_cache})":
             _without(recall_table(run)),
+        f"Memory beyond the window: pass keys further back than the window ({cfg.head_split_tokens}-token prompts, "
+        f"KV budget {cfg.retrieval_cache}; HeadSplit beside StreamingLLM at equal KV bytes)":
+            _without(beyond_window_table(run)),
         "Published numbers (for shape, not digits)": published_results()[
             ["source", "model", "dataset", "n_sink", "window", "ppl"]],
     }

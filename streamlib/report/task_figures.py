@@ -106,3 +106,37 @@ def fig_recall(turns: pd.DataFrame, budget: int | None = None):
     b.set_title("KV cache held after each turn")
     _legend_below(fig, a)
     return fig
+
+
+def fig_head_map(scores: pd.DataFrame):
+    """Figure 16: every kv head's retrieval score (layers down, kv heads across), and which heads a split keeps
+    whole. ``scores``: layer, kv_head, score."""
+    table = scores.pivot(index="layer", columns="kv_head", values="score")
+    fig, ax = plt.subplots(figsize=(2.2 + 0.5 * table.shape[1], 0.6 + 0.16 * table.shape[0]))
+    image = ax.imshow(table.to_numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=max(1e-9, table.to_numpy().max()))
+    ax.set_xticks(range(table.shape[1]), table.columns)
+    ax.set_xlabel("kv head")
+    ax.set_ylabel("layer")
+    ax.set_title("Retrieval score per kv head", fontsize=9)
+    fig.colorbar(image, ax=ax, label="share of the key's digits retrieved")
+    return fig
+
+
+def fig_beyond_window(table: pd.DataFrame):
+    """Figure 17: pass keys beyond the window, accuracy (Wilson 95 % bars) against the KV bytes each policy holds at
+    the prompt's length. ``table``: :func:`streamlib.report.tasks.beyond_window_table`."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    seen: dict[tuple, int] = {}
+    for _, row in table.iterrows():
+        style = distinct_style(style_of(row["spec"]), seen)
+        yerr = [[row["accuracy"] - row["accuracy_low"]], [row["accuracy_high"] - row["accuracy"]]]
+        ax.errorbar([row["kv_mib"]], [row["accuracy"]], yerr=np.array(yerr).clip(min=0), capsize=3,
+                    label=row["label"], linestyle="none", **{k: v for k, v in style.items() if k != "linestyle"})
+    ax.set_xscale("log")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("KV cache held at the prompt's length (MiB, log scale)")
+    ax.set_ylabel("pass key answered (Wilson 95 % CI)")
+    ax.set_title("Memory beyond the window: the key further back than the window", fontsize=9)
+    _legend_below(fig, ax)
+    return fig
+
