@@ -399,6 +399,18 @@ def test_display_units_and_wide_metrics():
     assert str(wide["window"].dtype) == "Int64" and wide.loc["StreamingLLM 4+60", "window"] == 60
 
 
+def test_a_field_of_one_group_may_be_a_metric_of_another():
+    # 06: head_scores is described by ``trials`` (its prompts); beyond_window measures ``trials``
+    rows = pd.DataFrame([
+        {"key": "h", "status": "ok", "group": "head_scores", "metric": "head_score_max", "value": 0.5,
+         "policy": "dense", "spec": "dense", "trials": 6.0, "timestamp": "1"},
+        {"key": "b", "status": "ok", "group": "beyond_window", "metric": "trials", "value": 16.0,
+         "policy": "dense", "spec": "dense", "timestamp": "2"},
+    ])
+    assert metrics_wide(rows, "beyond_window").loc[0, "trials"] == 16.0
+    assert metrics_wide(rows, "head_scores").loc[0, "trials"] == 6.0
+
+
 def test_run_context_is_in_every_record(tmp_path):
     run = Run(Config.load("smoke", run_dir=str(tmp_path)))
     run.measure("x", Dense(), lambda: Measurement(rows=[("m", 1.0, "")]))

@@ -86,6 +86,10 @@ def metrics_wide(df: pd.DataFrame, group: str | None = None) -> pd.DataFrame:
     ordered = ok.sort_values("timestamp", kind="stable")
     described = ordered.drop(columns=[c for c in ok.columns if c in drop]).groupby("key", sort=False).last()
     values = ordered.pivot_table(index="key", columns="metric", values="value", aggfunc="last")
+    # a field another group describes with (head_scores' ``trials``) may be a metric here: this group's rows leave it
+    # empty, and the metric is what this table means by the name
+    described = described.dropna(axis=1, how="all")
+    described = described.drop(columns=[c for c in described.columns if c in values.columns])
     wide = described.join(values).reset_index()
     wide = wide.dropna(axis=1, how="all")
     for col in ("n_sink", "window", "batch_size", "n_tokens", "prompt_tokens", "new_tokens", "n_heavy", "n_recent",

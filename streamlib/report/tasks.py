@@ -141,14 +141,13 @@ def _with_wilson(table: pd.DataFrame) -> pd.DataFrame:
 def beyond_window_table(run) -> pd.DataFrame:
     """06's pass keys beyond the window, one row per policy (Dense first): its trials, the share answered with its
     Wilson 95 % interval, the share whose key was still wholly cached, the KV cache it holds at the prompt's length
-    (MiB, from the shapes) and the share of the full layers' kv heads kept whole."""
+    (MiB, from the shapes); a head split's label says how many kv heads it keeps whole."""
     cfg = run.cfg
     trials = latest_curves(run, "beyond_window", context_tokens=cfg.head_split_tokens, seeds=cfg.head_split_seeds)
     if trials.empty:
         return trials
     table = trials.groupby(["spec", "label"], sort=False).agg(
         trials=("correct", "size"), correct=("correct", "sum"), accuracy=("correct", "mean"),
-        key_held=("key_cached", lambda c: float((c >= 1.0).mean())), kv_mib=("kv_mib", "first"),
-        heads_whole=("heads_whole", "first")).reset_index()
+        key_held=("key_cached", lambda c: float((c >= 1.0).mean())), kv_mib=("kv_mib", "first")).reset_index()
     return _with_wilson(_in_kind_order(table, ["kv_mib"]))
 
