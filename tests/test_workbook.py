@@ -451,6 +451,33 @@ def test_report_tables_compare_like_with_like(tmp_path):
     assert len(modes) == 2 and modes.tpot_ms.tolist() == pytest.approx([10.0, 10.0])
 
 
+def test_latency_table_shows_ttft_only_for_the_prompt_dense_was_given(tmp_path):
+    """03 times TOVA after a prompt of its budget (it reads a prompt token by token) beside Dense after the run's
+    prompt: each record states its prompt, and the table does not put TOVA's TTFT under Dense's prompt."""
+    from streamlib.policies import TOVA
+    from streamlib.report.tables import latency_table
+
+    cfg = Config.load("smoke", run_dir=str(tmp_path))
+    run = Run(cfg)
+    tova = TOVA(cfg.speed_prompt_tokens // 4)
+    timed = [Dense(), cfg.streaming_policy(), tova]
+    prompts = {p: p.budget if p.token_mode else cfg.speed_prompt_tokens for p in timed}
+
+    def timing(p):
+        base = {"ttft": 0.002 * prompts[p], "tpot_mean": 0.01, "tpot_vs_baseline": 1.0 if p == Dense() else 0.9}
+        return Measurement(rows=[(m, v, "") for k, v in base.items()
+                                 for m, v in ((k, v), (f"{k}_q1", v), (f"{k}_q3", v))])
+
+    run.measure_all("sweep_speed", timed, lambda: {p: timing(p) for p in timed},
+                    each={p: {"prompt_tokens": prompts[p]} for p in timed}, new_tokens=16, rounds=3)
+    recorded = run.metrics("sweep_speed").set_index("label")["prompt_tokens"]
+    assert recorded[tova.label()] == tova.budget and recorded["Dense"] == cfg.speed_prompt_tokens
+    table = latency_table(run, "sweep_speed", new_tokens=16).set_index("label")
+    assert table.loc["Dense", "ttft_ms"] == pytest.approx(2.0 * cfg.speed_prompt_tokens)
+    assert pd.isna(table.loc[tova.label(), "ttft_ms"]) and table.loc[tova.label(), "tpot_ms"] == pytest.approx(10.0)
+    assert table.loc[tova.label(), "TTFT IQR (ms)"] == f"(after a {tova.budget}-token prompt)"
+
+
 def test_retrieval_tables_keep_each_policys_latest_trials(tmp_path):
     """A policy measured twice in one run (its record key changed between the two) counts its latest trials only:
     the tables never pool two measurements of one policy into twice the trials."""

@@ -95,11 +95,15 @@ class Run:
         print(f"{group:>10} | {policy.label():<28} | {_describe(fields):<40} | {result.status}")
         return result
 
-    def measure_all(self, group: str, policies: list, compute: Callable[[], dict], **fields) -> dict:
+    def measure_all(self, group: str, policies: list, compute: Callable[[], dict], each: dict | None = None,
+                    **fields) -> dict:
         """One measurement of several policies together (e.g. timings interleaved round by round): ``compute()``
-        returns ``{policy: Measurement}`` and each policy's is recorded as :meth:`measure` would. It runs only when
-        some policy's configuration is not yet recorded (or the run is forced); a failure is recorded for each."""
-        keys = {p: config_key(**self.fields(group, p, **fields)) for p in policies}
+        returns ``{policy: Measurement}`` and each policy's is recorded as :meth:`measure` would. ``each[policy]``
+        holds the fields that differ by policy (the prompt a token-mode policy was given), so every record states
+        what was measured. It runs only when some policy's configuration is not yet recorded (or the run is
+        forced); a failure is recorded for each."""
+        own = {p: {**fields, **(each or {}).get(p, {})} for p in policies}
+        keys = {p: config_key(**self.fields(group, p, **own[p])) for p in policies}
         if self.cfg.force or any(k not in self._measured for k in keys.values()):
             try:
                 results = compute()
@@ -113,10 +117,10 @@ class Run:
             out = {}
             for policy in policies:
                 out[policy] = self._compute(group, policy, compute_one or (lambda p=policy: results[p]),
-                                            self.fields(group, policy, **fields), keys[policy], fields)
-                print(f"{group:>10} | {policy.label():<28} | {_describe(fields):<40} | {out[policy].status}")
+                                            self.fields(group, policy, **own[policy]), keys[policy], own[policy])
+                print(f"{group:>10} | {policy.label():<28} | {_describe(own[policy]):<40} | {out[policy].status}")
             return out
-        return {p: self.measure(group, p, lambda: None, **fields) for p in policies}
+        return {p: self.measure(group, p, lambda: None, **own[p]) for p in policies}
 
     def _compute(self, group, policy, compute, full: dict, key: str, fields: dict) -> Measurement:
         base = {"key": key, **_flatten(full)}

@@ -37,22 +37,30 @@ def speed_table(run) -> pd.DataFrame:
 
 
 def latency_table(run, group: str, new_tokens: int) -> pd.DataFrame:
-    """Interleaved timings of ``group`` (e.g. 03's ``sweep_speed``) on the run's prompt: per policy its budget, TTFT
-    and TPOT (ms, median and IQR over rounds) and TPOT against Dense in the same round (median and IQR of the
-    per-round ratios)."""
+    """Interleaved timings of ``group`` (e.g. 03's ``sweep_speed``): per policy its budget, the prompt it was given,
+    TTFT and TPOT (ms, median and IQR over rounds) and TPOT against Dense in the same round (median and IQR of the
+    per-round ratios). TTFT is shown only for a prompt of the run's timing length (Dense's): a policy timed after a
+    shorter prompt (a token-mode policy reads a long prompt one token at a time) has its TTFT cell left empty, so
+    no row sits under a prompt it was not given."""
     cfg = run.cfg
-    wide = latest_of_each(same_setting(run.metrics(group), prompt_tokens=cfg.speed_prompt_tokens,
-                                        new_tokens=new_tokens), ["label"])
+    wide = same_setting(run.metrics(group), new_tokens=new_tokens)
+    if wide.empty or "prompt_tokens" not in wide:
+        return pd.DataFrame()
+    wide = latest_of_each(wide[wide["prompt_tokens"] <= cfg.speed_prompt_tokens], ["label"])
     if wide.empty or "tpot_vs_baseline" not in wide:
         return pd.DataFrame()
     policies = [parse_policy(spec) for spec in wide["spec"]]
+    same_prompt = (wide["prompt_tokens"] == cfg.speed_prompt_tokens).to_numpy()
     out = pd.DataFrame({"label": wide["label"].to_numpy(), "spec": wide["spec"].to_numpy(),
                         "baseline": [p.is_baseline for p in policies],
-                        "cache_size": pd.array([p.budget for p in policies], dtype="Int64")})
+                        "cache_size": pd.array([p.budget for p in policies], dtype="Int64"),
+                        "prompt_tokens": wide["prompt_tokens"].astype(int).to_numpy()})
     for name, metric in (("ttft", "ttft"), ("tpot", "tpot_mean")):
-        out[f"{name}_ms"] = (wide[metric] * 1e3).to_numpy()
-        out[f"{name.upper()} IQR (ms)"] = [format_interval(a * 1e3, b * 1e3)
-                                           for a, b in zip(wide[f"{metric}_q1"], wide[f"{metric}_q3"])]
+        shown = same_prompt if name == "ttft" else np.ones(len(wide), bool)
+        out[f"{name}_ms"] = np.where(shown, wide[metric] * 1e3, np.nan)
+        out[f"{name.upper()} IQR (ms)"] = [
+            format_interval(a * 1e3, b * 1e3) if ok else f"(after a {n}-token prompt)"
+            for ok, a, b, n in zip(shown, wide[f"{metric}_q1"], wide[f"{metric}_q3"], out["prompt_tokens"])]
     out["tpot_vs_dense"] = wide["tpot_vs_baseline"].to_numpy()
     out["tpot_vs_dense_q1"] = wide["tpot_vs_baseline_q1"].to_numpy()
     out["tpot_vs_dense_q3"] = wide["tpot_vs_baseline_q3"].to_numpy()
