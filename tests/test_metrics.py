@@ -210,6 +210,14 @@ def test_comparison_table_formats(tmp_path):
     assert tex.startswith(r"\begin{tabular}") and r"+10.0\%" in tex
 
 
+def test_whole_numbers_print_as_integers_and_headers_as_words():
+    table = pd.DataFrame({"label": ["Dense", "TOVA 64"], "distance": [6.0, 250.0], "tokens_back": [8.0, float("nan")],
+                          "accuracy": [0.5, 1.0], "max_kv_mib": [1.25, 0.5]})
+    header, _, dense, tova = to_markdown(table).splitlines()
+    assert header == "| policy | key to question (tokens) | tokens back | accuracy | most KV held (MiB) |"
+    assert dense == "| Dense | 6 | 8 | 0.50 | 1.25 |" and tova == "| TOVA 64 | 250 | – | 1.00 | 0.50 |"
+
+
 def test_comparison_table_pairs_like_with_like(tmp_path):
     """The smoke report's fault: Dense over 2,048 tokens (01) against StreamingLLM over 1,024 (the 03 sweep). The
     table must pair each side with a measurement of the same text and token count, even when a later record of the

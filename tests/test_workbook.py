@@ -142,6 +142,11 @@ def test_smoke_chain_writes_everything(smoke_run):
     report = (smoke_run / "report.md").read_text()
     assert report.startswith("# streamlib run") and "DRY RUN" not in report
     assert "## Eager and compiled decoding" in report
+    # every table's header is read by a reader, not a program: no raw column names (lines_back, max_kv_mib)
+    lines = report.splitlines()
+    headers = [lines[i - 1] for i, line in enumerate(lines) if line.startswith("|---")]
+    assert len(headers) >= 10 and not [h for h in headers if "_" in h]
+    assert "| policy | part | 1 line (≈" in report  # StreamEval as a grid: distances across
     for fig in FIGURES:
         assert f"![{CAPTIONS[fig]}](figures/{fig}.png)" in report
     html = (smoke_run / "report.html").read_text()

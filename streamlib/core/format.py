@@ -53,7 +53,9 @@ READER_NAMES = {"change_%": "change", "cache_size": "cache (tokens)", "kv_mib": 
                 "batch_size": "batch", "pos_shift": "position shift", "ppl": "perplexity", "label": "policy",
                 "n_sink": "sinks", "key_cached": "key still cached", "prompt_tokens": "prompt (tokens)",
                 "distance": "key to question (tokens)", "compiled": "compiled", "key_held": "key wholly cached",
-                "correct_when_held": "correct when cached"}
+                "correct_when_held": "correct when cached", "lines_back": "lines back", "tokens_back": "tokens back",
+                "turns_back": "turns back", "max_kv_mib": "most KV held (MiB)", "rounds": "rounds",
+                "key_fully_cached": "key wholly cached", "tpot_vs_dense": "TPOT / Dense"}
 
 
 def reader_names(table: pd.DataFrame) -> list[str]:
@@ -72,13 +74,28 @@ def format_interval(low, high, percent: bool = False) -> str:
 def to_markdown(table: pd.DataFrame) -> str:
     cols = list(table.columns)
     lines = ["| " + " | ".join(reader_names(table)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    counts = _count_columns(table)
     for _, row in table.iterrows():
         cells = []
         for c in cols:
             v = row[c]
-            cells.append(f"{v:+.1f}%" if c == "change_%" and isinstance(v, float) and v == v else fmt(v))
+            cells.append(f"{v:+.1f}%" if c == "change_%" and isinstance(v, float) and v == v
+                         else str(int(v)) if c in counts and v == v else fmt(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _count_columns(table: pd.DataFrame) -> set:
+    """Float columns that hold whole numbers only (token distances, trials after a mean over equal values): printed
+    as integers, not ``6.00``."""
+    out = set()
+    for c in table.columns:
+        col = table[c]
+        if pd.api.types.is_float_dtype(col) and col.notna().any():
+            known = col.dropna()
+            if ((known % 1) == 0).all() and (known.abs() < 1e9).all():
+                out.add(c)
+    return out
 
 
 def to_latex(table: pd.DataFrame) -> str:

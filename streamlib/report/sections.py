@@ -12,7 +12,7 @@ from .task_figures import fig_beyond_window, fig_head_map
 from .compare import comparison, published_results
 from .tables import (bits_report, bits_table, burst_speed_table, burst_table, decode_modes_table, latency_table,
                      sweep_report, sweep_table)
-from .tasks import beyond_window_table, recall_table, retrieval_summary, retrieval_table, streameval_table
+from .tasks import beyond_window_table, recall_grid, retrieval_grid, retrieval_summary, streameval_grid
 
 WILSON_BOUNDS = ["accuracy_low", "accuracy_high"]  # the bounds behind each "accuracy 95 % CI" cell
 
@@ -103,11 +103,11 @@ def report_tables(run) -> dict[str, pd.DataFrame]:
         f"The lab's speed metrics on our implementation (batch 1, {prompt}, {cfg.burst_new_tokens} new)":
             burst_speed_table(run).round(2),
         f"Pass-key retrieval per policy (KV budget {cfg.retrieval_cache} tokens)": _without(retrieval_summary(run)),
-        "Pass-key retrieval by distance (accuracy, key still cached)": _without(retrieval_table(run)),
+        "Pass-key retrieval by distance (accuracy [Wilson 95 % CI] (trials))": retrieval_grid(run),
         f"StreamEval ({cfg.streameval_tokens} tokens, a question every {cfg.streameval_every} lines; KV budget "
-        f"{cfg.retrieval_cache})": _without(streameval_table(run)),
-        f"Recall across the turns of one chat ({cfg.recall_turns} turns; KV budget {cfg.retrieval_cache})":
-            _without(recall_table(run)),
+        f"{cfg.retrieval_cache}; accuracy [Wilson 95 % CI] (questions))": streameval_grid(run),
+        f"Recall across the turns of one chat ({cfg.recall_turns} turns; KV budget {cfg.retrieval_cache}; "
+        "accuracy [Wilson 95 % CI] (questions))": recall_grid(run).round(2),
         f"Memory beyond the window: pass keys further back than the window ({cfg.head_split_tokens}-token prompts, "
         f"KV budget {cfg.retrieval_cache}; HeadSplit beside StreamingLLM at equal KV bytes)":
             _without(beyond_window_table(run)),

@@ -151,3 +151,47 @@ def beyond_window_table(run) -> pd.DataFrame:
         key_held=("key_cached", lambda c: float((c >= 1.0).mean())), kv_mib=("kv_mib", "first")).reset_index()
     return _with_wilson(_in_kind_order(table, ["kv_mib"]))
 
+
+
+def accuracy_grid(table: pd.DataFrame, rows: list[str], across: str, heading) -> pd.DataFrame:
+    """A task table as a reader scans it: one row per ``rows`` (the policy first), one column per value of ``across``
+    (a distance), each cell the accuracy with its Wilson 95 % interval and the trials behind it. ``heading(value,
+    cells)`` names a column from its value and its rows of ``table`` (e.g. with their mean tokens back)."""
+    if table.empty:
+        return table
+    cell = [f"{a:.2f} {format_interval(lo, hi)} ({int(n)})"
+            for a, lo, hi, n in zip(table["accuracy"], table["accuracy_low"], table["accuracy_high"], table["trials"])]
+    names = {v: heading(v, table[table[across] == v]) for v in table[across].unique()}
+    grid = table.assign(cell=cell, column=table[across].map(names)) \
+        .pivot_table(index=rows, columns="column", values="cell", aggfunc="first", sort=False)
+    return grid.reindex(columns=list(dict.fromkeys(names.values()))).fillna("–").reset_index().rename_axis(
+        columns=None)
+
+
+def streameval_grid(run) -> pd.DataFrame:
+    """StreamEval as report.md shows it: policy and part of the stream by lines back (mean tokens back)."""
+    return accuracy_grid(streameval_table(run), ["label", "part"], "lines_back",
+                         lambda v, rows: f"{int(v)} line{'s' * (int(v) != 1)} (≈{rows['tokens_back'].mean():.0f} tokens) back")
+
+
+def recall_grid(run) -> pd.DataFrame:
+    """Recall across chat turns as report.md shows it: policy by turns back, every question pooled last, and the
+    most KV the chat held."""
+    table = recall_table(run)
+    if table.empty:
+        return table
+    grid = accuracy_grid(table, ["label"], "turns_back", lambda v, rows: "all questions" if v == "all" else
+                         f"{v} turns (≈{rows['tokens_back'].mean():.0f} tokens) back")
+    return grid.assign(max_kv_mib=grid["label"].map(table.groupby("label")["max_kv_mib"].first()))
+
+
+def retrieval_grid(run) -> pd.DataFrame:
+    """Pass keys by distance as report.md shows it: policy by tokens from the key to the question (prompt length
+    in the header when there are several)."""
+    table = retrieval_table(run)
+    if table.empty:
+        return table
+    several = table["prompt_tokens"].nunique() > 1
+    table = table.assign(where=[(p, round(d)) for p, d in zip(table["prompt_tokens"], table["distance"])])
+    return accuracy_grid(table, ["label"], "where", lambda v, rows: f"{v[1]} tokens back"
+                         + (f" of {v[0]}" if several else ""))
