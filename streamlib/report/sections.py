@@ -69,12 +69,12 @@ RUN_FIGURES = {"fig4_tradeoff": fig4_tradeoff, "fig5_ppl_vs_sinks": fig5_ppl_vs_
                "fig17_beyond_window": fig17_beyond_window}
 
 
-def draw(run, name: str):
-    """Draw the run's figure ``name`` (one of :data:`RUN_FIGURES`) and save it; None when the run has nothing for it."""
+def draw(run, name: str) -> None:
+    """Draw the run's figure ``name`` (one of :data:`RUN_FIGURES`) and save it (nothing when the run has nothing for
+    it). In a notebook it shows once, below the cell: returning the figure as well would show it twice."""
     fig = RUN_FIGURES[name](run)
     if fig is not None:
         run.figure(fig, name)
-    return fig
 
 
 # -- the tables of report.md ----------------------------------------------------------------------------------------
