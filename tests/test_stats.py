@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from streamlib.core.format import format_interval
 from streamlib.core.stats import (bootstrap_means, mean_interval, median_spread, paired_ratio_interval,
                                   perplexity_interval, wilson_interval)
 
@@ -81,6 +82,13 @@ def test_wilson_matches_known_values(k, n, low, high):
     iv = wilson_interval(k, n)
     assert iv.value == k / n
     assert iv.low == pytest.approx(low, abs=1e-4) and iv.high == pytest.approx(high, abs=1e-4)
+
+
+@pytest.mark.parametrize("n", [1, 8, 20, 1000])
+def test_wilson_bounds_at_none_and_all_are_exact(n):
+    # 0 of 20 printed as [1.39e-17, 0.16] in 06's table before
+    assert wilson_interval(0, n).low == 0.0 and wilson_interval(n, n).high == 1.0
+    assert format_interval(wilson_interval(0, n).low, 0.5) == "[0, 0.50]"
 
 
 @pytest.mark.parametrize("call, message", [

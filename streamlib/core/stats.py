@@ -127,7 +127,10 @@ def wilson_interval(successes: int, trials: int, level: float = LEVEL) -> Interv
     denom = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), level, "Wilson score")
+    # at 0 of n (n of n) the bound is 0 (1) exactly; the formula leaves a rounding error of 1e-17 there
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return Interval(p, low, high, level, "Wilson score")
 
 
 def median_spread(values) -> tuple[float, float, float]:
