@@ -36,7 +36,7 @@ from streamlib.loading.models import describe
 from streamlib.metrics.quality import measure_perplexity
 from streamlib.metrics.timing import measure_interleaved, measure_kv, measure_trace, random_prompt
 from streamlib.naive import check_exact, tiny_model
-from streamlib.policies import H2O, TOVA, Dense, KNorm, StreamingLLM, streaming_matches
+from streamlib.policies import TOVA, Dense, KNorm, StreamingLLM, streaming_matches
 
 # %%
 cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force,
@@ -151,7 +151,7 @@ report.latency_table(run, 'quant_speed', new_tokens=SWEEP_NEW_TOKENS).round(3)
 
 # %%
 timed = [Dense()] + [StreamingLLM(4, size - 4) for size in (min(cfg.sweep_cache_sizes), max(cfg.sweep_cache_sizes))]
-timed += [TOVA(size) for size in cfg.sweep_scored_cache_sizes[:1]] + [H2O(size // 2, size - size // 2) for size in cfg.sweep_scored_cache_sizes[:1]]
+timed += [p for size in cfg.sweep_scored_cache_sizes[:1] for p in [TOVA(size)] + cfg.h2o_policies(size)[:1]]
 prompts = {p: prompt[:, : p.budget] if p.token_mode else prompt for p in timed}
 run.measure_all('sweep_speed', timed, lambda: measure_interleaved(model, timed, prompts, SWEEP_NEW_TOKENS, rounds=cfg.speed_repeats),
                 each={p: {'prompt_tokens': prompts[p].shape[1]} for p in timed}, new_tokens=SWEEP_NEW_TOKENS,

@@ -40,7 +40,7 @@ from streamlib.metrics.head_scores import map_trials, measure_head_scores
 from streamlib.metrics.recall import measure_recall, recall_script
 from streamlib.metrics.retrieval import measure_retrieval, passkey_grid
 from streamlib.metrics.streameval import measure_streameval, streameval_task
-from streamlib.policies import H2O, TOVA, BurstEviction, Dense, StreamingLLM, Window
+from streamlib.policies import TOVA, BurstEviction, Dense, StreamingLLM, Window
 from streamlib.report import figures
 
 # %%
@@ -65,14 +65,13 @@ pd.DataFrame([{'seed': t.seed, 'key': t.key, 'depth': t.depth, 'prompt tokens': 
 
 # %% [markdown]
 # ## The policies, at one KV budget
-# StreamingLLM twice: with its 4 sinks, and keeping the whole prompt prefix (BOS, the chat markup and the instructions, at most half the budget) as its sinks in the same budget, as llama.cpp's `--keep` does. H2O in both splits: heavy hitters and recent tokens half and half, and a quarter heavy. TOVA and H2O read a prompt longer than their budget token by token (a full decode step each), so they get the first `retrieval_scored_seeds` seeds of the grid; the others, prefilled in chunks, get all `retrieval_seeds`.
+# StreamingLLM twice: with its 4 sinks, and keeping the whole prompt prefix (BOS, the chat markup and the instructions, at most half the budget) as its sinks in the same budget, as llama.cpp's `--keep` does. H2O in each split of `h2o_heavy_shares` (the share of its budget that keeps heavy hitters; the rest keeps recent tokens). TOVA and H2O read a prompt longer than their budget token by token (a full decode step each), so they get the first `retrieval_scored_seeds` seeds of the grid; the others, prefilled in chunks, get all `retrieval_seeds`.
 
 # %%
 budget = cfg.retrieval_cache
 streaming = StreamingLLM(cfg.n_sink, budget - cfg.n_sink)
 keeps_prompt = streaming.with_sinks(min(trials[0].prefix_tokens, budget // 2))
-policies = [Dense(), Window(budget), streaming, keeps_prompt, TOVA(budget),
-            H2O(budget // 2, budget - budget // 2), H2O(budget // 4, budget - budget // 4)]
+policies = [Dense(), Window(budget), streaming, keeps_prompt, TOVA(budget)] + cfg.h2o_policies(budget)
 pd.DataFrame([{'label': p.label(), 'keeps (tokens)': p.budget} for p in policies])
 
 # %% [markdown]
@@ -126,7 +125,7 @@ ratio = cfg.burst_configs[0][1]
 stream_policies = [Dense(), Window(budget), streaming, streaming.with_sinks(min(task.prefix_tokens, budget // 2)),
                    BurstEviction(cfg.n_sink, budget, ratio)]
 if cfg.streameval_scored_tokens:
-    stream_policies += [TOVA(budget), H2O(budget // 2, budget - budget // 2)]
+    stream_policies += [TOVA(budget)] + cfg.h2o_policies(budget)[:1]
 for policy in stream_policies:
     read = cfg.streameval_scored_tokens if policy.token_mode else cfg.streameval_tokens
     run.measure('streameval', policy, lambda: measure_streameval(model, task, policy, max_tokens=read),
@@ -157,7 +156,7 @@ if chat:
     header = len(chat_header_ids(tokenizer))
     chat_policies = [Dense(), Window(budget), streaming, streaming.with_sinks(min(header, budget // 2))]
     if cfg.recall_more_policies:
-        chat_policies += [BurstEviction(cfg.n_sink, budget, ratio), TOVA(budget), H2O(budget // 2, budget - budget // 2)]
+        chat_policies += [BurstEviction(cfg.n_sink, budget, ratio), TOVA(budget)] + cfg.h2o_policies(budget)[:1]
     for policy in chat_policies:
         run.measure('recall', policy, lambda: measure_recall(model, tokenizer, policy, script),
                     turns=cfg.recall_turns, turns_back=cfg.recall_turns_back)

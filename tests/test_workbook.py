@@ -76,7 +76,8 @@ def test_profiles_load_and_validate():
     for name, bad in (("streameval_lines_back", []), ("streameval_lines_back", [0]), ("streameval_every", 0),
                       ("recall_turns", -1), ("recall_turns_back", []), ("recall_more_policies", 1),
                       ("long_stream_policies", ["dense"]), ("notebooks", []), ("notebooks", "04"),
-                      ("quant_bits", [3]), ("quant_bits", 4), ("quant_budget", 5)):
+                      ("quant_bits", [3]), ("quant_bits", 4), ("quant_budget", 5), ("h2o_heavy_shares", []),
+                      ("h2o_heavy_shares", [1.0]), ("h2o_heavy_shares", 0.5)):
         with pytest.raises(ValueError, match=name):
             Config.load("smoke", **{name: bad})
     for outside in ("/tmp/figs", "../figures", ""):
@@ -89,6 +90,10 @@ def test_profiles_have_sections_and_extend_each_other(tmp_path):
     offline, full = Config.load("offline"), Config.load("offline-full")
     assert full.profile == "offline-full" and full.model == offline.model and full.window == offline.window
     assert full.quant_bits == [8, 4, 2] and offline.quant_bits == []
+    # H2O's splits: one in offline's 20 minutes, both in offline-full, each a heavy:recent split of the budget
+    assert [str(p) for p in offline.h2o_policies(128)] == ["h2o:64+64"]
+    assert [str(p) for p in full.h2o_policies(128)] == ["h2o:64+64", "h2o:32+96"]
+    assert [str(p) for p in Config.load("smoke", h2o_heavy_shares=[0.01, 0.99]).h2o_policies(8)] == ["h2o:1+7", "h2o:7+1"]
     (tmp_path / "mine.yaml").write_text("base: smoke\nsweep:\n  sweep_more_policies: ['knorm:16+16']\n")
     mine = Config.load(str(tmp_path / "mine.yaml"))
     assert mine.profile == "mine" and mine.sweep_more_policies == ["knorm:16+16"]

@@ -13,7 +13,7 @@ import torch
 from ..core.checks import check_bool, check_int, check_ints
 from ..loading import models as M
 from ..loading.data import repo_root
-from ..policies import BurstEviction, StreamingLLM, parse_policy, registered
+from ..policies import H2O, BurstEviction, StreamingLLM, parse_policy, registered
 from .profiles import check_names, read_profile
 
 PROFILES_DIR = repo_root() / "profiles"
@@ -55,6 +55,8 @@ class Config:
     n_sink: int = 4
     window: int = 252
     pos_shift: bool = True
+    h2o_heavy_shares: list = field(default_factory=lambda: [0.5, 0.25])  # 03 and 06: H2O at each cache size once per
+    # share of its budget given to heavy hitters (the rest to recent tokens); the first is the split timed and streamed
     speed_prompt_tokens: int = 512
     speed_new_tokens: int = 64
     speed_batch_sizes: list = field(default_factory=lambda: [1, 4])
@@ -196,6 +198,11 @@ class Config:
         StreamingLLM(self.n_sink, self.window, self.pos_shift)  # raises with the parameter's name
         check_ints("sweep_cache_sizes", self.sweep_cache_sizes, 9)
         check_ints("sweep_scored_cache_sizes", self.sweep_scored_cache_sizes, 4)
+        if (not isinstance(self.h2o_heavy_shares, list) or not self.h2o_heavy_shares
+                or any(isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < 1
+                       for s in self.h2o_heavy_shares)):
+            raise ValueError(f"h2o_heavy_shares must be a non-empty list of numbers in (0, 1); got "
+                             f"{self.h2o_heavy_shares!r}")
         if not isinstance(self.sweep_more_policies, list):
             raise ValueError(f"sweep_more_policies must be a list of policy spec strings such as 'knorm:64+64'; got "
                              f"{self.sweep_more_policies!r}")
@@ -262,6 +269,12 @@ class Config:
                                                                 for b in self.quant_bits],
                 "sinks quantized": [StreamingLLM(s, budget - s, bits=b, quantize_sinks=True) for b in self.quant_bits]
                 if s else []}
+
+    def h2o_policies(self, budget: int) -> list:
+        """H2O at ``budget`` tokens, once per ``h2o_heavy_shares`` (heavy hitters ``round(share * budget)``, at least
+        one of each kind)."""
+        splits = [min(budget - 1, max(1, round(share * budget))) for share in self.h2o_heavy_shares]
+        return [H2O(heavy, budget - heavy) for heavy in dict.fromkeys(splits)]
 
     def streaming_policy(self) -> StreamingLLM:
         return StreamingLLM(self.n_sink, self.window, self.pos_shift)

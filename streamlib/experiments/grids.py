@@ -5,7 +5,7 @@ report guesses so."""
 from __future__ import annotations
 
 from ..metrics.head_scores import top_heads
-from ..policies import H2O, TOVA, Dense, HeadSplit, Recompute, StreamingLLM, Window, parse_policy
+from ..policies import TOVA, Dense, HeadSplit, Recompute, StreamingLLM, Window, parse_policy
 
 SWEEP_SINKS = 4  # the sink count of the cache-size sweep (the paper's choice)
 SWEEP_NEW_TOKENS = 16  # tokens generated after the prompt when 03 times decoding (its latency tables)
@@ -19,7 +19,7 @@ def sweep_reference(cache_size: int) -> StreamingLLM | None:
 def sweep_grid(cfg) -> dict[str, list]:
     """Notebook 03's grid. ``cache``: at every cache size Window and StreamingLLM with 4 sinks in both position
     modes (and Recompute with ``sweep_recompute``), the same StreamingLLM at each of ``quant_bits``, TOVA and H2O
-    (two heavy:recent splits) at ``sweep_scored_cache_sizes``, the lab's burst-eviction table at its own capacities,
+    (a heavy:recent split per ``h2o_heavy_shares``) at ``sweep_scored_cache_sizes``, the lab's burst-eviction table at its own capacities,
     and the policies of ``sweep_more_policies`` (spec strings). ``sinks``: StreamingLLM at ``sweep_sink_cache`` tokens
     with each of ``sweep_sinks`` sinks."""
     cache = []
@@ -31,7 +31,7 @@ def sweep_grid(cfg) -> dict[str, list]:
     for size in cfg.sweep_cache_sizes:
         cache += [StreamingLLM(SWEEP_SINKS, size - SWEEP_SINKS, bits=bits) for bits in cfg.quant_bits]
     for size in cfg.sweep_scored_cache_sizes:
-        cache += [TOVA(size), H2O(size // 2, size - size // 2), H2O(size // 4, size - size // 4)]
+        cache += [TOVA(size)] + cfg.h2o_policies(size)
     cache += cfg.burst_policies()
     cache += [parse_policy(spec) for spec in cfg.sweep_more_policies]
     sinks = [StreamingLLM(s, cfg.sweep_sink_cache - s) for s in cfg.sweep_sinks]

@@ -12,7 +12,7 @@ import yaml
 # give a parameter at the top level; a parameter in another notebook's section is refused, naming the right one.
 SECTIONS = {
     "run": ["profile", "run_dir", "model", "tokenizer", "device", "device_map", "dtype", "datasets", "bos", "n_sink",
-            "window", "pos_shift", "notebooks", "export_figures", "figures_dir", "dry_run", "force"],
+            "window", "pos_shift", "h2o_heavy_shares", "notebooks", "export_figures", "figures_dir", "dry_run", "force"],
     "baseline": ["ppl_tokens", "flops_tokens", "speed_prompt_tokens", "speed_new_tokens", "speed_batch_sizes",
                  "speed_repeats", "compare_compiled"],
     "sweep": ["sweep_cache_sizes", "sweep_sinks", "sweep_sink_cache", "sweep_recompute", "sweep_scored_cache_sizes",
