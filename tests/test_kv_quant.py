@@ -142,7 +142,9 @@ def test_burst_eviction_exact_against_reference(request, family, ids):
                                                           ("h2o", H2O(8, 12, 2, 16), 20, 12)])
 def test_tova_and_h2o_exact_against_reference(kind, policy, budget, n_recent):
     model = make_peaky_model("eager", scale=2.0, seed=3).double()
-    ids = torch.randint(0, 97, (1, 80), generator=torch.Generator().manual_seed(31))
+    # a stream without near ties in the reference's eviction order (seed 31 has one at 7e-7 for TOVA once scales are
+    # stored in half precision)
+    ids = torch.randint(0, 97, (1, 80), generator=torch.Generator().manual_seed(35))
     quant = NaiveQuant(policy.bits, policy.residual, 32, False, 0)  # keys per token: these evict anywhere
     expected, gap = naive_scored_nll(model, ids, RULES[kind], budget, n_recent, quant=quant)
     assert gap > 1e-5, f"a near tie ({gap:.2e}) that rounding could decide either way"
@@ -179,27 +181,27 @@ def test_bytes_held_match_the_formula(peaky_llama, bits):
     cache = StreamingLLM(4, 60, True, bits, 16).make_cache(peaky_llama)
     for _ in cache.feed(peaky_llama, stream, chunk_size=16):
         pass
-    layers, heads, d, e = 2, 2, 32, 4
+    layers, heads, d, e, s = 2, 2, 32, 4, 2  # float32 keys and values, float16 scales and zero points
     # the next query (position 200, block 12 from 192) sees: 4 sinks in full precision, 192..199 in full precision,
     # 140..191 quantized (52 tokens in blocks 8..11)
     fp_tokens, quantized, key_blocks = 4 + 8, 52, 4
     per_head = (fp_tokens * 2 * d * e  # full-precision keys and values
                 + quantized * 2 * d * bits // 8  # codes, keys and values
-                + quantized * 2 * e * (d // 32)  # value scale and zero point per token (one group of 32)
-                + key_blocks * 2 * e * d)  # key scale and zero point per channel per block
+                + quantized * 2 * s * (d // 32)  # value scale and zero point per token (one group of 32)
+                + key_blocks * 2 * s * d)  # key scale and zero point per channel per block
     allocated, resident = cache.kv_bytes()
     assert resident == layers * heads * per_head
     assert StreamingLLM(4, 60, True, bits, 16).kv_bytes_held(peaky_llama.config, 200, torch.float32) == resident
     slots = 65
-    store = (2 * slots * d * bits // 8 + 2 * slots * e * (d // 32)  # codes, value scales
-             + (2 + 5) * 2 * e * d  # key scale tables: block 0 and ceil(65 / 16) + 1 more
-             + 16 * 2 * d * e + 4 * 2 * d * e  # residual block and full-precision sinks
-             + 4 * d * e)  # the sinks' rotated working copy
+    store = (2 * slots * d * bits // 8 + 2 * slots * s * (d // 32)  # codes, value scales
+             + (2 + 5) * 2 * s * d  # key scale tables: block 0 and ceil(65 / 16) + 1 more
+             + 16 * 2 * d * e + 4 * d * e  # residual block and the full-precision sinks' values
+             + 4 * d * e)  # the sinks' keys as the model rotated them (the layer's own)
     scratch = heads * slots * 2 * d * e  # one layer's full-precision slots, shared
     assert allocated == layers * heads * store + scratch
     # measured from the cache's own tensors: the codes are what the formula says
-    codes = cache.layers[0].store.key_codes
-    assert codes.dtype == torch.uint8 and codes.shape == (1, heads, slots, d * bits // 8)
+    codes = cache.layers[0].store.codes
+    assert codes.dtype == torch.uint8 and codes.shape == (1, heads, slots, 2 * d * bits // 8)
     fp = StreamingLLM(4, 60).make_cache(peaky_llama)
     for _ in fp.feed(peaky_llama, stream):
         pass
@@ -211,14 +213,14 @@ def test_h2o_counts_each_heads_tokens(peaky_llama, ids):
     cache = H2O(10, 10, 8, 8).make_cache(peaky_llama)
     for _ in cache.feed(peaky_llama, ids):
         pass
-    d, e = 32, 4
+    d, e, s = 32, 4, 2  # float32 keys and values, float16 scales and zero points
     resident = 0
     for layer in cache.layers:
         held = layer.held_positions()
         assert held.shape == (2, 20)
         fp = int((held // 8 == 96 // 8).sum())  # position 96 opens block 12: nothing of it is held yet
         q = held.numel() - fp
-        resident += fp * 2 * d * e + q * (2 * d + 2 * e + 2 * e)  # 8-bit codes, value and key scales per token
+        resident += fp * 2 * d * e + q * (2 * d + 2 * s + 2 * s)  # 8-bit codes, value and key scales per token
     assert fp == 0 and cache.kv_bytes()[1] == resident
 
 

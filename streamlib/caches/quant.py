@@ -38,6 +38,8 @@ from ..core.checks import check_bool, check_int
 
 BITS = (2, 4, 8)  # 16: no quantization
 MAX_GROUP = 32  # KIVI's group size
+SCALE_DTYPE = torch.float16  # scales and zero points, whatever the model's dtype (KIVI keeps them in the model's fp16)
+SCALE_BYTES = 2
 
 
 @dataclass(frozen=True)
@@ -105,13 +107,16 @@ def quant_label(bits: int, residual: int, quantize_sinks: bool = False, n_sink: 
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What codes are computed and dequantized in for keys and values of ``dtype``: float64 for float64, else
+    float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, levels: int, dtype: torch.dtype):
     """Codes of ``x`` for the range ``[lo, hi]`` (broadcast to ``x``) and the scale and zero point, stored in
-    ``dtype``; the codes are computed with the stored scale and zero, so dequantizing them is as close as it gets.
-    A range of zero width gives code 0 and the value back exactly."""
+    ``dtype`` (:data:`SCALE_DTYPE` in the caches); the codes are computed with the stored scale and zero, so
+    dequantizing them is as close as it gets. A range of zero width (or one whose scale rounds to 0) gives code 0 and
+    the zero point back."""
     scale = ((hi - lo) / levels).to(dtype)
     zero = lo.to(dtype)
     s, z = scale.to(x.dtype), zero.to(x.dtype)
@@ -121,21 +126,25 @@ def quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, levels: int, d
 
 def quantize_per_token(x: torch.Tensor, bits: int, group: int, dtype: torch.dtype):
     """``x`` (..., d) in groups of ``group`` channels per token: codes (..., d), scale and zero (..., d // group)."""
-    xc = x.to(compute_dtype(dtype)).unflatten(-1, (-1, group))
+    xc = x.to(compute_dtype(x.dtype)).unflatten(-1, (-1, group))
     codes, scale, zero = quantize(xc, xc.amin(-1, keepdim=True), xc.amax(-1, keepdim=True), 2**bits - 1, dtype)
     return codes.flatten(-2), scale[..., 0], zero[..., 0]
 
 
-def dequantize_per_token(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+def dequantize_per_token(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                         dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Values from codes (..., d) and their scale and zero point per group (..., d // group), in ``dtype`` (default:
+    float64 for float64 scales, else float32)."""
+    dtype = dtype or compute_dtype(scale.dtype)
     group = codes.shape[-1] // scale.shape[-1]
-    out = codes.unflatten(-1, (-1, group)).to(scale.dtype) * scale[..., None] + zero[..., None]
+    out = codes.unflatten(-1, (-1, group)).to(dtype) * scale[..., None].to(dtype) + zero[..., None].to(dtype)
     return out.flatten(-2)
 
 
 def quantize_per_channel(x: torch.Tensor, members: torch.Tensor, bits: int, dtype: torch.dtype):
     """``x`` (B, H, n, d) quantized per channel over the tokens where ``members`` (broadcast to (B, H, n)) is true:
     codes (B, H, n, d) (meaningful at the members), scale and zero (B, H, d)."""
-    xc = x.to(compute_dtype(dtype))
+    xc = x.to(compute_dtype(x.dtype))
     m = members.expand(xc.shape[:-1])[..., None]
     lo = torch.where(m, xc, math.inf).amin(-2)
     hi = torch.where(m, xc, -math.inf).amax(-2)
@@ -145,21 +154,23 @@ def quantize_per_channel(x: torch.Tensor, members: torch.Tensor, bits: int, dtyp
 
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """``8 // bits`` codes to a byte along the last dim (the first code in the low bits)."""
+    """``8 // bits`` codes to a byte along the last dim, in planes: byte ``i`` of ``n / per`` holds the codes of
+    channels ``i``, ``i + n/per``, ``i + 2n/per``, ... (the first in the low bits), so that unpacking writes each plane
+    as one contiguous run of channels instead of interleaving them."""
     per = 8 // bits
     if per == 1:
         return codes
     shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=codes.device)
-    return (codes.unflatten(-1, (-1, per)) << shifts).sum(-1, dtype=torch.uint8)
+    return (codes.unflatten(-1, (per, -1)) << shifts[:, None]).sum(-2, dtype=torch.uint8)
 
 
 def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """The codes :func:`pack` packed, one plane after the other."""
     per = 8 // bits
     if per == 1:
         return packed
-    # one shift and mask per code position (about twice as fast on a CPU as one broadcast shift)
     mask = 2**bits - 1
-    return torch.stack([(packed >> (bits * j)) & mask for j in range(per)], dim=-1).flatten(-2)
+    return torch.cat([packed & mask] + [(packed >> (bits * j)) & mask for j in range(1, per)], dim=-1)
 
 
 def full_precision(quant: KVQuantSpec, positions: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,13 +184,13 @@ def held_bytes(quant: KVQuantSpec, held: torch.Tensor, position: int, k_dim: int
     """Bytes one kv head of one layer holds for the tokens at positions ``held`` when ``position`` tokens have been
     fed: the full-precision ones (the current block, the sinks unless quantized) at ``element`` bytes a value; the
     others as codes, a value scale and zero point per group, and the key scales and zero points (per live block for
-    keys per channel, per group for keys per token)."""
+    keys per channel, per group for keys per token), each of :data:`SCALE_BYTES`."""
     recent, sink = full_precision(quant, held, position // quant.residual)
     fp = recent | sink
     quantized = held[~fp]
-    per_token = (k_dim + v_dim) * quant.bits // 8 + 2 * element * v_dim // group_size(v_dim)
+    per_token = (k_dim + v_dim) * quant.bits // 8 + 2 * SCALE_BYTES * v_dim // group_size(v_dim)
     if quant.key_axis == "channel":
-        key_scales = 2 * element * k_dim * len(torch.unique(quantized // quant.residual))
+        key_scales = 2 * SCALE_BYTES * k_dim * len(torch.unique(quantized // quant.residual))
     else:
-        key_scales = 2 * element * (k_dim // group_size(k_dim)) * len(quantized)
+        key_scales = 2 * SCALE_BYTES * (k_dim // group_size(k_dim)) * len(quantized)
     return int(fp.sum()) * (k_dim + v_dim) * element + len(quantized) * per_token + key_scales

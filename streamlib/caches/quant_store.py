@@ -18,7 +18,7 @@ import math
 import torch
 
 from ..core.rotary import rotate, rotation_tables
-from .quant import (KVQuantSpec, dequantize_per_token, full_precision, group_size, held_bytes, pack,
+from .quant import (SCALE_DTYPE, KVQuantSpec, compute_dtype, full_precision, group_size, held_bytes, pack,
                     quantize_per_channel, quantize_per_token, unpack)
 
 
@@ -30,6 +30,7 @@ class SlotScratch:
     def __init__(self):
         self._buffers: dict = {}
         self._tables: dict = {}
+        self._heads: dict = {}
 
     def __call__(self, batch, heads, slots, k_dim, v_dim, dtype, device):
         key = (batch, heads, slots, k_dim, v_dim, dtype, torch.device(device))
@@ -47,8 +48,86 @@ class SlotScratch:
             self._tables[key] = rotation_tables(deltas, info, device)
         return self._tables[key]
 
+    def head_tables(self, deltas: torch.Tensor, info, k_dim: int, device):
+        """cos and signed sin over the whole head (:class:`SlotPlan`) for rotating by ``deltas`` (>= 0), picked from
+        a table of every delta up to the largest asked for so far, made once (a frame's deltas stay below the rebase
+        interval plus the capacity)."""
+        key = ("head", id(info), k_dim, torch.device(device))
+        need = int(deltas.max()) + 1
+        if key not in self._heads or self._heads[key][0].shape[0] < need:
+            n = max(need, 1024)
+            cos, sin = rotation_tables(torch.arange(n), info, device)
+            r = cos.shape[-1]
+            half, rest = r // 2, (n, k_dim - r)
+            self._heads[key] = (torch.cat([cos, cos.new_ones(rest)], dim=-1),
+                                torch.cat([-sin[..., :half], sin[..., half:], sin.new_zeros(rest)], dim=-1))
+        cos, sin = self._heads[key]
+        index = deltas.reshape(-1)
+        return (cos.index_select(0, index).view(*deltas.shape, k_dim),
+                sin.index_select(0, index).view(*deltas.shape, k_dim))
+
+    def plan(self, layer, position: int, store) -> "SlotPlan":
+        """The :class:`SlotPlan` of ``layer``'s slots before a call at ``position``: worked out once per step for the
+        layers whose slots follow the position alone (the same kind, budget and frame), per layer otherwise."""
+        if not layer.slots_follow_position:
+            return SlotPlan(layer, position, store)
+        key = ("plan", layer.spec, position, layer.offset, getattr(layer, "held", None), torch.device(layer.device))
+        if key not in self._tables:
+            if len(self._tables) > 16:
+                self._tables.clear()
+            self._tables[key] = SlotPlan(layer, position, store)
+        return self._tables[key]
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for pair in self._buffers.values() for t in pair)
+
+
+class SlotPlan:
+    """What rebuilding a layer's slots needs that depends on the tokens' positions alone: the key-scale entry of each
+    slot, the slots a query sees in full precision and where their keys and values are kept, and the rotation of
+    every slot to its frame position as ``k * cos + k[partner] * sin`` over the whole head (``cos`` 1 and ``sin`` 0
+    on the channels rotary passes by; ``sin`` signed for the first half of each pair)."""
+
+    def __init__(self, layer, position: int, store):
+        q = store.quant
+        positions = layer.slot_positions()
+        self.shared = positions.shape[:2] == (1, 1)
+        recent, sink = full_precision(q, positions, position // q.residual)
+        if q.key_axis == "channel":
+            self.entry = store.block_entry(positions[0, 0] // q.residual)
+        if self.shared:
+            slots = [mask[0, 0].nonzero()[:, 0] for mask in (recent, sink)]
+            self.sources = (positions[0, 0, slots[0]] % q.residual, positions[0, 0, slots[1]])
+            self.slots = tuple(slots)
+        else:
+            self.recent = recent.expand(store.codes.shape[:3])
+            self.recent_index = (positions % q.residual).clamp(min=0).expand(store.codes.shape[:3])[..., None]
+        self.deltas = (positions - layer.offset).clamp(min=0)  # an empty slot (-1) is never attended to
+        self.info, self.device = layer.rotations.info, layer.device
+        self.rotary = self.info.rotary_ndims
+        self.half = self.rotary // 2
+        self.cos, self.sin = store.scratch.head_tables(self.deltas, self.info, store.recent_keys.shape[-1],
+                                                       layer.device)
+
+    @property
+    def tables(self):
+        """cos and sin over the rotary channels (for keys rotated by :func:`~streamlib.core.rotary.rotate`)."""
+        return rotation_tables(self.deltas, self.info, self.device)
+
+    def partners(self, keys: torch.Tensor) -> torch.Tensor:
+        """Each channel's partner in its rotary pair (itself where rotary passes by)."""
+        half, r = self.half, self.rotary
+        if r == keys.shape[-1]:
+            return torch.roll(keys, half, dims=-1)
+        return torch.cat([keys[..., half:r], keys[..., :half], keys[..., r:]], dim=-1)
+
+    def full_precision(self, store):
+        """(slots, keys, values, index into them) for the full-precision tokens a query sees: the current block's
+        from the residual, the sinks' values from their store (their keys are the layer's own ``sink_keys``); none
+        where there are none."""
+        stores = ((store.recent_keys, store.recent_values), (None, store.sink_values))
+        return [(slots, k, v, source) for slots, (k, v), source in zip(self.slots, stores, self.sources)
+                if slots.numel()]
 
 
 class QuantizedStore:
@@ -63,37 +142,41 @@ class QuantizedStore:
         q, cap, dev = self.quant, layer.capacity, layer.device
         self.group = group_size(v_dim)
         self.key_group = group_size(k_dim)
-        for name, dim in (("key", k_dim), ("value", v_dim)):
+        for dim in (k_dim, v_dim):
             if dim % q.per_byte:
                 raise ValueError(f"bits: {q.bits}-bit codes pack {q.per_byte} to a byte; head size {dim} does not "
                                  "divide")
-            setattr(self, f"{name}_codes", torch.zeros(batch, heads, cap, dim // q.per_byte, dtype=torch.uint8,
-                                                       device=dev))
-        self.value_scale = torch.zeros(batch, heads, cap, v_dim // self.group, dtype=dtype, device=dev)
+        # a slot's key and value codes packed as one vector (key channels, then value channels), so that a rebuild
+        # unpacks them in one go
+        self.codes = torch.zeros(batch, heads, cap, (k_dim + v_dim) // q.per_byte, dtype=torch.uint8, device=dev)
+        self.value_scale = torch.zeros(batch, heads, cap, v_dim // self.group, dtype=SCALE_DTYPE, device=dev)
         self.value_zero = torch.zeros_like(self.value_scale)
         if q.key_axis == "channel":
             # one entry for block 0 (it lives as long as the quantized sinks), and enough for the blocks that the
-            # slots' consecutive positions can span
+            # slots' consecutive positions can span; entries first, so that picking one per slot is a fast gather
             self.key_blocks = 2 + math.ceil(cap / q.residual)
-            self.key_scale = torch.zeros(batch, heads, self.key_blocks, k_dim, dtype=dtype, device=dev)
+            self.key_scale = torch.zeros(self.key_blocks, batch, heads, k_dim, dtype=SCALE_DTYPE, device=dev)
         else:
-            self.key_scale = torch.zeros(batch, heads, cap, k_dim // self.key_group, dtype=dtype, device=dev)
+            self.key_scale = torch.zeros(batch, heads, cap, k_dim // self.key_group, dtype=SCALE_DTYPE, device=dev)
         self.key_zero = torch.zeros_like(self.key_scale)
         self.recent_keys = torch.zeros(batch, heads, q.residual, k_dim, dtype=dtype, device=dev)
         self.recent_values = torch.zeros(batch, heads, q.residual, v_dim, dtype=dtype, device=dev)
-        n = q.fp_sinks
-        self.sink_store_keys = torch.zeros(batch, heads, n, k_dim, dtype=dtype, device=dev)
-        self.sink_store_values = torch.zeros(batch, heads, n, v_dim, dtype=dtype, device=dev)
+        # the full-precision sinks' values (their keys, as the model rotated them, are the layer's sink_keys)
+        self.sink_values = torch.zeros(batch, heads, q.fp_sinks, v_dim, dtype=dtype, device=dev)
+        self.sinks_requantized = False  # block 0 was quantized and the quantized sinks' keys are not yet rotated
         return self.scratch(batch, heads, cap, k_dim, v_dim, dtype, dev)
 
     def tensors(self) -> list[torch.Tensor]:
         """Everything the store holds (what a beam reorder permutes and the allocated bytes count)."""
-        return [self.key_codes, self.value_codes, self.key_scale, self.key_zero, self.value_scale, self.value_zero,
-                self.recent_keys, self.recent_values, self.sink_store_keys, self.sink_store_values]
+        key_scale, key_zero = self.key_scale, self.key_zero
+        if self.quant.key_axis == "channel":  # batch first, as for the others
+            key_scale, key_zero = key_scale.transpose(0, 1), key_zero.transpose(0, 1)
+        return [self.codes, key_scale, key_zero, self.value_scale, self.value_zero,
+                self.recent_keys, self.recent_values, self.sink_values]
 
     def slot_tensors(self) -> list[torch.Tensor]:
         """The store's tensors indexed by slot along dim 2, which move with their tokens (burst eviction)."""
-        out = [self.key_codes, self.value_codes, self.value_scale, self.value_zero]
+        out = [self.codes, self.value_scale, self.value_zero]
         return out + ([self.key_scale, self.key_zero] if self.quant.key_axis == "token" else [])
 
     def block_entry(self, block: torch.Tensor) -> torch.Tensor:
@@ -126,61 +209,73 @@ class QuantizedStore:
         self.recent_values[:, :, slot : slot + n] = value_states
         if first < q.fp_sinks:
             m = min(n, q.fp_sinks - first)
-            self.sink_store_keys[:, :, first : first + m] = unrotated[:, :, :m]
-            self.sink_store_values[:, :, first : first + m] = value_states[:, :, :m]
+            self.sink_values[:, :, first : first + m] = value_states[:, :, :m]
         if (first + n) % q.residual == 0:
             self.quantize_block(layer, (first + n) // q.residual - 1)
         return out
 
+    @torch.no_grad()  # what is rebuilt comes from codes: rounding passes no gradient (the new tokens keep theirs)
     def rebuild(self, layer, position: int) -> None:
         """Fill ``layer``'s slots (the scratch) with every slot's key (rotated to its frame position) and value, as a
-        query at ``position`` sees them; and the sinks' keys as first rotated, for the layers that keep them apart."""
+        query at ``position`` sees them; and the sinks' keys as first rotated, for the layers that keep them apart.
+
+        Written for few operations per layer (on a CPU a decode step's cost here is the count of tensor operations
+        more than their size): one unpack of the key and value codes together, one multiply-add each for keys and
+        values, and the rotation as ``k * cos + k[perm] * sin`` over the whole head; what depends on the slots'
+        positions alone is worked out once per step for the layers that share it (:meth:`SlotScratch.plan`)."""
         q = self.quant
-        positions = layer.slot_positions()
-        shape = self.key_codes.shape[:3]
-        values = dequantize_per_token(unpack(self.value_codes, q.bits), self.value_scale, self.value_zero)
-        key_codes = unpack(self.key_codes, q.bits)
-        if q.key_axis == "channel":
-            entry = self.block_entry(positions[0, 0] // q.residual)
-            keys = (key_codes.to(self.key_scale.dtype) * self.key_scale.index_select(2, entry)
-                    + self.key_zero.index_select(2, entry))
+        plan = self.scratch.plan(layer, position, self)
+        k_dim = self.recent_keys.shape[-1]
+        codes = unpack(self.codes, q.bits).to(compute_dtype(layer.values.dtype))
+        key_codes, value_codes = codes[..., :k_dim], codes[..., k_dim:]
+        values = layer.values
+        grouped = values.view(*values.shape[:-1], -1, self.group)
+        if values.dtype == codes.dtype:
+            torch.mul(value_codes.unflatten(-1, (-1, self.group)), self.value_scale[..., None], out=grouped)
+            grouped.add_(self.value_zero[..., None])
+        else:  # half-precision models: dequantized in float32
+            grouped.copy_(value_codes.unflatten(-1, (-1, self.group)) * self.value_scale[..., None]
+                          + self.value_zero[..., None])
+        if q.key_axis == "channel":  # (entries, B, H, d) picked per slot, then as (B, H, slots, d)
+            keys = torch.addcmul(self.key_zero.index_select(0, plan.entry).permute(1, 2, 0, 3), key_codes,
+                                 self.key_scale.index_select(0, plan.entry).permute(1, 2, 0, 3))
         else:
-            keys = dequantize_per_token(key_codes, self.key_scale, self.key_zero)
-        recent, sink = full_precision(q, positions, position // q.residual)
-        if positions.shape[:2] == (1, 1):  # one set of slots for every row: copy the few full-precision ones
-            for mask, store_k, store_v, index in ((recent, self.recent_keys, self.recent_values, q.residual),
-                                                  (sink, self.sink_store_keys, self.sink_store_values, None)):
-                slots = mask[0, 0].nonzero()[:, 0]
-                if slots.numel():
-                    source = positions[0, 0, slots] % index if index else positions[0, 0, slots]
-                    keys[:, :, slots] = store_k[:, :, source]
-                    values[:, :, slots] = store_v[:, :, source]
+            keys = key_codes.unflatten(-1, (-1, self.key_group)) * self.key_scale[..., None]
+            keys = keys.add_(self.key_zero[..., None]).flatten(-2)
+        if plan.shared:  # one set of slots for every row: copy the few full-precision ones
+            for slots, store_k, store_v, source in plan.full_precision(self):
+                if store_k is not None:
+                    keys.index_copy_(2, slots, store_k.index_select(2, source))
+                values.index_copy_(2, slots, store_v.index_select(2, source))
         else:  # each row (H2O's kv heads) holds its own tokens
-            index = (positions % q.residual).clamp(min=0).expand(shape)[..., None]
-            keys = torch.where(recent[..., None],
-                               self.recent_keys.gather(2, index.expand(-1, -1, -1, keys.shape[-1])), keys)
-            values = torch.where(recent[..., None],
-                                 self.recent_values.gather(2, index.expand(-1, -1, -1, values.shape[-1])), values)
-        if layer.n_sink:  # the sinks as first rotated: at their own positions, frame 0
-            cos, sin = self.scratch.tables("sinks", torch.arange(layer.n_sink), (layer.n_sink,), layer.rotations.info,
-                                           layer.device)
+            recent = plan.recent[..., None]
+            index = plan.recent_index
+            keys = torch.where(recent, self.recent_keys.gather(2, index.expand(-1, -1, -1, keys.shape[-1])), keys)
+            values.copy_(torch.where(recent, self.recent_values.gather(2, index.expand(-1, -1, -1, values.shape[-1])),
+                                     values))
+        if self.sinks_requantized:  # the quantized sinks as first rotated (at their own positions, frame 0), once
+            cos, sin = rotation_tables(torch.arange(layer.n_sink), layer.rotations.info, layer.device)
             rotate(keys[:, :, : layer.n_sink], cos, sin, out=layer.sink_keys)
-            layer.sink_delta = None  # the sink slots are rewritten below at their frame positions
-        deltas = positions - layer.offset
-        if layer.slots_follow_position:  # the same tables for every layer of the step
-            cos, sin = self.scratch.tables("slots", deltas, (position, layer.offset), layer.rotations.info,
-                                           layer.device)
-        else:
-            cos, sin = rotation_tables(deltas, layer.rotations.info, layer.device)
-        rotate(keys, cos, sin, out=layer.keys)
-        layer.values.copy_(values)
+            self.sinks_requantized = False
+        if layer.n_sink:
+            layer.sink_delta = None  # the sink slots are overwritten below; the layer's place rewrites them
+        if keys.dtype == torch.float32:
+            torch.mul(keys, plan.cos, out=layer.keys)
+            layer.keys.addcmul_(plan.partners(keys), plan.sin)
+        else:  # rotate in float32, as the model does
+            cos, sin = plan.tables
+            rotate(keys, cos, sin, out=layer.keys)
+        if layer.n_sink and position < layer.capacity:
+            # while the cache fills the layer takes its sink slots as they are: the sinks as first rotated, moved to
+            # the frame
+            layer.place_sinks(-layer.offset)
 
     def quantize_block(self, layer, block: int) -> None:
         """After the step of ``block``'s last token: quantize the block's tokens the layer holds (those that step
         attended to), from their full-precision copies in the residual, into their slots."""
         q = self.quant
         positions = layer.slot_positions()
-        shape = self.key_codes.shape[:3]
+        shape = self.codes.shape[:3]
         members = (positions >= 0) & (positions // q.residual == block) & (positions >= q.fp_sinks)
         if not bool(members.any()):
             return
@@ -189,23 +284,21 @@ class QuantizedStore:
         keys = self.recent_keys.gather(2, index.expand(-1, -1, -1, self.recent_keys.shape[-1]))
         values = self.recent_values.gather(2, index.expand(-1, -1, -1, self.recent_values.shape[-1]))
         dtype = self.value_scale.dtype
-        codes, scale, zero = quantize_per_token(values, q.bits, self.group, dtype)
-        self._write(members, self.value_codes, pack(codes, q.bits), self.value_scale, scale, self.value_zero, zero)
+        value_codes, scale, zero = quantize_per_token(values, q.bits, self.group, dtype)
+        self.value_scale[members] = scale[members]
+        self.value_zero[members] = zero[members]
         if q.key_axis == "channel":
-            codes, scale, zero = quantize_per_channel(keys, members, q.bits, dtype)
+            key_codes, scale, zero = quantize_per_channel(keys, members, q.bits, dtype)
             entry = int(self.block_entry(torch.tensor(block)))
-            self.key_scale[:, :, entry] = scale
-            self.key_zero[:, :, entry] = zero
-            self.key_codes[members] = pack(codes, q.bits)[members]
+            self.key_scale[entry] = scale
+            self.key_zero[entry] = zero
         else:
-            codes, scale, zero = quantize_per_token(keys, q.bits, self.key_group, dtype)
-            self._write(members, self.key_codes, pack(codes, q.bits), self.key_scale, scale, self.key_zero, zero)
-
-    @staticmethod
-    def _write(members, codes_dst, codes, scale_dst, scale, zero_dst, zero) -> None:
-        codes_dst[members] = codes[members]
-        scale_dst[members] = scale[members]
-        zero_dst[members] = zero[members]
+            key_codes, scale, zero = quantize_per_token(keys, q.bits, self.key_group, dtype)
+            self.key_scale[members] = scale[members]
+            self.key_zero[members] = zero[members]
+        self.codes[members] = pack(torch.cat([key_codes, value_codes], dim=-1), q.bits)[members]
+        if q.quantize_sinks and block * q.residual < layer.n_sink:
+            self.sinks_requantized = True
 
     # -- what it holds ---------------------------------------------------------------------------------------------
     def kv_bytes(self, layer) -> tuple[int, int]:
@@ -220,5 +313,5 @@ class QuantizedStore:
         batch, heads, _, k_dim = self.recent_keys.shape
         held = layer.held_positions()
         resident = sum(held_bytes(self.quant, row, layer.position, k_dim, self.recent_values.shape[-1],
-                                  self.value_scale.element_size()) for row in held)
+                                  self.recent_values.element_size()) for row in held)
         return allocated, resident * batch * (heads // held.shape[0])

@@ -110,7 +110,8 @@ class NaiveQuant:
     block is quantized once, after the step of its last token, from its tokens that step saw (``members``). Values:
     per token, ``group`` channels per scale. Keys: per channel over the block's members (``per_channel``), or per
     token like the values. Keys are quantized before rotary. Asymmetric: scale ``(max - min) / (2^bits - 1)``, zero
-    point ``min``, code ``round((x - min) / scale)``."""
+    point ``min``, both stored in half precision, code ``round((x - zero) / scale)`` with the stored ones, clamped to
+    the levels."""
 
     def __init__(self, bits: int, residual: int, group: int, per_channel: bool, n_fp_sinks: int):
         self.levels, self.residual, self.group = 2**bits - 1, residual, group
@@ -118,7 +119,9 @@ class NaiveQuant:
         self.seen: dict = {}  # (layer, kv head, token) -> (key, value) as every later query of another block sees it
 
     def fake(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        scale = (hi - lo) / self.levels
+        # scale and zero point as stored: in half precision, the codes computed against them
+        scale = ((hi - lo) / self.levels).half().to(x.dtype)
+        lo = lo.half().to(x.dtype)
         codes = torch.where(scale > 0, (x - lo) / torch.where(scale > 0, scale, 1.0), 0.0).round().clamp(0, self.levels)
         return codes * scale + lo
 
