@@ -2,12 +2,12 @@
 
 A layer that quantizes holds a :class:`QuantizedStore` as a part (``layer.store``), as transformers' quantized cache
 layers hold their backend: between calls the store keeps codes (packed ``8 // bits`` to a byte) per slot, the value
-scales per slot, the key scales per block (per slot for keys grouped per token), the current block unrotated and the
-full-precision sinks. Before a call it rebuilds every slot's key (rotated to its frame position) and value into a
+scales per slot, the key scales per block (per slot for keys grouped per token), the current block as the model gave
+it (keys at their frame positions, turned along when the frame moves) and the full-precision sinks' values. Before a call it rebuilds every slot's key (rotated to its frame position) and value into a
 scratch that all quantized layers of a cache share (a layer's attention is over before the next layer's update) and
 lets the layer's own ``place`` run unchanged (the ring, the chunk plans, the bursts, the scores). After the call it
-keeps the new tokens unrotated and, at a block's end, quantizes the block into the slots that hold its tokens
-(``layer.slot_positions()``). A call never crosses a block: the layer's loops cut chunks there, and a longer plain
+keeps the new tokens and, at a block's end, quantizes the block (its keys turned back to unrotated) into the slots
+that hold its tokens (``layer.slot_positions()``). A call never crosses a block: the layer's loops cut chunks there, and a longer plain
 call is refused.
 """
 
@@ -163,6 +163,7 @@ class QuantizedStore:
         self.recent_values = torch.zeros(batch, heads, q.residual, v_dim, dtype=dtype, device=dev)
         # the full-precision sinks' values (their keys, as the model rotated them, are the layer's sink_keys)
         self.sink_values = torch.zeros(batch, heads, q.fp_sinks, v_dim, dtype=dtype, device=dev)
+        self.recent_offset = 0  # the frame the residual's keys are rotated in
         self.sinks_requantized = False  # block 0 was quantized and the quantized sinks' keys are not yet rotated
         return self.scratch(batch, heads, cap, k_dim, v_dim, dtype, dev)
 
@@ -198,14 +199,12 @@ class QuantizedStore:
         if not layer.is_initialized:
             layer.lazy_initialization(key_states, value_states)
         layer.check_batch(key_states)
+        self.follow_frame(layer)
         self.rebuild(layer, first)
-        frame = first - layer.offset
-        cos, sin = self.scratch.tables("in", -(frame + torch.arange(n)), (first, n, layer.offset),
-                                       layer.rotations.info, layer.device)
-        unrotated = rotate(key_states, cos, sin)
         out = layer.place(key_states, value_states, step)
+        self.follow_frame(layer)
         slot = first % q.residual
-        self.recent_keys[:, :, slot : slot + n] = unrotated
+        self.recent_keys[:, :, slot : slot + n] = key_states  # as the model rotated them, at their frame positions
         self.recent_values[:, :, slot : slot + n] = value_states
         if first < q.fp_sinks:
             m = min(n, q.fp_sinks - first)
@@ -213,6 +212,13 @@ class QuantizedStore:
         if (first + n) % q.residual == 0:
             self.quantize_block(layer, (first + n) // q.residual - 1)
         return out
+
+    def follow_frame(self, layer) -> None:
+        """Keep the residual's keys at their frame positions when the layer's frame moves (a rebase)."""
+        if layer.offset != self.recent_offset:
+            rotate(self.recent_keys, *layer.rotations(self.recent_offset - layer.offset, layer.device),
+                   out=self.recent_keys)
+            self.recent_offset = layer.offset
 
     @torch.no_grad()  # what is rebuilt comes from codes: rounding passes no gradient (the new tokens keep theirs)
     def rebuild(self, layer, position: int) -> None:
@@ -242,15 +248,12 @@ class QuantizedStore:
         else:
             keys = key_codes.unflatten(-1, (-1, self.key_group)) * self.key_scale[..., None]
             keys = keys.add_(self.key_zero[..., None]).flatten(-2)
-        if plan.shared:  # one set of slots for every row: copy the few full-precision ones
-            for slots, store_k, store_v, source in plan.full_precision(self):
-                if store_k is not None:
-                    keys.index_copy_(2, slots, store_k.index_select(2, source))
+        if plan.shared:  # one set of slots for every row: copy the few full-precision values (keys below)
+            for slots, _, store_v, source in plan.full_precision(self):
                 values.index_copy_(2, slots, store_v.index_select(2, source))
         else:  # each row (H2O's kv heads) holds its own tokens
             recent = plan.recent[..., None]
             index = plan.recent_index
-            keys = torch.where(recent, self.recent_keys.gather(2, index.expand(-1, -1, -1, keys.shape[-1])), keys)
             values.copy_(torch.where(recent, self.recent_values.gather(2, index.expand(-1, -1, -1, values.shape[-1])),
                                      values))
         if self.sinks_requantized:  # the quantized sinks as first rotated (at their own positions, frame 0), once
@@ -265,6 +268,14 @@ class QuantizedStore:
         else:  # rotate in float32, as the model does
             cos, sin = plan.tables
             rotate(keys, cos, sin, out=layer.keys)
+        # the current block's keys, kept at their frame positions
+        if plan.shared:
+            slots, source = plan.slots[0], plan.sources[0]
+            if slots.numel():
+                layer.keys.index_copy_(2, slots, self.recent_keys.index_select(2, source))
+        else:
+            index = plan.recent_index.expand(-1, -1, -1, keys.shape[-1])
+            layer.keys.copy_(torch.where(plan.recent[..., None], self.recent_keys.gather(2, index), layer.keys))
         if layer.n_sink and position < layer.capacity:
             # while the cache fills the layer takes its sink slots as they are: the sinks as first rotated, moved to
             # the frame
@@ -282,6 +293,8 @@ class QuantizedStore:
         members = members.expand(shape)
         index = (positions % q.residual).clamp(min=0).expand(shape)[..., None]
         keys = self.recent_keys.gather(2, index.expand(-1, -1, -1, self.recent_keys.shape[-1]))
+        keys = rotate(keys, *rotation_tables(-(positions - layer.offset).clamp(min=0), layer.rotations.info,
+                                             layer.device))  # quantized unrotated
         values = self.recent_values.gather(2, index.expand(-1, -1, -1, self.recent_values.shape[-1]))
         dtype = self.value_scale.dtype
         value_codes, scale, zero = quantize_per_token(values, q.bits, self.group, dtype)
