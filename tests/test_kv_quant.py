@@ -197,8 +197,11 @@ def test_bytes_held_match_the_formula(peaky_llama, bits):
              + (2 + 5) * 2 * s * d  # key scale tables: block 0 and ceil(65 / 16) + 1 more
              + 16 * 2 * d * e + 4 * d * e  # residual block and the full-precision sinks' values
              + 4 * d * e)  # the sinks' keys as the model rotated them (the layer's own)
+    assert allocated == layers * heads * store  # streamlib's loops free the full-precision slots after each call
+    with torch.no_grad():  # a loop of one's own keeps them until the next call, and they count
+        peaky_llama(input_ids=stream[:, :1], cache=cache, use_cache=True)
     scratch = heads * slots * 2 * d * e  # one layer's full-precision slots, shared
-    assert allocated == layers * heads * store + scratch
+    assert cache.kv_bytes()[0] == layers * heads * store + scratch
     # measured from the cache's own tensors: the codes are what the formula says
     codes = cache.layers[0].store.codes
     assert codes.dtype == torch.uint8 and codes.shape == (1, heads, slots, 2 * d * bits // 8)

@@ -67,8 +67,11 @@ def forward(model, cache, input_ids: torch.Tensor, all_logits: bool, **extra) ->
     """One call of the model on ``cache``: the logits of every token, or of the last one only. The attention goes
     through the hand-over for the call when the cache needs it, and the model is left as it was."""
     with handover(model, cache):
-        return model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=0 if all_logits else 1,
-                     **extra).logits
+        logits = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=0 if all_logits else 1,
+                       **extra).logits
+    if getattr(cache, "scratch", None) is not None:
+        cache.release_scratch()  # a quantized cache holds its codes between calls, not full-precision slots
+    return logits
 
 
 class StreamingCache(PolicyCache, Cache):
@@ -186,6 +189,16 @@ class StreamingCache(PolicyCache, Cache):
             layer.shift_frame(frame - self.frame_floor)
         self.rotations.clear()
         return True
+
+    def release_scratch(self) -> None:
+        """Free the full-precision slots a quantized cache's layers are rebuilt into (each call makes them again):
+        streamlib's own loops do after every call, so that between calls the cache holds codes, scales, the current
+        block and the sinks. In a loop of one's own (``model.generate``) they stay, and :meth:`kv_bytes` counts
+        them."""
+        self.scratch.release()
+        for layer in self.layers:
+            if getattr(layer, "store", None) is not None:
+                layer.keys = layer.values = None
 
     def kv_bytes(self) -> tuple[int, int]:
         allocated = resident = 0

@@ -155,11 +155,15 @@ class StreamLayer(CacheLayerMixin):
         self.offset += shift
 
     def batch_tensors(self) -> list[torch.Tensor]:
-        """The tensors with one row per batch entry (what a beam reorder permutes)."""
-        return [self.keys, self.values] + (self.store.tensors() if self.store is not None else [])
+        """The tensors with one row per batch entry (what a beam reorder permutes); a quantized layer's are its
+        store's (its slots are rebuilt from them at every call)."""
+        if self.store is not None:
+            return self.store.tensors()
+        return [self.keys, self.values]
 
     def reset(self) -> None:
-        super().reset()
+        if self.keys is not None:  # a quantized layer between streamlib's calls holds no slots to zero
+            super().reset()
         self.position = self.offset = 0
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:

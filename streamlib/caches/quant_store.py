@@ -78,6 +78,10 @@ class SlotScratch:
             self._tables[key] = SlotPlan(layer, position, store)
         return self._tables[key]
 
+    def release(self) -> None:
+        """Let the buffers go (the next call makes them again)."""
+        self._buffers.clear()
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for pair in self._buffers.values() for t in pair)
 
@@ -165,7 +169,13 @@ class QuantizedStore:
         self.sink_values = torch.zeros(batch, heads, q.fp_sinks, v_dim, dtype=dtype, device=dev)
         self.recent_offset = 0  # the frame the residual's keys are rotated in
         self.sinks_requantized = False  # block 0 was quantized and the quantized sinks' keys are not yet rotated
-        return self.scratch(batch, heads, cap, k_dim, v_dim, dtype, dev)
+        return self.slots(layer)
+
+    def slots(self, layer):
+        """The full-precision slots this layer is rebuilt into: the scratch's buffers of its shape."""
+        batch, heads, _, k_dim = self.recent_keys.shape
+        return self.scratch(batch, heads, layer.capacity, k_dim, self.recent_values.shape[-1], self.recent_keys.dtype,
+                            layer.device)
 
     def tensors(self) -> list[torch.Tensor]:
         """Everything the store holds (what a beam reorder permutes and the allocated bytes count)."""
@@ -198,6 +208,8 @@ class QuantizedStore:
                 f"prefill_chunk_size={q.residual} to model.generate")
         if not layer.is_initialized:
             layer.lazy_initialization(key_states, value_states)
+        elif layer.keys is None:  # released after the last call
+            layer.keys, layer.values = self.slots(layer)
         layer.check_batch(key_states)
         self.follow_frame(layer)
         self.rebuild(layer, first)

@@ -194,7 +194,7 @@ class ScoredLayer(StreamLayer):
         return torch.stack([row[row >= 0].sort().values for row in positions.cpu()])
 
     def batch_tensors(self) -> list[torch.Tensor]:
-        return [self.keys, self.values, self.positions, self.scores, self.free]
+        return super().batch_tensors() + [self.positions, self.scores, self.free]
 
     def reset(self) -> None:
         super().reset()
