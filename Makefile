@@ -15,10 +15,8 @@ run: env
 lab: env
 	.venv/bin/jupyter lab --ServerApp.root_dir=notebooks $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
-# the suite in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them (its fixtures made once)
-TEST_WORKERS ?= 2
 test: env
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 bench: env
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_policies.py

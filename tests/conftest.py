@@ -1,13 +1,9 @@
-import os
-
 import pytest
 import torch
 from transformers import (AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, MistralConfig,
                           Qwen2Config, Qwen3Config)
 
-# at most 2 threads; under pytest-xdist (make test) the cores shared among the worker processes
-_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, torch.get_num_threads()) // _workers))
+torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def tiny_config(attn: str = "eager", **overrides) -> GPTNeoXConfig:
