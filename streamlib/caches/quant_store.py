@@ -24,12 +24,12 @@ from .quant import (SCALE_DTYPE, KVQuantSpec, compute_dtype, full_precision, gro
 
 class SlotScratch:
     """The full-precision keys and values a quantized layer is rebuilt into before each call, one buffer per device and
-    shape shared by every quantized layer of a cache, and the rotation tables of a step, which the layers of one kind
-    share."""
+    shape shared by every quantized layer of a cache; the table of rotations by every delta; and each step's
+    :class:`SlotPlan`, which the layers of one kind share."""
 
     def __init__(self):
         self._buffers: dict = {}
-        self._tables: dict = {}
+        self._plans: dict = {}
         self._heads: dict = {}
 
     def __call__(self, batch, heads, slots, k_dim, v_dim, dtype, device):
@@ -38,15 +38,6 @@ class SlotScratch:
             self._buffers[key] = (torch.zeros(batch, heads, slots, k_dim, dtype=dtype, device=device),
                                   torch.zeros(batch, heads, slots, v_dim, dtype=dtype, device=device))
         return self._buffers[key]
-
-    def tables(self, name: str, deltas: torch.Tensor, stamp: tuple, info, device):
-        """Rotation tables by ``deltas``, computed once per ``stamp`` (the step) for every layer that asks."""
-        key = (name, stamp, torch.device(device))
-        if key not in self._tables:
-            if len(self._tables) > 16:
-                self._tables.clear()
-            self._tables[key] = rotation_tables(deltas, info, device)
-        return self._tables[key]
 
     def head_tables(self, deltas: torch.Tensor, info, k_dim: int, device):
         """cos and signed sin over the whole head (:class:`SlotPlan`) for rotating by ``deltas`` (>= 0), picked from
@@ -72,11 +63,11 @@ class SlotScratch:
         if not layer.slots_follow_position:
             return SlotPlan(layer, position, store)
         key = ("plan", layer.spec, position, layer.offset, getattr(layer, "held", None), torch.device(layer.device))
-        if key not in self._tables:
-            if len(self._tables) > 16:
-                self._tables.clear()
-            self._tables[key] = SlotPlan(layer, position, store)
-        return self._tables[key]
+        if key not in self._plans:
+            if len(self._plans) > 16:
+                self._plans.clear()
+            self._plans[key] = SlotPlan(layer, position, store)
+        return self._plans[key]
 
     def release(self) -> None:
         """Let the buffers go (the next call makes them again)."""
