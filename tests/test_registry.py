@@ -70,7 +70,7 @@ def test_every_policy_draws_in_the_figures(tmp_path):
     rows = [{"label": p.label(), "spec": p.spec(), "position": x, "nll": 1.0 + 0.01 * i + 0.001 * x}
             for i, p in enumerate(EXAMPLES) for x in range(1, 200)]
     fig = plots.fig_nll_vs_position(pd.DataFrame(rows), bands=False)
-    drawn = {line.get_label() for line in fig.axes[0].get_lines()}
+    drawn = {line.get_gid() for line in fig.axes[0].get_lines()}
     assert {p.label() for p in EXAMPLES} <= drawn
     styles = {p.label(): plots.style_of(p.spec()) for p in EXAMPLES}
     assert all(set(s) >= {"color", "marker", "linestyle"} for s in styles.values())

@@ -1,15 +1,18 @@
-"""The workbook's figures: one style (colour-blind Okabe-Ito palette, a marker and line style per policy so the
-figures read in greyscale, fonts embedded as TrueType/Type 42), each figure saved as PDF and PNG."""
+"""The workbook's figures, drawn with seaborn in one style (:mod:`.style`: its theme, a colour, marker and line
+style per policy so the figures read in greyscale, fonts embedded as TrueType/Type 42), each interval from our own
+columns (block bootstrap, Wilson, interquartile range), each figure saved as PDF and PNG."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from .task_figures import fig_recall, fig_retrieval, fig_streameval  # noqa: F401  (the figures, in one place)
-from .style import OKABE_ITO, binned, binned_band, distinct_style, error_bars, markevery, plain_log_axis, style_of
+from .style import (binned, binned_band, dashes_of, distinct_style, interval_bars, legend, lines, markevery,
+                    plain_log_axis, style_of)
 
 
 def fig_nll_vs_position(curves: pd.DataFrame, trained_length: int | None = None, bands: bool = True):
@@ -23,13 +26,18 @@ def fig_nll_vs_position(curves: pd.DataFrame, trained_length: int | None = None,
     # one set of bins for every policy: 64 of equal width, or 96 equal on a log axis from 64 tokens on
     bins = np.unique(np.geomspace(64, end + 1, 96).astype(int)) if log_x else max(1, end // 64)
     width = f"{end // 64} tokens" if not log_x else "bin"
+    parts = []
     for label, df in curves.groupby("label", sort=False):
         x, y = binned(df["position"].to_numpy(), df["nll"].to_numpy(), bins)
-        style = style_of(df["spec"].iloc[0])
-        ax.plot(x, y, label=label, markevery=markevery(len(x)), **style)
+        part = pd.DataFrame({"label": label, "spec": df["spec"].iloc[0], "position": x, "nll": y})
         if bands and (log_x or bins > 1):
-            low, high = binned_band(df["position"].to_numpy(), df["nll"].to_numpy(), bins)
-            ax.fill_between(x, low, high, color=style["color"], alpha=0.15, lw=0)
+            part["low"], part["high"] = binned_band(df["position"].to_numpy(), df["nll"].to_numpy(), bins)
+        parts.append(part)
+    points = pd.concat(parts, ignore_index=True)
+    styles = lines(ax, points, "position", "nll", markevery=markevery(len(points) // len(parts)))
+    if "low" in points:
+        for label, part in points.groupby("label", sort=False):
+            ax.fill_between(part["position"], part["low"], part["high"], color=styles[label]["color"], alpha=0.15, lw=0)
     if trained_length:
         ax.axvline(trained_length, color="grey", lw=0.8, ls=":")
         ax.text(trained_length, ax.get_ylim()[1], " trained length", va="top", fontsize=7, color="grey")
@@ -39,7 +47,7 @@ def fig_nll_vs_position(curves: pd.DataFrame, trained_length: int | None = None,
     ax.set_xlabel("token position in the stream" + (" (log scale)" if log_x else ""))
     ax.set_ylabel(f"NLL (nats, mean per {width})")
     ax.set_title("Language modelling along a long stream" + (" (bands: 95 % CI)" if bands else ""))
-    ax.legend(ncols=2, loc="lower right")
+    legend(ax, styles, ncols=2, loc="lower right")
     return fig
 
 
@@ -47,16 +55,14 @@ def fig_trace(traces: pd.DataFrame, column: str, ylabel: str, title: str, scale:
     """Figures 2 and 3: a per-position trace (memory or latency) of each policy; ``log_x``: a log position axis (a
     million-token stream beside a Dense that stopped at 16 K)."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    seen: dict[tuple, int] = {}
-    for label, df in traces.groupby("label", sort=False):
-        style = distinct_style(style_of(df["spec"].iloc[0]), seen)
-        ax.plot(df["position"], df[column] * scale, label=label, markevery=markevery(len(df)), **style)
+    longest = int(traces.groupby("label").size().max()) if len(traces) else 1
+    styles = lines(ax, traces.assign(value=traces[column] * scale), "position", "value", markevery=markevery(longest))
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel("token position in the stream" + (" (log scale)" if log_x else ""))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(ncols=2)
+    legend(ax, styles, ncols=2)
     return fig
 
 
@@ -69,13 +75,9 @@ def fig_kv_along_stream(curves: pd.DataFrame, zoom: pd.DataFrame | None = None, 
     label, position, kv_resident_bytes): the check that the formula is what the caches hold."""
     panels = 2 if zoom is not None else 1
     fig, axes = plt.subplots(1, panels, figsize=(4.8 * panels, 3.2), squeeze=False)
-    styles: dict[str, dict] = {}
-    seen: dict[tuple, int] = {}
-    for label, df in curves.groupby("label", sort=False):
-        styles[label] = distinct_style(style_of(df["spec"].iloc[0]), seen)
     left = axes[0, 0]
-    for label, df in curves.groupby("label", sort=False):
-        left.plot(df["position"], df["kv_bytes"] / 2**20, label=label, markevery=markevery(len(df)), **styles[label])
+    longest = int(curves.groupby("label").size().max())
+    styles = lines(left, curves.assign(mib=curves["kv_bytes"] / 2**20), "position", "mib", markevery=markevery(longest))
     if every_layer_whole:
         end = curves["position"].max()
         left.plot([0, end], [0, every_layer_whole * end / 2**20], color="grey", ls=":", lw=1,
@@ -83,12 +85,18 @@ def fig_kv_along_stream(curves: pd.DataFrame, zoom: pd.DataFrame | None = None, 
     if trained_length:
         left.axvline(trained_length, color="grey", lw=0.8, ls=":")
     left.set_title("KV cache up to the trained length")
-    left.legend(ncols=2 if panels == 1 else 1)
+    legend(left, styles, ncols=2 if panels == 1 else 1)
     if zoom is not None:
         right = axes[0, 1]
-        for label, df in zoom.groupby("label", sort=False):
-            st = styles.get(label) or distinct_style(style_of(df["spec"].iloc[0]), seen)
-            right.plot(df["position"], df["kv_bytes"] / 2**20, color=st["color"], ls=st["linestyle"])
+        zoomed = zoom.assign(mib=zoom["kv_bytes"] / 2**20)
+        sns.lineplot(data=zoomed, x="position", y="mib", hue="label", style="label", ax=right, errorbar=None,
+                     estimator=None, sort=False, legend=False,
+                     palette={k: st["color"] for k, st in styles.items()},
+                     dashes={k: dashes_of(st["linestyle"]) for k, st in styles.items()},
+                     hue_order=[k for k in styles if k in set(zoom["label"])],
+                     style_order=[k for k in styles if k in set(zoom["label"])])
+        for label in zoom["label"].unique():
+            st = styles[label]
             if measured is not None:
                 m = measured[measured.label == label]
                 right.plot(m["position"], m["kv_resident_bytes"] / 2**20, ls="none", marker=st["marker"], mfc="none",
@@ -96,7 +104,7 @@ def fig_kv_along_stream(curves: pd.DataFrame, zoom: pd.DataFrame | None = None, 
         right.plot([], [], ls="none", marker="o", mfc="none", color="grey", label="measured in the traces")
         right.plot([], [], color="grey", label="formula")
         right.set_title("The first tokens: formula and measurement")
-        right.legend()
+        legend(right)
     for ax in axes[0]:
         ax.set_xlabel("tokens in the stream")
     left.set_ylabel("KV cache held (MiB)")
@@ -120,10 +128,11 @@ def fig_tradeoff(sweep: pd.DataFrame, latency: pd.DataFrame | None = None):
     ``sweep``: family, spec, kv_mib, ppl, ppl_low, ppl_high, cache_size (``report.sweep_table``);
     ``latency``: label, spec, baseline, cache_size, tpot_vs_dense and its quartiles (``report.latency_table``)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(8.5, 3.4))
-    for name, df in sweep.groupby("family", sort=False):
-        df = df.sort_values("cache_size")
-        st = style_of(df["spec"].iloc[0])
-        a.errorbar(df["kv_mib"], df["ppl"], yerr=error_bars(df, "ppl", "ppl_low", "ppl_high"), label=name, capsize=2, **st)
+    points = sweep.sort_values("cache_size", kind="stable").assign(label=sweep["family"])
+    styles = lines(a, points, "kv_mib", "ppl")
+    for name, df in points.groupby("label", sort=False):
+        if "ppl_low" in df:
+            interval_bars(a, df["kv_mib"], df["ppl"], df["ppl_low"], df["ppl_high"], styles[name]["color"])
     front = pareto_front(sweep.dropna(subset=["ppl"]), "kv_mib", "ppl")
     if not front.empty:
         a.plot(front["kv_mib"], front["ppl"], color="grey", lw=4, alpha=0.25, zorder=0, label="Pareto front")
@@ -132,21 +141,24 @@ def fig_tradeoff(sweep: pd.DataFrame, latency: pd.DataFrame | None = None):
     plain_log_axis(a)
     a.set_title("Quality vs memory")
     if latency is not None and not latency.empty:
-        timed = latency[~latency["baseline"].astype(bool)].reset_index(drop=True)
+        timed = latency[~latency["baseline"].astype(bool)].reset_index(drop=True).assign(x=lambda d: d.index)
         seen: dict[tuple, int] = {}
-        for i, row in timed.iterrows():
-            st = distinct_style(style_of(row["spec"]), seen)
-            yerr = [[row["tpot_vs_dense"] - row["tpot_vs_dense_q1"]], [row["tpot_vs_dense_q3"] - row["tpot_vs_dense"]]]
-            b.errorbar([i], [row["tpot_vs_dense"]], yerr=yerr, color=st["color"], marker=st["marker"], capsize=3,
-                       linestyle="none")
+        marks = {row["label"]: distinct_style(style_of(row["spec"]), seen) for _, row in timed.iterrows()}
+        sns.scatterplot(data=timed, x="x", y="tpot_vs_dense", hue="label", style="label", ax=b, legend=False, s=45,
+                        edgecolor="none",
+                        palette={k: st["color"] for k, st in marks.items()},
+                        markers={k: st["marker"] for k, st in marks.items()})
+        for _, row in timed.iterrows():
+            interval_bars(b, [row["x"]], [row["tpot_vs_dense"]], [row["tpot_vs_dense_q1"]],
+                          [row["tpot_vs_dense_q3"]], marks[row["label"]]["color"], capsize=3)
         b.axhline(1.0, color="black", lw=0.8, ls=":")
         b.set_xticks(range(len(timed)), timed["label"], rotation=30, ha="right", fontsize=7)
+        b.set_xlabel("")
         b.set_ylabel("TPOT / Dense's, same round")
         b.set_title("Decode step against Dense (median, IQR)")
     else:
         b.set_visible(False)
-    handles, labels = a.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.05), ncols=4, frameon=False)
+    legend(a, styles, where=fig, loc="upper center", bbox_to_anchor=(0.5, -0.05), ncols=4, frameon=False)
     return fig
 
 
@@ -158,16 +170,20 @@ def fig_bits(table: pd.DataFrame):
     sinks, per bit width. ``table``: :func:`streamlib.report.tables.bits_table`."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(8.5, 3.4), gridspec_kw={"width_ratios": [1.6, 1]})
     styles = {"same tokens": ("#0072B2", "D", "-", 6), "equal bytes": ("#D55E00", "o", "--", -10)}
-    for series, (colour, marker, ls, dy) in styles.items():
-        df = table[table["series"] == series].sort_values("bits", ascending=False)  # 16 bits, then fewer
-        if df.empty:
-            continue
-        change = (df["vs"] - 1) * 100
-        err = np.vstack([change - (df["vs_low"] - 1) * 100, (df["vs_high"] - 1) * 100 - change]).clip(min=0)
-        a.errorbar(df["kv_mib"], change, yerr=err, color=colour, marker=marker, linestyle=ls, capsize=2,
-                   label=series)
-        for (_, row), y in zip(df.iterrows(), change):
-            a.annotate(f"{int(row['bits'])}-bit {int(row['tokens'])}", (row["kv_mib"], y),
+    series = table[table["series"].isin(list(styles))].sort_values("bits", ascending=False)  # 16 bits, then fewer
+    series = series.assign(change=(series["vs"] - 1) * 100, low=(series["vs_low"] - 1) * 100,
+                           high=(series["vs_high"] - 1) * 100)
+    if not series.empty:
+        shown = [k for k in styles if k in set(series["series"])]
+        sns.lineplot(data=series, x="kv_mib", y="change", hue="series", style="series", ax=a, errorbar=None,
+                     estimator=None, sort=False, hue_order=shown, style_order=shown,
+                     palette={k: v[0] for k, v in styles.items()}, markers={k: v[1] for k, v in styles.items()},
+                     dashes={k: dashes_of(v[2]) for k, v in styles.items()})
+    for name, df in series.groupby("series", sort=False):
+        colour, dy = styles[name][0], styles[name][3]
+        interval_bars(a, df["kv_mib"], df["change"], df["low"], df["high"], colour)
+        for _, row in df.iterrows():
+            a.annotate(f"{int(row['bits'])}-bit {int(row['tokens'])}", (row["kv_mib"], row["change"]),
                        textcoords="offset points", xytext=(4, dy), fontsize=7, color=colour)
     a.axhline(0, color="black", lw=0.8, ls=":")
     a.set_xlabel("KV-cache memory (MiB: codes, scales, full-precision part)")
@@ -175,15 +191,16 @@ def fig_bits(table: pd.DataFrame):
     a.set_ylabel(f"perplexity vs {reference} (%)", fontsize=8)
     plain_log_axis(a, "x")
     a.set_title("Fewer bits or fewer tokens? (paired 95 % CI)", fontsize=9)
-    a.legend(fontsize=8, frameon=False)
+    if not series.empty:
+        legend(a, fontsize=8, frameon=False)
     sinks = table[table["series"] == "sinks quantized"].sort_values("bits", ascending=False)
     if sinks.empty:
         b.set_visible(False)
     else:
         x = np.arange(len(sinks))
         change = (sinks["vs"] - 1) * 100
-        err = np.vstack([change - (sinks["vs_low"] - 1) * 100, (sinks["vs_high"] - 1) * 100 - change])
-        b.errorbar(x, change, yerr=err, color="#0072B2", marker="D", linestyle="none", capsize=3)
+        sns.scatterplot(x=x, y=change.to_numpy(), ax=b, color="#0072B2", marker="D", s=25)
+        interval_bars(b, x, change, (sinks["vs_low"] - 1) * 100, (sinks["vs_high"] - 1) * 100, "#0072B2", capsize=3)
         b.axhline(0, color="black", lw=0.8, ls=":")
         b.set_xticks(x, [f"{int(v)}-bit" for v in sinks["bits"]])
         b.set_ylabel("perplexity change (%)")
@@ -198,23 +215,28 @@ def fig_sinks(ours: pd.DataFrame, published: pd.DataFrame | None = None):
     ncols = 2 if published is not None and not published.empty else 1
     fig, axes = plt.subplots(1, ncols, figsize=(4 * ncols, 3.2), squeeze=False)
     ax = axes[0, 0]
-    ax.errorbar(ours["n_sink"], ours["ppl"], yerr=error_bars(ours, "ppl", "ppl_low", "ppl_high"), capsize=3,
-                **style_of(ours["spec"].iloc[0]))
+    ours = ours.assign(label="this run")
+    styles = lines(ax, ours, "n_sink", "ppl", legend=False)
+    if "ppl_low" in ours:
+        interval_bars(ax, ours["n_sink"], ours["ppl"], ours["ppl_low"], ours["ppl_high"], styles["this run"]["color"],
+                      capsize=3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("attention sinks (cache size fixed)")
     ax.set_ylabel("perplexity (bars: 95 % CI)")
     ax.set_title(f"This run, cache {int(ours['cache_size'].iloc[0])}")
     if ncols == 2:
         ax2 = axes[0, 1]
-        for i, (model, df) in enumerate(published.groupby("model")):
-            df = df.sort_values("n_sink")
-            ax2.plot(df["n_sink"], df["ppl"], label=model, color=OKABE_ITO[(i + 5) % len(OKABE_ITO)],
-                     marker="xP"[i % 2], linestyle=[":", "--"][i % 2])
+        models = sorted(published["model"].unique())
+        palette = sns.color_palette("colorblind", len(models) + 5)[5:]
+        sns.lineplot(data=published.sort_values("n_sink"), x="n_sink", y="ppl", hue="model", style="model", ax=ax2,
+                     hue_order=models, style_order=models, palette=palette, markers=True, dashes=True,
+                     errorbar=None, estimator=None, sort=False)
         plain_log_axis(ax2)
         ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax2.set_xlabel("attention sinks")
         ax2.set_title("Published (StreamingLLM, Table 2)")
-        ax2.legend()
+        ax2.set_ylabel("perplexity")
+        legend(ax2)
     return fig
 
 
@@ -223,22 +245,27 @@ def fig_speed(table: pd.DataFrame):
     ``table``: label, spec, batch_size, ttft_ms, tpot_ms, throughput."""
     fig, axes = plt.subplots(1, 3, figsize=(9, 3))
     labels = list(dict.fromkeys(table["label"]))
-    batches = sorted(table["batch_size"].unique())
-    width = 0.8 / max(1, len(labels))
+    colours = {label: style_of(table.loc[table["label"] == label, "spec"].iloc[0])["color"] for label in labels}
     hatches = ["", "//", "..", "xx"]
+    bars = table.assign(batch=[f"batch {b}" for b in table["batch_size"]]).sort_values("batch_size", kind="stable")
     for ax, (col, title) in zip(axes, [("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("throughput", "decode tokens/s")]):
-        for i, label in enumerate(labels):
-            df = table[table["label"] == label].set_index("batch_size").reindex(batches)
-            st = style_of(df["spec"].dropna().iloc[0])
-            name = col.split("_")[0]
-            yerr = error_bars(df, col, f"{name}_q1", f"{name}_q3") if col != "throughput" else None
-            ax.bar(np.arange(len(batches)) + i * width, df[col], width, label=label, color=st["color"],
-                   hatch=hatches[i % len(hatches)], edgecolor="white", yerr=yerr, capsize=2)
-        ax.set_xticks(np.arange(len(batches)) + width * (len(labels) - 1) / 2, [f"batch {b}" for b in batches])
+        sns.barplot(data=bars, x="batch", y=col, hue="label", hue_order=labels, palette=colours, ax=ax,
+                    errorbar=None, edgecolor="white", saturation=1)
+        name = col.split("_")[0]
+        for i, (label, container) in enumerate(zip(labels, ax.containers)):
+            rows = bars[bars["label"] == label]
+            for patch in container:
+                patch.set_hatch(hatches[i % len(hatches)])
+            if col != "throughput" and f"{name}_q1" in rows:
+                centres = [p.get_x() + p.get_width() / 2 for p in container]
+                interval_bars(ax, centres, rows[col], rows[f"{name}_q1"], rows[f"{name}_q3"], "black", lw=0.8)
+        ax.set_xlabel("")
+        ax.set_ylabel("")
         ax.set_title(title)
     # below the panels, where it covers no bar
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=min(4, len(labels)), frameon=False)
+    for ax in axes[1:]:
+        ax.get_legend().remove()
+    legend(axes[0], where=fig, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=min(4, len(labels)), frameon=False)
     return fig
 
 
@@ -246,9 +273,11 @@ def fig_attention(share: pd.DataFrame, uniform: float | None = None):
     """Figure 7: mean attention weight on each of the first tokens, per layer. ``share``: layer, token, weight, and
     for a hybrid model layer_type, whose full-attention layers (the ones a policy governs) get a grey band."""
     fig, ax = plt.subplots(figsize=(6, 3))
-    for i, (token, df) in enumerate(share.groupby("token")):
-        ax.plot(df["layer"], df["weight"], label=f"token {token}", marker="osD^"[i % 4],
-                linestyle=["-", "--", ":", "-."][i % 4])
+    tokens = share.assign(token=[f"token {t}" for t in share["token"]])
+    order = [f"token {t}" for t in sorted(share["token"].unique())]
+    sns.lineplot(data=tokens, x="layer", y="weight", hue="token", style="token", hue_order=order, style_order=order,
+                 markers=["o", "s", "D", "^"][: len(order)] if len(order) <= 4 else True, ax=ax, errorbar=None,
+                 estimator=None, sort=False)
     if uniform is not None:
         ax.axhline(uniform, color="grey", ls=":", lw=1, label="uniform attention")
     types = share.drop_duplicates("layer").set_index("layer").get("layer_type")
@@ -260,7 +289,7 @@ def fig_attention(share: pd.DataFrame, uniform: float | None = None):
     ax.set_xlabel("layer")
     ax.set_ylabel("mean attention weight")
     ax.set_title("Where attention goes: the first tokens")
-    ax.legend(ncols=2)
+    legend(ax, ncols=2)
     return fig
 
 
@@ -269,11 +298,14 @@ def fig_generation(steps: pd.DataFrame, trained_length: int | None = None):
     spec, position, kv_bytes, step_s (one row per generated token)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     width = max(1, len(steps) // max(1, steps["label"].nunique()) // 64)
+    longest = int(steps.groupby("label").size().max())
+    styles = lines(a, steps.assign(mib=steps["kv_bytes"] / 2**20), "position", "mib", markevery=markevery(longest))
+    parts = []
     for label, df in steps.groupby("label", sort=False):
-        st = style_of(df["spec"].iloc[0])
-        a.plot(df["position"], df["kv_bytes"] / 2**20, label=label, markevery=markevery(len(df)), **st)
         x, y = binned(df["position"].to_numpy(), df["step_s"].to_numpy() * 1e3, width)
-        b.plot(x, y, label=label, markevery=markevery(len(x)), **st)
+        parts.append(pd.DataFrame({"label": label, "spec": df["spec"].iloc[0], "position": x, "ms": y}))
+    binned_steps = pd.concat(parts, ignore_index=True)
+    lines(b, binned_steps, "position", "ms", legend=False, markevery=markevery(len(binned_steps) // len(parts)))
     for ax in (a, b):
         if trained_length:
             ax.axvline(trained_length, color="grey", lw=0.8, ls=":")
@@ -282,5 +314,5 @@ def fig_generation(steps: pd.DataFrame, trained_length: int | None = None):
     a.set_title("Memory while generating")
     b.set_ylabel(f"time per token (ms, mean per {width})")
     b.set_title("Latency while generating")
-    a.legend()
+    legend(a, styles)
     return fig

@@ -1,12 +1,16 @@
-"""The figures' style: the colour-blind Okabe-Ito palette, each policy's own line (colour, marker, line style, so
-figures read in greyscale, declared in its file), fonts embedded as TrueType, and the helpers the figures share."""
+"""The figures' style, through seaborn: its theme and colour-blind palette, each policy's own line (colour from the
+Okabe-Ito palette, marker and line style, so figures read in greyscale, declared in its file) handed to seaborn as
+its mappings, fonts embedded as TrueType, and the helpers the figures share.
+
+seaborn draws the points and lines; the intervals come from our own columns, drawn as bars and bands beside them.
+seaborn's own error bars would bootstrap rows as if independent: token NLL is autocorrelated along a stream (a block
+bootstrap is needed, ``streamlib.core.stats``), and accuracies get Wilson intervals, so its ``errorbar`` stays off."""
 
 from __future__ import annotations
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"]
@@ -22,13 +26,70 @@ def style_of(spec) -> dict:
 
 
 def apply_style() -> None:
-    plt.rcParams.update({
+    """seaborn's white-grid theme with its colour-blind palette (what a policy does not colour itself), the sizes of
+    a lab report's figures, fonts embedded."""
+    sns.set_theme(context="paper", style="whitegrid", palette="colorblind", rc={
         "pdf.fonttype": 42, "ps.fonttype": 42,  # embed TrueType (Type 42), not Type 3
-        "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
-        "axes.prop_cycle": matplotlib.cycler(color=OKABE_ITO),
-        "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 110, "savefig.dpi": 200,
-        "savefig.bbox": "tight", "lines.linewidth": 1.5, "lines.markersize": 4,
+        "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
+        "ytick.labelsize": 8, "grid.alpha": 0.5, "figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight",
+        "lines.linewidth": 1.5, "lines.markersize": 4,
     })
+
+
+def dashes_of(linestyle) -> str | tuple:
+    """A matplotlib line style as seaborn's dash code: "" (solid) or (segment, gap, ...)."""
+    named = {"-": "", "solid": "", "--": (4, 1.5), "dashed": (4, 1.5), ":": (1, 1.5), "dotted": (1, 1.5),
+             "-.": (4, 1.5, 1, 1.5), "dashdot": (4, 1.5, 1, 1.5)}
+    return named[linestyle] if isinstance(linestyle, str) else tuple(linestyle[1])
+
+
+def policy_lines(frame: pd.DataFrame, key: str = "label") -> tuple[dict, dict]:
+    """seaborn's mappings for one line per value of ``key`` (in the frame's order), each from the style its policy
+    declares (``spec`` column; a second line of the same kind gets another): the keywords for ``sns.lineplot`` and
+    friends (hue and style by ``key``, palette, markers, dashes) and each line's own matplotlib style."""
+    seen: dict[tuple, int] = {}
+    styles = {}
+    for value, df in frame.groupby(key, sort=False):
+        styles[value] = distinct_style(style_of(df["spec"].iloc[0]), seen)
+    order = list(styles)
+    return ({"hue": key, "style": key, "hue_order": order, "style_order": order,
+             "palette": {v: st["color"] for v, st in styles.items()},
+             "markers": {v: st["marker"] for v, st in styles.items()},
+             "dashes": {v: dashes_of(st["linestyle"]) for v, st in styles.items()}}, styles)
+
+
+def lines(ax, data: pd.DataFrame, x: str, y: str, key: str = "label", **kwargs) -> dict:
+    """One line per ``key`` through ``sns.lineplot`` in each policy's style (no seaborn interval: ours are drawn
+    from their columns); a quantized cache's markers hollow, as its style says. Returns the styles by value."""
+    mapping, styles = policy_lines(data, key)
+    before = len(ax.lines)
+    # markers a little larger than seaborn's, with a thin white edge: the small ones (+, x) stay readable
+    kwargs = {"markersize": 5, "markeredgewidth": 0.4, **kwargs}
+    sns.lineplot(data=data, x=x, y=y, ax=ax, errorbar=None, sort=False, estimator=None, **mapping, **kwargs)
+    for line, value in zip(ax.lines[before:], mapping["hue_order"]):
+        line.set_gid(str(value))  # which policy a line is, for whoever reads the figure back (the tests)
+        if styles[value].get("mfc") == "none":
+            line.set_markerfacecolor("none")
+    return styles
+
+
+def legend(ax, styles: dict | None = None, where=None, **kwargs):
+    """The axes' legend without seaborn's title (the variable's name), hollow markers hollow; on ``where`` (a
+    figure) instead of the axes when given."""
+    handles, labels = ax.get_legend_handles_labels()
+    for handle, label in zip(handles, labels):
+        if styles and styles.get(label, {}).get("mfc") == "none" and hasattr(handle, "set_markerfacecolor"):
+            handle.set_markerfacecolor("none")
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    return (where or ax).legend(handles, labels, **kwargs)
+
+
+def interval_bars(ax, x, y, low, high, colour, **kwargs) -> None:
+    """Asymmetric bars from precomputed bounds (an interval of ours, not seaborn's)."""
+    x, y, low, high = (np.asarray(v, dtype=float) for v in (x, y, low, high))
+    err = np.vstack([y - low, high - y]).clip(min=0)
+    ax.errorbar(x, y, yerr=err, fmt="none", ecolor=colour, capsize=kwargs.pop("capsize", 2), **kwargs)
 
 
 def plain_log_axis(ax, axis: str = "y") -> None:
@@ -89,10 +150,3 @@ def distinct_style(style: dict, seen: dict) -> dict:
         return style
     colour, marker, ls = ALTERNATES[(n - 1) % len(ALTERNATES)]
     return {"color": colour, "marker": marker, "linestyle": ls}
-
-
-def error_bars(df: pd.DataFrame, value: str, low: str, high: str):
-    """Asymmetric error bars from interval columns, or None when the frame has none."""
-    if low not in df or high not in df:
-        return None
-    return np.vstack([(df[value] - df[low]).clip(lower=0).to_numpy(), (df[high] - df[value]).clip(lower=0).to_numpy()])

@@ -1,13 +1,14 @@
-"""The figures of the tasks (notebook 06): pass-key retrieval, StreamEval and recall across chat turns, each
-accuracy with its Wilson interval."""
+"""The figures of the tasks (notebook 06), drawn with seaborn: pass-key retrieval, StreamEval and recall across chat
+turns, each accuracy with its Wilson interval (bars from our own columns, not seaborn's bootstrap)."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
+import seaborn as sns
 
-from .style import distinct_style, plain_log_axis, style_of
+from ..core.stats import wilson_interval
+from .style import interval_bars, legend, lines, plain_log_axis, policy_lines
 
 
 def fig_retrieval(trials: pd.DataFrame, budget: int | None = None):
@@ -15,48 +16,46 @@ def fig_retrieval(trials: pd.DataFrame, budget: int | None = None):
     (right, mean over layers and trials) against the key's distance from the question, one line per policy. ``trials``: one row per trial with
     label, spec, distance, correct, key_cached."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True, sharey=True)
-    from ..core.stats import wilson_interval
-
     points = trials.groupby(["label", "spec", "depth", "prompt_tokens"], sort=False, as_index=False).agg(
         distance=("distance", "mean"), correct=("correct", "mean"), hits=("correct", "sum"), n=("correct", "size"),
         key_cached=("key_cached", "mean"))
-    groups = list(points.groupby(["label", "spec"], sort=False))
+    order = list(dict.fromkeys(points["label"]))  # the legend in the trials' order, each line by distance
+    points = points.assign(rank=points["label"].map(order.index)).sort_values(["rank", "distance"], kind="stable")
     nudge = 0.012 * (points["distance"].max() - points["distance"].min() or 1)  # bars side by side, not on top
-    seen: dict[tuple, int] = {}
-    for i, ((label, spec), df) in enumerate(groups):
-        df = df.sort_values("distance")
-        style = distinct_style(style_of(spec), seen)  # StreamingLLM keeping the prompt: a second style
-        wilson = [wilson_interval(int(k), int(n)) for k, n in zip(df["hits"], df["n"])]
-        yerr = np.array([[c - w.low for c, w in zip(df["correct"], wilson)],
-                         [w.high - c for c, w in zip(df["correct"], wilson)]]).clip(min=0)
-        a.errorbar(df["distance"] + (i - (len(groups) - 1) / 2) * nudge, df["correct"], yerr=yerr, label=label,
-                   capsize=2, **style)
-        b.plot(df["distance"], df["key_cached"], label=label, **style)
+    points["x"] = points["distance"] + points["label"].map({k: (i - (len(order) - 1) / 2) * nudge
+                                                           for i, k in enumerate(order)})
+    wilson = [wilson_interval(int(k), int(n)) for k, n in zip(points["hits"], points["n"])]
+    points["low"], points["high"] = [w.low for w in wilson], [w.high for w in wilson]
+    styles = lines(a, points, "x", "correct")  # StreamingLLM keeping the prompt: a second style of its kind
+    for label, df in points.groupby("label", sort=False):
+        interval_bars(a, df["x"], df["correct"], df["low"], df["high"], styles[label]["color"])
+    lines(b, points, "distance", "key_cached", legend=False)
     for ax, title in ((a, "Pass key answered correctly (bars: Wilson 95 % CI)"),
                       (b, "Key's tokens still cached at the question (share)")):
         if budget:
             ax.axvline(budget, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("tokens from the key to the question")
         ax.set_title(title)
+        ax.set_ylabel("")
         ax.set_ylim(-0.05, 1.05)
-    handles, labels = a.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncols=min(len(labels), 6), bbox_to_anchor=(0.5, -0.08))
+    legend(a, styles, where=fig, loc="lower center", ncols=min(len(styles), 6), bbox_to_anchor=(0.5, -0.08))
     return fig
 
 
 def _accuracy_lines(ax, rows: pd.DataFrame, x: str, group: str, log_x: bool = True) -> None:
     """Accuracy against ``x`` (the mean of each ``group``) per policy, Wilson 95 % bars. ``rows``: one per trial,
     with label, policy, correct and the columns named."""
-    from ..core.stats import wilson_interval
-
-    seen: dict[tuple, int] = {}
+    parts = []
     for label, df in rows.groupby("label", sort=False):
         points = df.groupby(group).agg(x=(x, "mean"), hits=("correct", "sum"), n=("correct", "size")).sort_values("x")
         wilson = [wilson_interval(int(k), int(n)) for k, n in zip(points["hits"], points["n"])]
-        acc = points["hits"] / points["n"]
-        yerr = np.array([[a - w.low for a, w in zip(acc, wilson)], [w.high - a for a, w in zip(acc, wilson)]])
-        ax.errorbar(points["x"], acc, yerr=yerr.clip(min=0), label=label, capsize=2,
-                    **distinct_style(style_of(df["spec"].iloc[0]), seen))
+        parts.append(points.assign(label=label, spec=df["spec"].iloc[0], accuracy=points["hits"] / points["n"],
+                                   low=[w.low for w in wilson], high=[w.high for w in wilson]))
+    points = pd.concat(parts)
+    styles = lines(ax, points, "x", "accuracy")
+    for label, df in points.groupby("label", sort=False):
+        interval_bars(ax, df["x"], df["accuracy"], df["low"], df["high"], styles[label]["color"])
+    ax.set_ylabel("")
     if log_x:
         plain_log_axis(ax, "x")
     ax.set_ylim(-0.05, 1.05)
@@ -76,15 +75,19 @@ def fig_streameval(questions: pd.DataFrame, budget: int | None = None):
         ax.set_xlabel("tokens from the fact to its question")
         ax.set_title(f"questions {part} tokens")
     axes[0][0].set_ylabel("answered (Wilson 95 % CI)")
-    _legend_below(fig, axes[0][0])
+    _legend_below(fig, axes[0][0], axes[0][1:])
     return fig
 
 
-def _legend_below(fig, ax) -> None:
-    """One legend for the figure, under its axes (a saved figure's tight box takes it in)."""
+def _legend_below(fig, ax, others=()) -> None:
+    """One legend for the figure, under its axes (a saved figure's tight box takes it in); the other panels' own
+    legends removed."""
+    for other in others:
+        if other.get_legend() is not None:
+            other.get_legend().remove()
     fig.tight_layout()
     handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncols=min(len(labels), 4), bbox_to_anchor=(0.5, 0.0))
+    legend(ax, where=fig, loc="upper center", ncols=min(len(labels), 4), bbox_to_anchor=(0.5, 0.0))
 
 
 def fig_recall(turns: pd.DataFrame, budget: int | None = None):
@@ -98,9 +101,7 @@ def fig_recall(turns: pd.DataFrame, budget: int | None = None):
         a.axvline(budget, color="grey", lw=0.8, ls=":")
     a.set_xlabel("tokens from the fact to its question")
     a.set_title("Fact recalled (points: 1, 3, 6 ... turns back)")
-    seen: dict[tuple, int] = {}
-    for label, df in turns.groupby("label", sort=False):
-        b.plot(df["turn"], df["kv_bytes"] / 2**20, label=label, **distinct_style(style_of(df["spec"].iloc[0]), seen))
+    lines(b, turns.assign(mib=turns["kv_bytes"] / 2**20), "turn", "mib", legend=False)
     b.set_xlabel("turn")
     b.set_ylabel("MiB")
     b.set_title("KV cache held after each turn")
@@ -113,12 +114,11 @@ def fig_head_map(scores: pd.DataFrame):
     whole. ``scores``: layer, kv_head, score."""
     table = scores.pivot(index="layer", columns="kv_head", values="score")
     fig, ax = plt.subplots(figsize=(2.2 + 0.5 * table.shape[1], 0.6 + 0.16 * table.shape[0]))
-    image = ax.imshow(table.to_numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=max(1e-9, table.to_numpy().max()))
-    ax.set_xticks(range(table.shape[1]), table.columns)
+    sns.heatmap(table, ax=ax, cmap="viridis", vmin=0, vmax=max(1e-9, table.to_numpy().max()),
+                cbar_kws={"label": "share of the key's digits retrieved"})
     ax.set_xlabel("kv head")
     ax.set_ylabel("layer")
     ax.set_title("Retrieval score per kv head", fontsize=9)
-    fig.colorbar(image, ax=ax, label="share of the key's digits retrieved")
     return fig
 
 
@@ -126,12 +126,12 @@ def fig_beyond_window(table: pd.DataFrame):
     """Figure 17: pass keys beyond the window, accuracy (Wilson 95 % bars) against the KV bytes each policy holds at
     the prompt's length. ``table``: :func:`streamlib.report.tasks.beyond_window_table`."""
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    seen: dict[tuple, int] = {}
+    mapping, styles = policy_lines(table)
+    sns.scatterplot(data=table, x="kv_mib", y="accuracy", ax=ax, s=45, edgecolor="none", **{k: v for k, v in mapping.items()
+                                                                          if k != "dashes"})
     for _, row in table.iterrows():
-        style = distinct_style(style_of(row["spec"]), seen)
-        yerr = [[row["accuracy"] - row["accuracy_low"]], [row["accuracy_high"] - row["accuracy"]]]
-        ax.errorbar([row["kv_mib"]], [row["accuracy"]], yerr=np.array(yerr).clip(min=0), capsize=3,
-                    label=row["label"], linestyle="none", **{k: v for k, v in style.items() if k != "linestyle"})
+        interval_bars(ax, [row["kv_mib"]], [row["accuracy"]], [row["accuracy_low"]], [row["accuracy_high"]],
+                      styles[row["label"]]["color"], capsize=3)
     ax.set_xscale("log")
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("KV cache held at the prompt's length (MiB, log scale)")
