@@ -17,6 +17,7 @@ retrieval_depths = None  # where the key sits in the filler, 0 (start) to 1 (end
 streameval_tokens = None  # the StreamEval stream's length (past the trained length to see what Dense does there)
 recall_turns = None  # turns of the scripted chat (0: none)
 head_split_shares = None  # shares of the kv heads HeadSplit keeps whole ([]: no section)
+harness_seeds = None  # the pass key through lm-evaluation-harness, keys per depth (0: no section)
 
 # %% [markdown]
 # # 06 · What each policy remembers: pass key, StreamEval, recall across turns
@@ -28,6 +29,8 @@ head_split_shares = None  # shares of the kv heads HeadSplit keeps whole ([]: no
 # Then two tasks in one stream each, the way a streaming model meets them: **StreamEval** (the paper's section 4.4, rebuilt: questions every few lines of a long record, each about a line a set distance back, on past the trained length) and **recall across the turns of one chat** (facts the user states, asked again some turns later, the model writing every reply).
 
 # %%
+import importlib.util
+
 import pandas as pd
 import torch
 
@@ -40,14 +43,14 @@ from streamlib.metrics.head_scores import map_trials, measure_head_scores
 from streamlib.metrics.recall import measure_recall, recall_script
 from streamlib.metrics.retrieval import measure_retrieval, passkey_grid
 from streamlib.metrics.streameval import measure_streameval, streameval_task
-from streamlib.policies import TOVA, BurstEviction, Dense, StreamingLLM, Window
+from streamlib.policies import TOVA, BurstEviction, Dense, HeadSplit, StreamingLLM, Window
 from streamlib.report import figures
 
 # %%
 cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force, retrieval_cache=retrieval_cache,
                        retrieval_context_tokens=retrieval_context_tokens, retrieval_depths=retrieval_depths,
                        streameval_tokens=streameval_tokens, recall_turns=recall_turns,
-                       head_split_shares=head_split_shares)
+                       head_split_shares=head_split_shares, harness_seeds=harness_seeds)
 
 # %% [markdown]
 # ## The model and the trials
@@ -207,3 +210,28 @@ report.beyond_window_table(run).round(3)
 # %%
 report.draw(run, 'fig17_beyond_window')
 
+
+# %% [markdown]
+# ## The same question through lm-evaluation-harness
+# EleutherAI's lm-evaluation-harness is how this field's numbers are usually made. `streamlib.metrics.harness` gives it a backend that runs any of its tasks under any policy: `python -m streamlib lm-eval --model streamlib --model_args model=smollm2-135m,policy=streamingllm:4+252 --tasks ...` (the README has more). Here its pass-key task (`streamlib_passkey`: this notebook's prompts as raw text, the first number of the answer against the key) under Dense, StreamingLLM and H2O at the retrieval budget and the largest head split above, `harness_seeds` keys per depth.
+#
+# What to look for: each policy's exact match close to its pass-key accuracy at the top of this notebook (the prompts are raw text here, without the chat template, so a difference can be the model's), and policies apart only where their intervals do not overlap.
+
+# %%
+harness = bool(cfg.harness_seeds) and importlib.util.find_spec('lm_eval') is not None
+if cfg.harness_seeds and not harness:
+    print('lm-evaluation-harness is not installed (pip install -e .[eval]): no section')
+if harness:
+    from streamlib.metrics.harness import measure_harness
+    from streamlib.metrics.harness_tasks import PASSKEY, task_configs
+
+    harness_tasks = [t for t in task_configs(run.path / 'lm_eval_tasks', tokenizer,
+                                             passkey_tokens=tuple(cfg.retrieval_context_tokens),
+                                             passkey_depths=tuple(cfg.retrieval_depths),
+                                             passkey_seeds=cfg.harness_seeds) if t['task'] == PASSKEY]
+    splits = [p for p in grid if isinstance(p, HeadSplit)]
+    harness_policies = [Dense(), streaming] + cfg.h2o_policies(budget)[:1] + splits[-1:]
+    for policy in harness_policies:
+        run.measure('harness', policy, lambda: measure_harness(model, tokenizer, policy, harness_tasks), task=PASSKEY,
+                    context_tokens=cfg.retrieval_context_tokens, depths=cfg.retrieval_depths, seeds=cfg.harness_seeds)
+report.harness_grid(run)

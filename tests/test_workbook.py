@@ -77,7 +77,7 @@ def test_profiles_load_and_validate():
                       ("recall_turns", -1), ("recall_turns_back", []), ("recall_more_policies", 1),
                       ("long_stream_policies", ["dense"]), ("notebooks", []), ("notebooks", "04"),
                       ("quant_bits", [3]), ("quant_bits", 4), ("quant_budget", 5), ("h2o_heavy_shares", []),
-                      ("h2o_heavy_shares", [1.0]), ("h2o_heavy_shares", 0.5)):
+                      ("h2o_heavy_shares", [1.0]), ("h2o_heavy_shares", 0.5), ("harness_seeds", -1)):
         with pytest.raises(ValueError, match=name):
             Config.load("smoke", **{name: bad})
     for outside in ("/tmp/figs", "../figures", ""):
@@ -190,6 +190,10 @@ def test_smoke_chain_writes_everything(smoke_run):
     assert len(streameval) == 7 and (streameval.value > 0).all()  # StreamingLLM twice: 4 sinks, the prompt kept
     assert set(streameval[streameval.policy == "tova"].tokens_read) == {cfg.streameval_scored_tokens}
     assert f"## StreamEval ({cfg.streameval_tokens} tokens" in report
+    # the pass key through lm-evaluation-harness: its exact match per policy, the report's grid by distance
+    harness = ok[(ok.group == "harness") & (ok.metric == "streamlib_passkey:exact_match")]
+    assert set(harness.policy) == {"dense", "streamingllm", "h2o", "headsplit"} and harness.value.between(0, 1).all()
+    assert "## The pass key through lm-evaluation-harness" in report
     # quantized caches: the bit widths on their own stream, each KV read from the cache, timed against Dense
     bits = ok[(ok.metric == "ppl") & (ok.n_tokens == cfg.quant_tokens)]
     assert sorted(set(bits.bits)) == sorted([16, *cfg.quant_bits]) and bits.quantize_sinks.fillna(False).sum() == 2

@@ -110,6 +110,7 @@ class Config:
     head_split_depths: list = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7])  # where the key sits (all beyond
     # the window at 1,024 tokens and a budget of 128)
     head_split_seeds: int = 5  # trials per depth
+    harness_seeds: int = 0  # 06: the pass key through lm-evaluation-harness, this many keys per depth (0: no section)
     quant_bits: list = field(default_factory=list)  # 03: quantized KV caches at these bit widths (8, 4, 2); [] none
     quant_budget: int = 256  # 03: the full-precision cache the equal-memory series matches (4+252 = 8-bit 4+508 ...)
     quant_tokens: int = 4096  # 03: the stream the bit widths are compared on (longer than the largest cache)
@@ -170,6 +171,7 @@ class Config:
             raise ValueError(f"head_split_shares must be a list of numbers in (0, 1]; got {self.head_split_shares!r}")
         check_int("head_split_tokens", self.head_split_tokens, 64)
         check_int("head_split_seeds", self.head_split_seeds, 1)
+        check_int("harness_seeds", self.harness_seeds, 0)
         for depth in self.head_split_depths:
             if isinstance(depth, bool) or not isinstance(depth, (int, float)) or not 0 <= depth <= 1:
                 raise ValueError(f"head_split_depths must hold numbers in [0, 1]; got {depth!r}")
@@ -321,6 +323,7 @@ def dry_run_values(values: dict) -> dict:
     v["recall_turns"] = 0  # the embedded tokenizer has no chat template
     v["head_split_tokens"] = min(256, v.get("head_split_tokens", 1024))
     v["head_split_seeds"] = 1
+    v["harness_seeds"] = min(1, v.get("harness_seeds", 0))
     v["burst_configs"] = [[max(16, capacity // div), ratio] for capacity, ratio in v.get("burst_configs", [[256, 0.7]])]
     for name, cap in DRY_RUN_CAPS.items():
         v[name] = min(v.get(name, cap), cap)

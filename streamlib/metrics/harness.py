@@ -27,6 +27,10 @@ Importing this module registers the backend under the name ``streamlib``::
 
 from __future__ import annotations
 
+import logging
+
+import lm_eval
+import pandas as pd
 import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
@@ -34,7 +38,10 @@ from lm_eval.models.huggingface import HFLM
 from ..caches.generation import TokenStream, forward_chunks
 from ..loading.models import load_model, load_tokenizer
 from ..policies import parse_policy
+from .measurement import Measurement
 
+# A document's own fields that say where it sits, kept beside its score (the pass-key task's)
+PLACE = ("context_tokens", "depth", "tokens_back", "seed")
 # No prompt is cut under a streaming policy: longer than any stream a CPU or GPU reads in a task.
 UNBOUNDED = 1 << 30
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -109,3 +116,32 @@ class StreamlibLM(HFLM):
                     break
             rows.append(answer + [self.eot_token_id] * (new_tokens - len(answer)))
         return torch.cat([context, torch.tensor(rows, dtype=context.dtype, device=context.device)], dim=1)
+
+
+def measure_harness(model, tokenizer, policy, tasks: list[dict], limit: int | None = None) -> Measurement:
+    """lm-eval's ``simple_evaluate`` of ``tasks`` (task configs, e.g. from
+    :func:`~streamlib.metrics.harness_tasks.task_configs`) under ``policy``: the harness's aggregate per task and
+    metric as the records' rows (``task:metric``), and a curve row per document with its score on the task's first
+    metric and the fields that say where it sits (for the pass key: tokens back, depth). The backend's notices
+    (a loaded model passed in, metrics' default aggregations) are kept out of a notebook's output."""
+    quiet = logging.getLogger("lm_eval")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        lm = StreamlibLM(model, policy, tokenizer=tokenizer)
+        out = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=True, bootstrap_iters=0,
+                                      verbosity="ERROR")
+    finally:
+        quiet.setLevel(level)
+    rows, docs = [], []
+    for task, results in out["results"].items():
+        rows += [(f"{task}:{name.split(',')[0]}", float(value), "") for name, value in results.items()
+                 if isinstance(value, (int, float)) and not isinstance(value, bool) and "stderr" not in name
+                 and name != "sample_len"]
+    first = {config["task"]: config["metric_list"][0]["metric"] for config in tasks}
+    for task, samples in out["samples"].items():
+        for sample in samples:
+            place = {k: sample["doc"][k] for k in PLACE if k in sample["doc"]}
+            docs.append({"task": task, "doc_id": sample["doc_id"], "metric": first[task],
+                         "score": float(sample[first[task]]), **place})
+    return Measurement(rows=rows, curve=pd.DataFrame(docs))

@@ -12,7 +12,7 @@ from .task_figures import fig_beyond_window, fig_head_map
 from .compare import comparison, published_results
 from .tables import (bits_report, bits_table, burst_speed_table, burst_table, decode_modes_table, latency_table,
                      sweep_report, sweep_table)
-from .tasks import beyond_window_table, recall_grid, retrieval_grid, retrieval_summary, streameval_grid
+from .tasks import beyond_window_table, harness_grid, recall_grid, retrieval_grid, retrieval_summary, streameval_grid
 
 WILSON_BOUNDS = ["accuracy_low", "accuracy_high"]  # the bounds behind each "accuracy 95 % CI" cell
 
@@ -111,6 +111,8 @@ def report_tables(run) -> dict[str, pd.DataFrame]:
         f"Memory beyond the window: pass keys further back than the window ({cfg.head_split_tokens}-token prompts, "
         f"KV budget {cfg.retrieval_cache}; HeadSplit beside StreamingLLM at equal KV bytes)":
             _without(beyond_window_table(run)),
+        f"The pass key through lm-evaluation-harness ({', '.join(map(str, cfg.retrieval_context_tokens))}-token "
+        f"prompts, KV budget {cfg.retrieval_cache}; exact match [Wilson 95 % CI] (keys))": harness_grid(run),
         "Published numbers (for shape, not digits)": published_results()[
             ["source", "model", "dataset", "n_sink", "window", "ppl"]],
     }

@@ -195,3 +195,18 @@ def retrieval_grid(run) -> pd.DataFrame:
     table = table.assign(where=[(p, round(d)) for p, d in zip(table["prompt_tokens"], table["distance"])])
     return accuracy_grid(table, ["label"], "where", lambda v, rows: f"{v[1]} tokens back"
                          + (f" of {v[0]}" if several else ""))
+
+
+def harness_grid(run) -> pd.DataFrame:
+    """06's pass key through lm-evaluation-harness as report.md shows it: policy by the key's depth (its mean tokens
+    back), every key pooled last; each cell the harness's exact match with its Wilson 95 % interval."""
+    docs = latest_curves(run, "harness", seeds=run.cfg.harness_seeds)
+    if docs.empty or "tokens_back" not in docs:
+        return pd.DataFrame()
+    rows = pd.concat([docs.assign(depth=docs["depth"].map(lambda d: f"{d:g}")), docs.assign(depth="all")])
+    table = rows.groupby(["spec", "label", "depth"], sort=False).agg(
+        trials=("score", "size"), correct=("score", "sum"), accuracy=("score", "mean"),
+        tokens_back=("tokens_back", "mean")).reset_index()
+    table = _with_wilson(_in_kind_order(table, ["label"]))
+    return accuracy_grid(table, ["label"], "depth", lambda v, rows: "all keys" if v == "all" else
+                         f"{rows['tokens_back'].mean():.0f} tokens back")
