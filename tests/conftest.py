@@ -130,3 +130,16 @@ def peaky_gemma_sdpa():
 
 # streamlib.naive.naive_scored_nll's rule for each score-based policy it writes out independently
 RULES = {"tova": "current", "h2o": "accumulated"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist keeps in one process")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist with ``--dist loadgroup`` (``make test``: two processes) each file's tests run in one
+    process, so a file's models and the smoke chain are made once, while the dry runs, each a whole notebook chain,
+    are dealt out one by one."""
+    for item in items:
+        if item.module.__name__ != "test_dry_runs":
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -34,9 +34,10 @@ def test_loads_with_its_own_shapes_and_chat_template(smollm2, tokenizer):
 
 
 def test_streaming_caches_exact_on_real_weights(smollm2, tokenizer):
-    """StreamingLLM 4+60 (both position modes) and Window 64 over 160 tokens of prose: equal to the naive reference
-    run in float64, within the floor between a float32 forward and a float64 one on these weights (about 3e-5)."""
-    ids = load_stream("kjv-heldout", tokenizer, max_tokens=160)
+    """StreamingLLM 4+60 (both position modes) and Window 64 over 112 tokens of prose (48 past the cache): equal to
+    the naive reference run in float64, within the floor between a float32 forward and a float64 one on these weights
+    (about 3e-5)."""
+    ids = load_stream("kjv-heldout", tokenizer, max_tokens=112)
     reference = copy.deepcopy(smollm2).double()
     for policy in (StreamingLLM(4, 60), StreamingLLM(4, 60, False), Window(64)):
         n_sink = getattr(policy, "n_sink", 0)
@@ -44,7 +45,7 @@ def test_streaming_caches_exact_on_real_weights(smollm2, tokenizer):
         got = token_nll(smollm2, ids, policy)
         torch.testing.assert_close(got, expected.float(), atol=1e-4, rtol=0)
     dense = token_nll(smollm2, ids, Dense())
-    assert (token_nll(smollm2, ids, Window(64)) - dense)[70:].abs().max() > 0.1  # evictions change predictions
+    assert (token_nll(smollm2, ids, Window(64)) - dense)[66:].abs().max() > 0.1  # evictions change predictions
 
 
 def test_chat_transcript_feeds_only_what_is_new(tokenizer):
@@ -78,7 +79,7 @@ def test_chat_memory_is_flat_over_fifty_piped_turns():
 
     turns = "".join(f"Question {i}: what is {i} plus one?\n" for i in range(1, 51))
 
-    def chat(policy):
+    def chat(policy, turns=turns):
         return subprocess.run([sys.executable, "-m", "streamlib", "generate", "--model", "smollm2-135m", "--chat",
                                "--interactive", "--policy", policy, "--max-new-tokens", "6", "--temperature", "0"],
                               input=turns, capture_output=True, text=True, timeout=900,
@@ -91,8 +92,9 @@ def test_chat_memory_is_flat_over_fifty_piped_turns():
     positions = [int(p) for p in re.findall(r"\[turn \d+\].*stream position (\d+)", proc.stderr)]
     assert positions[49] > 8 * (4 + 124)  # far past the cache: every turn went through one evicting cache
     assert proc.stdout.count("\n") >= 50  # one reply line per turn at least
-    dense = _kv_per_turn(chat("dense").stderr)
-    assert dense[50] > 5 * dense[5]  # the same chat with a dense cache grows: the check above can fail
+    # the first 20 turns of the same chat with a dense cache grow: the check above can fail
+    dense = _kv_per_turn(chat("dense", turns="".join(turns.splitlines(keepends=True)[:20])).stderr)
+    assert sorted(dense) == list(range(1, 21)) and dense[20] > 2.5 * dense[5]
 
 
 def _chat_in_process(monkeypatch, capsys, *args: str):
