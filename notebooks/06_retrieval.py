@@ -29,13 +29,11 @@ harness_seeds = None  # the pass key through lm-evaluation-harness, keys per dep
 # Then two tasks in one stream each, the way a streaming model meets them: **StreamEval** (the paper's section 4.4, rebuilt: questions every few lines of a long record, each about a line a set distance back, on past the trained length) and **recall across the turns of one chat** (facts the user states, asked again some turns later, the model writing every reply).
 
 # %%
-import importlib.util
-
 import pandas as pd
 import torch
 
 from streamlib import report, workbook as wb
-from streamlib.experiments.grids import head_split_grid
+from streamlib.experiments.grids import harness_policies, head_split_grid
 from streamlib.loading.head_maps import head_map
 from streamlib.loading.models import describe
 from streamlib.metrics.chat import chat_header_ids
@@ -43,7 +41,7 @@ from streamlib.metrics.head_scores import map_trials, measure_head_scores
 from streamlib.metrics.recall import measure_recall, recall_script
 from streamlib.metrics.retrieval import measure_retrieval, passkey_grid
 from streamlib.metrics.streameval import measure_streameval, streameval_task
-from streamlib.policies import TOVA, BurstEviction, Dense, HeadSplit, StreamingLLM, Window
+from streamlib.policies import TOVA, BurstEviction, Dense, StreamingLLM, Window
 from streamlib.report import figures
 
 # %%
@@ -218,7 +216,9 @@ report.draw(run, 'fig17_beyond_window')
 # What to look for: each policy's exact match close to its pass-key accuracy at the top of this notebook (the prompts are raw text here, without the chat template, so a difference can be the model's), and policies apart only where their intervals do not overlap.
 
 # %%
-harness = bool(cfg.harness_seeds) and importlib.util.find_spec('lm_eval') is not None
+from importlib.util import find_spec
+
+harness = bool(cfg.harness_seeds) and find_spec('lm_eval') is not None
 if cfg.harness_seeds and not harness:
     print('lm-evaluation-harness is not installed (pip install -e .[eval]): no section')
 if harness:
@@ -229,9 +229,9 @@ if harness:
                                              passkey_tokens=tuple(cfg.retrieval_context_tokens),
                                              passkey_depths=tuple(cfg.retrieval_depths),
                                              passkey_seeds=cfg.harness_seeds) if t['task'] == PASSKEY]
-    splits = [p for p in grid if isinstance(p, HeadSplit)]
-    harness_policies = [Dense(), streaming] + cfg.h2o_policies(budget)[:1] + splits[-1:]
-    for policy in harness_policies:
-        run.measure('harness', policy, lambda: measure_harness(model, tokenizer, policy, harness_tasks), task=PASSKEY,
-                    context_tokens=cfg.retrieval_context_tokens, depths=cfg.retrieval_depths, seeds=cfg.harness_seeds)
+
+# %%
+for policy in harness_policies(cfg, scores, model.config) if harness else []:
+    run.measure('harness', policy, lambda: measure_harness(model, tokenizer, policy, harness_tasks), task=PASSKEY,
+                context_tokens=cfg.retrieval_context_tokens, depths=cfg.retrieval_depths, seeds=cfg.harness_seeds)
 report.harness_grid(run)

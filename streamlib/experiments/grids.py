@@ -51,3 +51,14 @@ def head_split_grid(cfg, scores, config) -> list:
         grid += [split, StreamingLLM(n_sink, equal - n_sink)]
     return list(dict.fromkeys(grid))
 
+
+
+def harness_policies(cfg, scores, config) -> list:
+    """06's pass key through lm-evaluation-harness: Dense, StreamingLLM and H2O (its first split) at the retrieval
+    budget, and HeadSplit keeping the largest of ``head_split_shares`` of the kv heads whole when the run has a map
+    (``scores``)."""
+    budget, n_sink = cfg.retrieval_cache, cfg.n_sink
+    policies = [Dense(), StreamingLLM(n_sink, budget - n_sink)] + cfg.h2o_policies(budget)[:1]
+    if scores is not None and cfg.head_split_shares:
+        policies.append(HeadSplit.of(top_heads(scores, max(cfg.head_split_shares), config), n_sink, budget - n_sink))
+    return policies

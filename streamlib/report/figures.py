@@ -11,7 +11,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from .task_figures import fig_recall, fig_retrieval, fig_streameval  # noqa: F401  (the figures, in one place)
-from .style import (binned, binned_band, dashes_of, distinct_style, interval_bars, legend, lines, markevery,
+from .style import (binned, binned_band, dashes_of, distinct_style, interval_bars, legend, lines, marks, markevery,
                     plain_log_axis, style_of)
 
 
@@ -143,14 +143,13 @@ def fig_tradeoff(sweep: pd.DataFrame, latency: pd.DataFrame | None = None):
     if latency is not None and not latency.empty:
         timed = latency[~latency["baseline"].astype(bool)].reset_index(drop=True).assign(x=lambda d: d.index)
         seen: dict[tuple, int] = {}
-        marks = {row["label"]: distinct_style(style_of(row["spec"]), seen) for _, row in timed.iterrows()}
-        sns.scatterplot(data=timed, x="x", y="tpot_vs_dense", hue="label", style="label", ax=b, legend=False, s=45,
-                        edgecolor="none",
-                        palette={k: st["color"] for k, st in marks.items()},
-                        markers={k: st["marker"] for k, st in marks.items()})
+        marks_of = {row["label"]: distinct_style(style_of(row["spec"]), seen) for _, row in timed.iterrows()}
+        marks(b, timed, "x", "tpot_vs_dense", marks_of)
         for _, row in timed.iterrows():
             interval_bars(b, [row["x"]], [row["tpot_vs_dense"]], [row["tpot_vs_dense_q1"]],
-                          [row["tpot_vs_dense_q3"]], marks[row["label"]]["color"], capsize=3)
+                          [row["tpot_vs_dense_q3"]], marks_of[row["label"]]["color"], capsize=3)
+        if b.get_legend() is not None:
+            b.get_legend().remove()
         b.axhline(1.0, color="black", lw=0.8, ls=":")
         b.set_xticks(range(len(timed)), timed["label"], rotation=30, ha="right", fontsize=7)
         b.set_xlabel("")

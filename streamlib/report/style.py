@@ -60,17 +60,40 @@ def policy_lines(frame: pd.DataFrame, key: str = "label") -> tuple[dict, dict]:
 
 def lines(ax, data: pd.DataFrame, x: str, y: str, key: str = "label", **kwargs) -> dict:
     """One line per ``key`` through ``sns.lineplot`` in each policy's style (no seaborn interval: ours are drawn
-    from their columns); a quantized cache's markers hollow, as its style says. Returns the styles by value."""
+    from their columns). The markers are set on the lines afterwards, with a quantized cache's hollow: seaborn maps
+    markers only when all are filled or all line art, and the policies use both (H2O's splits). Returns the styles by
+    value."""
     mapping, styles = policy_lines(data, key)
+    mapping.pop("markers")
+    markers = {"markersize": kwargs.pop("markersize", 5), "markeredgewidth": kwargs.pop("markeredgewidth", 0.4),
+               "markevery": kwargs.pop("markevery", None)}
     before = len(ax.lines)
-    # markers a little larger than seaborn's, with a thin white edge: the small ones (+, x) stay readable
-    kwargs = {"markersize": 5, "markeredgewidth": 0.4, **kwargs}
     sns.lineplot(data=data, x=x, y=y, ax=ax, errorbar=None, sort=False, estimator=None, **mapping, **kwargs)
     for line, value in zip(ax.lines[before:], mapping["hue_order"]):
         line.set_gid(str(value))  # which policy a line is, for whoever reads the figure back (the tests)
-        if styles[value].get("mfc") == "none":
-            line.set_markerfacecolor("none")
+        _mark(line, styles[value], **markers)
     return styles
+
+
+def _mark(line, style: dict, markersize: float = 5, markeredgewidth: float = 0.4, markevery=None) -> None:
+    """A line's (or a legend handle's) marker in the policy's style: a thin white edge on a filled one, hollow for a
+    quantized cache."""
+    line.set_marker(style["marker"])
+    line.set_markersize(markersize)
+    line.set_markevery(markevery)
+    hollow = style.get("mfc") == "none"
+    line.set_markerfacecolor("none" if hollow else style["color"])
+    line.set_markeredgecolor(style["color"] if hollow else "white")
+    line.set_markeredgewidth(1.0 if hollow else markeredgewidth)
+
+
+def marks(ax, data: pd.DataFrame, x: str, y: str, styles: dict, key: str = "label", size: float = 45) -> None:
+    """One point (or set of points) per ``key`` value through ``sns.scatterplot``, in the styles given."""
+    for value, df in data.groupby(key, sort=False):
+        st = styles[value]
+        sns.scatterplot(data=df, x=x, y=y, ax=ax, color=st["color"], marker=st["marker"], s=size, label=str(value),
+                        edgecolor=st["color"] if st.get("mfc") == "none" else "none",
+                        facecolor="none" if st.get("mfc") == "none" else st["color"])
 
 
 def legend(ax, styles: dict | None = None, where=None, **kwargs):
@@ -78,8 +101,8 @@ def legend(ax, styles: dict | None = None, where=None, **kwargs):
     figure) instead of the axes when given."""
     handles, labels = ax.get_legend_handles_labels()
     for handle, label in zip(handles, labels):
-        if styles and styles.get(label, {}).get("mfc") == "none" and hasattr(handle, "set_markerfacecolor"):
-            handle.set_markerfacecolor("none")
+        if styles and label in styles and hasattr(handle, "set_marker"):
+            _mark(handle, styles[label])
     if ax.get_legend() is not None:
         ax.get_legend().remove()
     return (where or ax).legend(handles, labels, **kwargs)

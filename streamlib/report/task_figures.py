@@ -8,7 +8,7 @@ import pandas as pd
 import seaborn as sns
 
 from ..core.stats import wilson_interval
-from .style import interval_bars, legend, lines, plain_log_axis, policy_lines
+from .style import interval_bars, legend, lines, marks, plain_log_axis, policy_lines
 
 
 def fig_retrieval(trials: pd.DataFrame, budget: int | None = None):
@@ -126,9 +126,8 @@ def fig_beyond_window(table: pd.DataFrame):
     """Figure 17: pass keys beyond the window, accuracy (Wilson 95 % bars) against the KV bytes each policy holds at
     the prompt's length. ``table``: :func:`streamlib.report.tasks.beyond_window_table`."""
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    mapping, styles = policy_lines(table)
-    sns.scatterplot(data=table, x="kv_mib", y="accuracy", ax=ax, s=45, edgecolor="none", **{k: v for k, v in mapping.items()
-                                                                          if k != "dashes"})
+    styles = policy_lines(table)[1]
+    marks(ax, table, "kv_mib", "accuracy", styles)
     for _, row in table.iterrows():
         interval_bars(ax, [row["kv_mib"]], [row["accuracy"]], [row["accuracy_low"]], [row["accuracy_high"]],
                       styles[row["label"]]["color"], capsize=3)
