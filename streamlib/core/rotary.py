@@ -23,8 +23,9 @@ def angle_tables(deltas: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Te
 
 
 def rotation_tables(deltas: torch.Tensor, info: RotaryInfo, device, dtype=torch.float32):
-    """cos and sin of shape ``(*deltas.shape, rotary_ndims)`` for rotating keys by ``deltas`` positions."""
-    cos, sin = angle_tables(deltas, info.inv_freq)
+    """cos and sin of shape ``(*deltas.shape, rotary_ndims)`` for rotating keys by ``deltas`` positions. ``deltas``
+    may sit on the GPU (positions read from a layer's slots) while ``info.inv_freq`` stays on the CPU."""
+    cos, sin = angle_tables(deltas, info.inv_freq.to(deltas.device))
     return cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
 
 
