@@ -235,6 +235,33 @@ def test_rerun_skips_what_is_recorded(smoke_run):
     assert _inline_images(executed) >= 1  # figures are drawn from what was read back
 
 
+def _is_timing(row: dict) -> bool:
+    """Rows that measure the clock or the process's memory: they differ between any two runs."""
+    return row.get("unit") in ("s", "tok/s") or row["metric"].startswith(
+        ("ttft", "tpot", "decode_throughput", "e2e_time", "gen_peak_rss"))
+
+
+def test_two_processes_record_what_one_does(smoke_run, tmp_path):
+    """torchrun with two CPU processes (gloo) over the smoke chain's first notebooks: the same rows, each once, as the
+    one-process run of the same notebooks; every non-timing value equal."""
+    run_dir = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "streamlib",
+           "run", "--profile", "smoke", "--run-dir", str(run_dir), "--only", "00,01,02"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = load_results(run_dir)
+    two = {(r["key"], r["metric"]): r for r in rows.to_dict("records")}
+    assert len(rows) == len(two) and set(rows.process) == {0, 1}  # each row once; both processes measured
+    first = {"00_download", "01_baseline", "02_streaming"}
+    one = {(r["key"], r["metric"]): r for r in load_results(smoke_run).to_dict("records") if r["notebook"] in first}
+    assert len(one) > 100 and set(one) == set(two) and set(rows.notebook) <= first
+    for k, row in one.items():
+        if not _is_timing(row):
+            assert two[k]["value"] == row["value"], k
+    assert (run_dir / "02_streaming.ipynb").exists() and (run_dir / "processes" / "1" / "02_streaming.ipynb").exists()
+    assert any((run_dir / "figures").glob("*.png")) and not (run_dir / "processes" / "1" / "figures").exists()
+
+
 def test_notebook_with_parameters_outside_any_profile(tmp_path):
     out = tmp_path / "02.ipynb"
     pm.execute_notebook(read_notebook(NB_DIR / "02_streaming.py"), str(out), kernel_name="python3", progress_bar=False,

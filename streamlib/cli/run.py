@@ -1,9 +1,12 @@
 """Run the notebook chain with papermill into a run directory: executed notebooks, records, curves, figures, the
 report and its HTML export. The chain is every ``notebooks/NN_name.py`` (jupytext py:percent) in the order of its
-number: the file a user edits is the file that runs, and a notebook added there joins the chain."""
+number: the file a user edits is the file that runs, and a notebook added there joins the chain. Launched as several
+processes (``accelerate launch``, ``torchrun``), each executes the chain and measures its share of it
+(:mod:`streamlib.experiments.processes`)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -12,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..experiments.config import Config, ConfigError
+from ..experiments.processes import NOTEBOOK_ENV, Heartbeat, join
 from ..loading.data import hub_reachable, repo_root
 from ..loading.models import is_cached
 from ..report import render_html
@@ -58,7 +62,8 @@ def run_chain(profile: str = "auto", run_dir: str | None = None, only: list[str]
               force: bool = False, extra: dict | None = None, dry_run: bool = False,
               notebooks_dir: str | Path | None = None) -> Path:
     """Execute the notebooks in order (``only``: those whose names start with one of these, e.g. ``["02", "05"]``);
-    stop at the first failure, naming the notebook and the cell."""
+    stop at the first failure, naming the notebook and the cell. Of several processes, the first keeps its executed
+    notebooks in the run directory, the others in ``processes/<index>/``."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -70,36 +75,52 @@ def run_chain(profile: str = "auto", run_dir: str | None = None, only: list[str]
     cfg = Config.load(profile, dry_run=dry_run, **(extra or {}))  # validates before any notebook starts
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = f"{Path(profile).stem}-{'dryrun-' if dry_run else ''}{stamp}"
-    run_path = (Path(run_dir) if run_dir else repo_root() / "runs" / name).resolve()
+    share, run_path = join((Path(run_dir) if run_dir else repo_root() / "runs" / name).resolve())
     sources = notebook_sources(notebooks_dir)
     only = only or cfg.notebooks  # the profile's own list (the long profile runs 00, 04 and 07)
     chosen = [p for p in sources if not only or any(p.stem.startswith(o) for o in only)]
     if not chosen:
         raise ConfigError(f"only must name notebooks among {[p.stem for p in sources]}; got {only}")
     run_path.mkdir(parents=True, exist_ok=True)
-    print(f"model: {cfg.model} on {cfg.torch_device()}, {str(cfg.torch_dtype()).replace('torch.', '')}\n"
+    executed = run_path if share.main else run_path / "processes" / str(share.index)
+    executed.mkdir(parents=True, exist_ok=True)
+    heartbeat = Heartbeat(run_path, share) if share.count > 1 else None
+    me = f"process {share.index} of {share.count}: " if share.count > 1 else ""
+    print(f"{me}model: {cfg.model} on {cfg.torch_device()}, {str(cfg.torch_dtype()).replace('torch.', '')}\n"
           f"run directory: {run_path}", flush=True)
     parameters = {"profile": profile, "run_dir": str(run_path), "force": force, "dry_run": dry_run, **(extra or {})}
     total = time.time()
     for i, src in enumerate(chosen, 1):
         name = src.stem
-        dst = run_path / f"{name}.ipynb"
-        print(f"[{i}/{len(chosen)}] {name:<16}", end="", flush=True)
+        dst = executed / f"{name}.ipynb"
+        step = f"{me}[{i}/{len(chosen)}] {name:<16}"
+        if share.count == 1:  # the name now, its time when it ends; of several processes, one whole line each
+            print(step, end="", flush=True)
         started = time.time()
+        os.environ[NOTEBOOK_ENV] = name  # inherited by the kernel: its records say which notebook measured them
+        if heartbeat:
+            heartbeat.at(name)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # papermill's and nbformat's notices about notebook metadata
                 pm.execute_notebook(read_notebook(src), str(dst), parameters=parameters, kernel_name="python3",
                                     progress_bar=False, cwd=str(src.parent), extra_arguments=KERNEL_ARGS)
         except PapermillExecutionError as err:
-            print(f"failed after {time.time() - started:.0f} s", flush=True)
+            print(f"{'' if share.count == 1 else step}failed after {time.time() - started:.0f} s", flush=True)
             print(f"FAILED: notebook {name}, cell {err.cell_index} (execution count {err.exec_count}): "
                   f"{err.ename}: {err.evalue}\n  executed notebook with the traceback: {dst}", file=sys.stderr)
+            os.environ.pop(NOTEBOOK_ENV, None)
             raise SystemExit(1) from None
-        print(f"{time.time() - started:6.0f} s", flush=True)
+        print(f"{'' if share.count == 1 else step}{time.time() - started:6.0f} s", flush=True)
+    os.environ.pop(NOTEBOOK_ENV, None)
+    if heartbeat:
+        heartbeat.finish()
     report = run_path / "report.md"
-    if report.exists():  # the report notebook ran, now or before: the page a lab shares, without code
+    if report.exists() and share.main:  # the report notebook ran, now or before: the page a lab shares, without code
         render_html(report)
+    if not share.main:  # the first process writes the report and the figures, and says where
+        print(f"{me}finished in {time.time() - total:.0f} s", flush=True)
+        return run_path
     print(f"finished in {time.time() - total:.0f} s\n"
           f"report: {report} (and report.html)\nfigures: {run_path / 'figures'}")
     return run_path

@@ -14,6 +14,7 @@ from ..core.checks import check_bool, check_int, check_ints
 from ..loading import models as M
 from ..loading.data import repo_root
 from ..policies import H2O, BurstEviction, StreamingLLM, parse_policy, registered
+from .processes import Share
 from .profiles import check_names, read_profile
 
 PROFILES_DIR = repo_root() / "profiles"
@@ -246,7 +247,12 @@ class Config:
         return p if p.is_absolute() else repo_root() / p
 
     def torch_device(self) -> torch.device:
-        return M.default_device() if self.device == "auto" else torch.device(self.device)
+        """``device`` as torch's; of several processes sharing the run, each on its own GPU of its machine."""
+        device = M.default_device() if self.device == "auto" else torch.device(self.device)
+        share = Share.from_env()
+        if device.type == "cuda" and device.index is None and share.count > 1 and self.device_map is None:
+            device = torch.device("cuda", share.local % torch.cuda.device_count())
+        return device
 
     def torch_dtype(self) -> torch.dtype:
         if self.dtype == "auto":

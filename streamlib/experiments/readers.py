@@ -36,6 +36,25 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def read_appended(path: str | os.PathLike, offset: int) -> tuple[list[dict], int]:
+    """The rows of the whole lines written to ``path`` past byte ``offset`` (a line still being written waits for
+    the next read), and the offset after them."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except FileNotFoundError:
+        return [], offset
+    whole = data[: data.rfind(b"\n") + 1]
+    rows = []
+    for line in whole.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn line from a killed process
+    return rows, offset + len(whole)
+
+
 def load_results(*paths: str | os.PathLike) -> pd.DataFrame:
     """All rows under the given run directories, results files or roots (searched recursively), as a DataFrame."""
     files: list[Path] = []
@@ -81,7 +100,7 @@ def metrics_wide(df: pd.DataFrame, group: str | None = None) -> pd.DataFrame:
     if ok.empty:
         return pd.DataFrame()
     drop = {"run", "metric", "value", "unit", "status", "error", "extra", "torch", "transformers", "git_commit",
-            "host"}
+            "host", "notebook", "session", "process"}  # provenance, not description
     # ``timestamp`` stays: the time of the measurement's last row, so a table can keep the latest of equals
     ordered = ok.sort_values("timestamp", kind="stable")
     described = ordered.drop(columns=[c for c in ok.columns if c in drop]).groupby("key", sort=False).last()

@@ -1,14 +1,16 @@
 """A run directory and its records: one flat row per measured metric in ``results.jsonl``, a curve per measurement
 in ``curves/``, the run's figures and tables, and the readers that turn the rows back into frames.
 
-A row is one ``write`` of one line to a file opened for appending, flushed and fsynced: a process killed mid-run
-leaves every finished row intact (at worst a torn last line, which the reader skips). A configuration (``key``) that
-already has ``ok`` rows is read back instead of measured again unless the run is forced; a failure, CUDA
-out-of-memory included, becomes a ``failed`` row and the run goes on.
+A measurement's rows are one locked ``write`` to a file opened for appending, synced, after its curve: a process
+killed mid-run leaves every finished measurement whole (at worst a torn last line, which the reader skips). A
+configuration (``key``) that already has ``ok`` rows is read back instead of measured again unless the run is forced;
+a failure, CUDA out-of-memory included, becomes a ``failed`` row and the run goes on. Several processes may share a
+run (:mod:`streamlib.experiments.processes`): each measures its share and reads the others' rows.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -26,7 +28,8 @@ import torch
 from ..core.format import to_latex, to_markdown
 from ..loading.data import repo_root
 from ..metrics.measurement import Measurement
-from .readers import COLUMNS, RESULTS_FILE, load_results, metrics_wide, read_rows  # noqa: F401  (the readers, where a run is)
+from .processes import NOTEBOOK_ENV, Elsewhere, Share, owner_trouble
+from .readers import COLUMNS, RESULTS_FILE, load_results, metrics_wide, read_appended, read_rows  # noqa: F401  (the readers, where a run is)
 
 
 def git_commit() -> str:
@@ -57,24 +60,37 @@ class Run:
     ``run.measure(group, policy, compute, **fields)`` runs ``compute()`` once per configuration and records what it
     returns; a configuration already recorded is read back instead (unless ``cfg.force``), so a notebook re-runs
     in seconds and a killed run resumes where it stopped. ``cfg`` is a :class:`streamlib.experiments.config.Config`.
+
+    When several processes share the run (``share``, from the launcher), the n-th call of ``measure`` or
+    ``measure_all`` is measured by process ``n % count``; the others get a measurement that is filled in from the
+    owner's records when first read, and every read of the records (``records``, ``metrics``, ``curves``) first waits
+    for what this notebook left to other processes.
     """
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.path = cfg.run_path
-        cfg.save()
+        self.share = Share.from_env()
+        if self.share.main:
+            cfg.save()
         self.results_path = self.path / RESULTS_FILE
         device = cfg.torch_device()
         gpu = torch.cuda.get_device_name(device) if device.type == "cuda" and torch.cuda.is_available() else ""
         self.context = {"run": self.path.name, **environment(), "model": cfg.model,
                         "dtype": str(cfg.torch_dtype()).replace("torch.", ""), "device": device.type, "gpu": gpu,
                         "dry_run": cfg.dry_run}
-        # metric rows of every configuration measured so far, read once: key -> {metric: (metric, value, unit)}
+        if os.environ.get(NOTEBOOK_ENV):  # which notebook of the chain measured a row
+            self.context["notebook"] = os.environ[NOTEBOOK_ENV]
+        if self.share.count > 1:  # which launch and process measured a row
+            self.context.update(session=self.share.session, process=self.share.index)
+        # metric rows of every configuration measured so far: key -> {metric: (metric, value, unit)}
         self._measured: dict[str, dict[str, tuple]] = {}
-        for row in read_rows(self.results_path):
-            if row.get("status") == "ok" and "key" in row:
-                self._measured.setdefault(row["key"], {})[row["metric"]] = (row["metric"], row["value"],
-                                                                          row.get("unit", ""))
+        self._fresh: set[str] = set()  # keys recorded ok by this launch's processes (a forced run waits for these)
+        self._errors: dict[str, str] = {}  # keys whose measurement failed in this launch
+        self._offset = 0  # how far results.jsonl has been read
+        self._calls = 0  # measure and measure_all calls so far: which process measures the next
+        self._pending: dict[str, tuple[str, str, int]] = {}  # key -> (group, label, owner) measured elsewhere
+        self._read_new()
 
     # -- measuring --------------------------------------------------------------------------------------------
     def fields(self, group: str, policy, **more) -> dict:
@@ -88,11 +104,14 @@ class Run:
         ``failed`` measurement with its error (``KeyboardInterrupt`` still stops the run)."""
         full = self.fields(group, policy, **fields)
         key = config_key(**full)
+        call, self._calls = self._calls, self._calls + 1
         if not self.cfg.force and key in self._measured:
             result = self._read_back(group, key)
-        else:
+        elif self.share.owns(call):
             result = self._compute(group, policy, compute, full, key, fields)
-        print(f"{group:>10} | {policy.label():<28} | {_describe(fields):<40} | {result.status}")
+        else:
+            result = self._elsewhere(group, policy, key, call)
+        _say(group, policy, fields, result)
         return result
 
     def measure_all(self, group: str, policies: list, compute: Callable[[], dict], each: dict | None = None,
@@ -104,7 +123,12 @@ class Run:
         forced); a failure is recorded for each."""
         own = {p: {**fields, **(each or {}).get(p, {})} for p in policies}
         keys = {p: config_key(**self.fields(group, p, **own[p])) for p in policies}
-        if self.cfg.force or any(k not in self._measured for k in keys.values()):
+        call, self._calls = self._calls, self._calls + 1
+        if not (self.cfg.force or any(k not in self._measured for k in keys.values())):
+            out = {p: self._read_back(group, keys[p]) for p in policies}
+        elif not self.share.owns(call):
+            out = {p: self._elsewhere(group, p, keys[p], call) for p in policies}
+        else:
             try:
                 results = compute()
             except Exception as err:  # noqa: BLE001 - recorded for every policy below, the run goes on
@@ -114,13 +138,12 @@ class Run:
                     raise err
             else:
                 compute_one = None
-            out = {}
-            for policy in policies:
-                out[policy] = self._compute(group, policy, compute_one or (lambda p=policy: results[p]),
-                                            self.fields(group, policy, **own[policy]), keys[policy], own[policy])
-                print(f"{group:>10} | {policy.label():<28} | {_describe(own[policy]):<40} | {out[policy].status}")
-            return out
-        return {p: self.measure(group, p, lambda: None, **own[p]) for p in policies}
+            out = {policy: self._compute(group, policy, compute_one or (lambda p=policy: results[p]),
+                                         self.fields(group, policy, **own[policy]), keys[policy], own[policy])
+                   for policy in policies}
+        for policy in policies:
+            _say(group, policy, own[policy], out[policy])
+        return out
 
     def _compute(self, group, policy, compute, full: dict, key: str, fields: dict) -> Measurement:
         base = {"key": key, **_flatten(full)}
@@ -134,24 +157,74 @@ class Run:
                          "extra": {"traceback": traceback.format_exc(limit=5)}})
             print(f"FAILED {group} {policy.label()}: {error}", file=sys.stderr)
             return Measurement(status="failed", error=error)
-        self._measured[key] = {}
-        for metric, value, unit in result.rows:
-            self.append({**base, "status": "ok", "metric": metric, "value": float(value), "unit": unit})
-            self._measured[key][metric] = (metric, float(value), unit)
-        if result.curve is not None:  # returned as it is read back: with the policy's columns
-            result.curve = self._save_curve(group, key, policy, fields, result.curve)
+        if result.curve is not None:  # before the rows, which say the measurement is whole; returned as it is read
+            result.curve = self._save_curve(group, key, policy, fields, result.curve)  # back: the policy's columns
+        self._measured[key] = {metric: (metric, float(value), unit) for metric, value, unit in result.rows}
+        self.append(*({**base, "status": "ok", "metric": metric, "value": float(value), "unit": unit}
+                      for metric, value, unit in result.rows))
         return result
 
-    def append(self, row: dict) -> None:
-        """One record line, written whole and synced."""
-        full = {**self.context, **row, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        line = (json.dumps(full, default=_jsonable) + "\n").encode()
+    def append(self, *rows: dict) -> None:
+        """Record lines, written whole in one locked append and synced (processes sharing the run append to the same
+        file)."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        data = "".join(json.dumps({**self.context, **row, "timestamp": stamp}, default=_jsonable) + "\n"
+                       for row in rows).encode()
         fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, data)
             os.fsync(fd)
         finally:
-            os.close(fd)
+            os.close(fd)  # and the lock with it
+
+    # -- measurements another process makes -------------------------------------------------------------------
+    def _elsewhere(self, group: str, policy, key: str, call: int) -> Measurement:
+        self._pending[key] = (group, policy.label(), self.share.owner(call))
+        return Elsewhere(lambda: self._settled(group, key), owner=self.share.owner(call))
+
+    def _settled(self, group: str, key: str) -> Measurement:
+        self.settle()
+        if key in self._errors:
+            return Measurement(status="failed", error=self._errors[key])
+        result = self._read_back(group, key)
+        result.status = "ok"
+        return result
+
+    def settle(self, poll: float = 0.5) -> None:
+        """Wait until every measurement this notebook left to other processes is recorded (at once when none is);
+        raises naming the process that will not record one (it stopped, or its chain went another way)."""
+        checked = time.time()
+        while self._pending:
+            self._read_new()
+            for key in [k for k in self._pending if self._recorded(k)]:
+                del self._pending[key]
+            if self._pending and time.time() - checked > 10 * poll:
+                checked = time.time()
+                for key, (group, label, owner) in list(self._pending.items()):
+                    why = owner_trouble(self.path, owner)
+                    self._read_new()  # it may have written just before it moved on
+                    if why and not self._recorded(key):
+                        raise RuntimeError(f"{group} of {label} (process {owner}'s to measure): {why}. Run the same "
+                                           "command again: every measurement recorded is read back.")
+            if self._pending:
+                time.sleep(poll)
+
+    def _recorded(self, key: str) -> bool:
+        return key in self._errors or (key in self._fresh if self.cfg.force else key in self._measured)
+
+    def _read_new(self) -> None:
+        """Take in the rows appended to the records since the last read."""
+        rows, self._offset = read_appended(self.results_path, self._offset)
+        for row in rows:
+            key = row.get("key")
+            ours = self.share.count > 1 and row.get("session") == self.share.session
+            if key and row.get("status") == "ok":
+                self._measured.setdefault(key, {})[row["metric"]] = (row["metric"], row["value"], row.get("unit", ""))
+                if ours:
+                    self._fresh.add(key)
+            elif key and row.get("status") == "failed" and ours:
+                self._errors[key] = row.get("error", "")
 
     def _read_back(self, group: str, key: str) -> Measurement:
         path = self.path / "curves" / f"{group}-{key}.csv"
@@ -172,6 +245,7 @@ class Run:
 
     # -- reading back -----------------------------------------------------------------------------------------
     def records(self) -> pd.DataFrame:
+        self.settle()
         return load_results(self.path)
 
     def metrics(self, group: str) -> pd.DataFrame:
@@ -181,6 +255,7 @@ class Run:
     def curves(self, group: str) -> pd.DataFrame:
         """Every curve recorded for ``group``, concatenated (empty when there is none), each row with its policy's
         ``spec`` (curves written before spec strings get it from their records)."""
+        self.settle()
         frames = [pd.read_csv(p) for p in sorted((self.path / "curves").glob(f"{group}-*.csv"))
                   if p.stem.rsplit("-", 1)[1] in self._measured]
         if not frames:
@@ -201,15 +276,23 @@ class Run:
             mark_dry_run(fig)
         export = self.cfg.export_figures and name.startswith("fig")
         dirs = [self.path / "figures"] + ([repo_root() / self.cfg.figures_dir] if export else [])
+        dirs = dirs if self.share.main else []  # the first process draws the run's figures
         save_figure(fig, name, *dirs, close="ipykernel" not in sys.modules)
 
     def table(self, table: pd.DataFrame, name: str) -> pd.DataFrame:
-        """Write ``tables/<name>.md`` and ``.tex``; returns the table for display."""
+        """Write ``tables/<name>.md`` and ``.tex`` (the first process of several); returns the table for display."""
+        if not self.share.main:
+            return table
         out = self.path / "tables"
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.md").write_text(to_markdown(table) + "\n")
         (out / f"{name}.tex").write_text(to_latex(table) + "\n")
         return table
+
+
+def _say(group: str, policy, fields: dict, result: Measurement) -> None:
+    status = f"process {result.owner}" if isinstance(result, Elsewhere) and result.waiting else result.status
+    print(f"{group:>10} | {policy.label():<28} | {_describe(fields):<40} | {status}")
 
 
 def _describe(fields: dict) -> str:

@@ -65,7 +65,10 @@ em { color: #555; }"""
 def write_report(run, tables: dict[str, pd.DataFrame], note: str = "") -> Path:
     """``report.md`` in the run directory: ``note`` (e.g. how the intervals are made), the tables given, then every
     report figure the run has, embedded as a PNG with its one-line caption. A dry run says so at the top. ``run`` is
-    a :class:`streamlib.experiments.records.Run`."""
+    a :class:`streamlib.experiments.records.Run`; of several processes sharing the run, the first writes it."""
+    path = run.path / "report.md"
+    if not run.share.main:
+        return path
     cfg = run.cfg
     lines = [f"# streamlib run `{run.path.name}`: profile {cfg.profile}, model {cfg.model}", ""]
     if cfg.dry_run:
@@ -79,7 +82,6 @@ def write_report(run, tables: dict[str, pd.DataFrame], note: str = "") -> Path:
     for name, caption in CAPTIONS.items():
         if (run.path / "figures" / f"{name}.png").exists():
             lines += [f"![{caption}](figures/{name}.png)", "", f"*{name}: {caption}* ([PDF](figures/{name}.pdf))", ""]
-    path = run.path / "report.md"
     path.write_text("\n".join(lines))
     return path
 
