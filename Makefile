@@ -7,8 +7,14 @@ PROFILE ?= auto
 env:
 	@bash scripts/setup_env.sh
 
+# GPUS=8: one process per GPU through accelerate, each measuring its share of every notebook (README, "Several GPUs")
+GPUS ?= 1
 run: env
+ifeq ($(GPUS),1)
 	@$(PY) -m streamlib run --profile $(PROFILE)
+else
+	@.venv/bin/accelerate launch --multi_gpu --num_processes $(GPUS) -m streamlib run --profile $(PROFILE)
+endif
 
 # JupyterLab on notebooks/ with the project's kernel; a double click opens a notebook as a notebook. As root (a
 # container) JupyterLab wants --allow-root.

@@ -93,7 +93,7 @@ run.figure(figures.fig_speed(speed[speed.label.isin(['Dense', policy.label()])])
 
 # %%
 prompt = random_prompt(model, 1, cfg.speed_prompt_tokens)
-for compiled in ((False, True) if cfg.compare_compiled and cfg.device_map is None else (False,)):
+for compiled in ((False, True) if cfg.compare_compiled and cfg.layer_map() is None else (False,)):
     run.measure('decode_modes', policy, lambda: measure_generation(model, policy, prompt, cfg.speed_new_tokens,
                 repeats=cfg.speed_repeats, compile=compiled), compiled=compiled,
                 prompt_tokens=cfg.speed_prompt_tokens, new_tokens=cfg.speed_new_tokens)

@@ -26,7 +26,7 @@ def model_and_tokenizer(cfg: Config, **load_options):
     from .loading.data import stream_bos
     from .loading.models import load_model, load_tokenizer
 
-    model = load_model(cfg.model, device=cfg.torch_device(), dtype=cfg.torch_dtype(), device_map=cfg.device_map,
+    model = load_model(cfg.model, device=cfg.torch_device(), dtype=cfg.torch_dtype(), device_map=cfg.layer_map(),
                        **load_options)
     tokenizer = load_tokenizer(cfg.tokenizer_name())
     cfg.bos = stream_bos(tokenizer, cfg.bos) if tokenizer is not None else False

@@ -249,10 +249,14 @@ class Config:
     def torch_device(self) -> torch.device:
         """``device`` as torch's; of several processes sharing the run, each on its own GPU of its machine."""
         device = M.default_device() if self.device == "auto" else torch.device(self.device)
-        share = Share.from_env()
-        if device.type == "cuda" and device.index is None and share.count > 1 and self.device_map is None:
-            device = torch.device("cuda", share.local % torch.cuda.device_count())
+        if device.type == "cuda" and device.index is None and Share.from_env().count > 1:
+            device = torch.device("cuda", Share.from_env().local % torch.cuda.device_count())
         return device
+
+    def layer_map(self) -> str | None:
+        """``device_map`` as the model is loaded: of several processes sharing the run, none (each process holds the
+        whole model on its own GPU, so ``paper-12b`` on 80 GB GPUs runs a copy per GPU)."""
+        return None if Share.from_env().count > 1 else self.device_map
 
     def torch_dtype(self) -> torch.dtype:
         if self.dtype == "auto":
