@@ -135,3 +135,20 @@ def test_only_the_first_process_writes_what_a_run_has_one_of(tmp_path, monkeypat
     run = Run(Config.load("smoke", run_dir=str(tmp_path)))
     run.table(pd.DataFrame({"a": [1]}), "t")
     assert (tmp_path / "config.json").exists() and (tmp_path / "tables" / "t.md").exists()
+
+
+def test_a_harness_measurement_returns_its_results_on_any_rank(tmp_path, monkeypatch):
+    """lm-eval returns results on local rank 0 alone; a measurement owned by process 1 of a launch must get its own."""
+    pytest.importorskip("lm_eval")
+    from streamlib.loading.models import load_model, load_tokenizer
+    from streamlib.metrics.harness import measure_harness
+    from streamlib.metrics.harness_tasks import PASSKEY, task_configs
+
+    tokenizer, model = load_tokenizer("micro"), load_model("micro")
+    tasks = [t for t in task_configs(tmp_path, tokenizer, passkey_tokens=(128,), passkey_depths=(0.5,),
+                                     passkey_seeds=1) if t["task"] == PASSKEY]
+    for name, value in (("LOCAL_RANK", "1"), ("RANK", "1"), ("WORLD_SIZE", "2")):
+        monkeypatch.setenv(name, value)
+    measured = measure_harness(model, tokenizer, StreamingLLM(4, 60), tasks)
+    assert [r[0] for r in measured.rows] == ["streamlib_passkey:exact_match"] and len(measured.curve) == 1
+    assert (os.environ["LOCAL_RANK"], os.environ["WORLD_SIZE"]) == ("1", "2")  # the launcher's ranks handed back

@@ -28,6 +28,7 @@ Importing this module registers the backend under the name ``streamlib``::
 from __future__ import annotations
 
 import logging
+import os
 
 import lm_eval
 import pandas as pd
@@ -127,12 +128,16 @@ def measure_harness(model, tokenizer, policy, tasks: list[dict], limit: int | No
     quiet = logging.getLogger("lm_eval")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
+    # lm-eval reads a launcher's ranks from the environment and returns results on local rank 0 alone; a process of
+    # a streamlib run shared by several (streamlib.experiments.processes) evaluates its measurement by itself
+    ranks = {k: os.environ.pop(k) for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE") if k in os.environ}
     try:
         lm = StreamlibLM(model, policy, tokenizer=tokenizer)
         out = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=True, bootstrap_iters=0,
                                       verbosity="ERROR")
     finally:
         quiet.setLevel(level)
+        os.environ.update(ranks)
     rows, docs = [], []
     for task, results in out["results"].items():
         rows += [(f"{task}:{name.split(',')[0]}", float(value), "") for name, value in results.items()
