@@ -7,6 +7,12 @@ On random-weight Pythia-2.8b in fp16, batch 1, a 2048-token prompt and 256 new t
   compiled Dense runs on a cache preallocated to prompt + new tokens);
 * the device-to-device copy bandwidth in the same run, and TPOT over its floor: the weight bytes read once per token
   divided by that bandwidth;
+* TTFT, TPOT and peak memory, eager, for the adaptive budgets (issue 34): HeadSplit with a quarter of the kv heads
+  whole, PyramidKV's budgets per layer and a window that grows with the stream, at StreamingLLM 4+252's sinks and
+  window;
+* exactness on CUDA: every registered policy's examples against its naive float64 reference (on the CPU) on the
+  tiny GPT-NeoX, Llama (GQA) and Gemma 3 (hybrid) models in fp32, token by token and in chunks of 7 and 64, as
+  tests/test_registry.py does on the CPU;
 * agreement: chunked vs token-by-token evaluation in fp16 (StreamingLLM 4+252 on the trained micro model and on the
   2.8b shapes; StreamingLLM 4+124 with 4-bit keys and values on the micro model; 4+1020 at 4 bits is timed eager), fp16 on the GPU vs fp32 on the CPU (micro), compiled vs eager greedy decoding in fp16 (micro).
 
@@ -18,6 +24,7 @@ shapes and a few tokens, so that CI keeps the script working.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import time
@@ -30,14 +37,23 @@ from streamlib.caches.generation import TokenStream, stream_generate
 from streamlib.loading.models import describe, load_model
 from streamlib.metrics.quality import token_nll
 from streamlib.metrics.timing import measure_generation
-from streamlib.policies import Dense, StreamingLLM
+from streamlib.naive import reference_nll, tiny_model
+from streamlib.policies import Dense, GrowingWindow, HeadSplit, LayerBudgets, StreamingLLM, registered
 
 FULL = {"model": "random:pythia-2.8b", "prompt": 2048, "new_tokens": 256, "repeats": 2, "copy_mib": 2048,
-        "policies": [Dense(), StreamingLLM(4, 252), StreamingLLM(4, 1020), StreamingLLM(4, 1020, bits=4)],
+        "policies": [Dense(), StreamingLLM(4, 252), StreamingLLM(4, 1020), StreamingLLM(4, 1020, bits=4),
+                     HeadSplit(4, 252, "every4"), LayerBudgets.pyramid(4, 252, 32), GrowingWindow(4, 0.25, 252, 1020)],
         "exact_tokens": 600, "micro_steps": 400}
 SMOKE = {"model": "random:pythia-14m", "prompt": 64, "new_tokens": 8, "repeats": 1, "copy_mib": 16,
-         "policies": [Dense(), StreamingLLM(4, 12), StreamingLLM(4, 28), StreamingLLM(4, 28, bits=4)],
+         "policies": [Dense(), StreamingLLM(4, 12), StreamingLLM(4, 28), StreamingLLM(4, 28, bits=4),
+                      HeadSplit(4, 12, "every4"), LayerBudgets.pyramid(4, 12, 6), GrowingWindow(4, 0.25, 12, 28)],
          "exact_tokens": 160, "micro_steps": 40}
+EXACT_BUDGET, EXACT_TOKENS, EXACT_FAMILIES = 12, 40, ("gpt_neox", "llama", "gemma3_text")
+
+
+def compiles(policy) -> bool:
+    """Compiled decoding takes Dense and full-precision StreamingLLM caches; every other cache decodes eager."""
+    return type(policy) in (Dense, StreamingLLM) and getattr(policy, "bits", 16) == 16
 
 
 def copy_bandwidth(device: torch.device, mib: int, repeats: int = 10) -> float:
@@ -62,8 +78,7 @@ def speed_rows(model, cfg: dict, bandwidth: float, log, rows: list, save) -> Non
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     floor_s = weight_bytes / bandwidth
     for policy in cfg["policies"]:
-        for compiled in (False, True) if getattr(policy, "bits", 16) == 16 \
-                else (False,):  # a quantized cache runs eager only
+        for compiled in (False, True) if compiles(policy) else (False,):
             t0 = time.perf_counter()
             m = measure_generation(model, policy, ids, cfg["new_tokens"], repeats=cfg["repeats"], warmup=1,
                                    compile=compiled)
@@ -86,6 +101,33 @@ def chunked_vs_token(model, ids: torch.Tensor, policy) -> dict:
     token = token_nll(model, ids, policy, mode="token")
     return {"policy": policy.label(), "tokens": n_tokens, "max_abs_nll_diff": (chunked - token).abs().max().item(),
             "mean_nll_chunked": chunked.mean().item(), "mean_nll_token": token.mean().item()}
+
+
+def exact_on_device(device: torch.device) -> list[dict]:
+    """Every registered policy's examples on ``device`` (fp32) against the naive float64 reference (computed on the
+    CPU: the reference is the definition, wherever it runs): one row per (family, policy) with the largest
+    |NLL - reference| over token-by-token and chunked feeding, and the smallest eviction gap (a near tie below 1e-5
+    could go either way in fp32, as tests/test_registry.py refuses)."""
+    rows = []
+    ids = torch.randperm(97, generator=torch.Generator().manual_seed(7))[None, :EXACT_TOKENS]
+    examples = [p for cls in registered() for p in cls.examples(EXACT_BUDGET)]
+    for family in EXACT_FAMILIES:
+        model64 = tiny_model(family, "sdpa" if family == "llama" else "eager")
+        model = copy.deepcopy(model64).to(device)
+        model64.double()
+        for policy in examples:
+            row = {"family": family, "policy": str(policy)}
+            try:  # a device-only failure is a finding: recorded, and the check goes on to the next policy
+                expected, gap = reference_nll(policy, model64, ids)
+                row["max_abs_nll_diff"] = max(
+                    (token_nll(model, ids.to(device), policy, mode=mode, chunk_size=chunk).cpu()
+                     - expected.float()).abs().max().item()
+                    for mode, chunk in (("token", None), ("chunked", 7), ("chunked", 64)))
+                row["closest_tie"] = gap
+            except Exception as error:  # noqa: BLE001
+                row.update(max_abs_nll_diff=float("inf"), error=f"{type(error).__name__}: {error}"[:300])
+            rows.append(row)
+    return rows
 
 
 def micro_agreement(device: torch.device, cfg: dict) -> dict:
@@ -133,6 +175,16 @@ def markdown(results: dict) -> str:
         lines.append(f"| {r['policy']} | {'compiled' if r['compiled'] else 'eager'} | {r['ttft_ms']:.1f} | "
                      f"{r['tpot_ms']:.2f} | {r['tpot_p90_ms']:.2f} | {r['tpot_over_floor']:.1f} | "
                      f"{r['peak_mem_gib']:.2f} | {r['kv_mib']:.1f} |")
+    exact = results["exact"]
+    worst = max(exact, key=lambda r: r["max_abs_nll_diff"])
+    families = sorted({r["family"] for r in exact})
+    lines += ["", f"Exact on {env['device_name']}: {len(exact) // len(families)} registered policy examples x "
+              f"{len(families)} families ({', '.join(families)}) in fp32 against the naive float64 reference (on "
+              f"the CPU), token by token and in chunks of 7 and 64: worst max |NLL - reference| {worst['max_abs_nll_diff']:.2e}"
+              f" ({worst['policy']} on {worst['family']}); "
+              f"{sum(r['max_abs_nll_diff'] < 1e-4 for r in exact)}/{len(exact)} within 1e-4."]
+    lines += [f"- {r['policy']} on {r['family']}: {r.get('error', 'max |NLL - reference| %.2e' % r['max_abs_nll_diff'])}"
+              for r in exact if not r["max_abs_nll_diff"] < 1e-4]
     micro, big = results["micro"], results["chunked_vs_token"]
     cv = micro["compiled_vs_eager"]
     lines += ["", "| agreement check | result |", "|---|---|",
@@ -191,6 +243,9 @@ def main() -> None:
     results["chunked_vs_token"] = chunked_vs_token(model, ids, cfg["policies"][1])
     save()
     del model
+    log("every registered policy against its naive reference on the device")
+    results["exact"] = exact_on_device(device)
+    save()
     log("agreement on the micro model")
     results["micro"] = micro_agreement(device, cfg)
     results["complete"] = True

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One prepared GPU check (issue 10): random-weight Pythia-2.8b in fp16, batch 1, prompt 2048, 256 new tokens.
-# TTFT / TPOT / peak memory for Dense, StreamingLLM 4+252 and 4+1020, eager and compiled (CUDA graphs); the copy
+# TTFT / TPOT / peak memory for Dense, StreamingLLM 4+252 and 4+1020, eager and compiled (CUDA graphs), and the
+# adaptive budgets eager; every registered policy exact against its naive reference on the device; the copy
 # bandwidth and TPOT over its floor; chunked-vs-token, fp16-vs-fp32 and compiled-vs-eager agreement. Writes
-# gpu_check.json and gpu_check.md to --out (default bench/results/). About 5 minutes on one H200 (8 at most: the
-# run is stopped at 480 s).
+# gpu_check.json and gpu_check.md to --out (default bench/results/). About 6 minutes on one H200 (9 at most: the
+# run is stopped at 540 s).
 #
 #   bash bench/gpu_check.sh [--out DIR] [--wheels DIR] [--smoke]
 #
@@ -41,4 +42,4 @@ if (major, minor) < (5, 23):
     sys.exit(f"gpu_check: transformers {transformers.__version__} is older than 5.23; bring a wheel of 5.24 "
              "(see the top of bench/gpu_check.sh: --wheels DIR)")
 PYCHECK
-exec timeout 480 "$PY" bench/gpu_check.py ${args[@]+"${args[@]}"}
+exec timeout 540 "$PY" bench/gpu_check.py ${args[@]+"${args[@]}"}

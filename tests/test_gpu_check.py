@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from streamlib.policies import GrowingWindow, HeadSplit, LayerBudgets, registered
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,7 +23,10 @@ def test_gpu_check_smoke(tmp_path):
     rows = {(r["policy"], r["compiled"]): r for r in results["speed"]}
     assert set(rows) == {("Dense", False), ("Dense", True), ("StreamingLLM 4+12", False), ("StreamingLLM 4+12", True),
                          ("StreamingLLM 4+28", False), ("StreamingLLM 4+28", True),
-                         ("StreamingLLM 4+28 int4", False)}  # a quantized cache runs eager only
+                         ("StreamingLLM 4+28 int4", False), (HeadSplit(4, 12, "every4").label(), False),
+                         (LayerBudgets.pyramid(4, 12, 6).label(), False),
+                         (GrowingWindow(4, 0.25, 12, 28).label(), False)}
+    # only Dense and full-precision StreamingLLM compile; the quantized and adaptive caches run eager
     for row in rows.values():
         assert row["ttft_ms"] > 0 and row["tpot_ms"] > 0 and row["tpot_over_floor"] > 0 and row["peak_mem_gib"] > 0
     # the bounded caches hold less than Dense after a 64-token prompt
@@ -32,6 +37,10 @@ def test_gpu_check_smoke(tmp_path):
     assert micro["quantized_chunked_vs_token"]["max_abs_nll_diff"] < 1e-4
     assert "StreamingLLM 4+124 int4" in (tmp_path / "gpu_check.md").read_text()
     assert micro["chunked_vs_token"]["max_abs_nll_diff"] < 1e-4
+    exact = results["exact"]
+    assert len(exact) == 3 * len([p for cls in registered() for p in cls.examples(12)])
+    assert all(r["max_abs_nll_diff"] < 1e-4 for r in exact), [r for r in exact if not r["max_abs_nll_diff"] < 1e-4]
+    assert "Exact on" in (tmp_path / "gpu_check.md").read_text()
     assert micro["compiled_vs_eager"]["same_greedy_tokens"] == micro["compiled_vs_eager"]["steps"]
     assert micro["compiled_vs_eager"]["max_abs_logit_diff"] < 1e-4
     table = (tmp_path / "gpu_check.md").read_text()
