@@ -24,7 +24,7 @@ lab: env
 # Two processes of one thread each (OMP_NUM_THREADS=1 reaches the notebook kernels the dry runs start, so two
 # processes never run four threads on two cores); each file's tests stay in one process (tests/conftest.py).
 test: env
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup --durations=25
 
 bench: env
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_policies.py

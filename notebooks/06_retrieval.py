@@ -17,6 +17,7 @@ retrieval_depths = None  # where the key sits in the filler, 0 (start) to 1 (end
 streameval_tokens = None  # the StreamEval stream's length (past the trained length to see what Dense does there)
 recall_turns = None  # turns of the scripted chat (0: none)
 head_split_shares = None  # shares of the kv heads HeadSplit keeps whole ([]: no section)
+head_map_method = None  # the map HeadSplit picks its heads from: "retrieval" or "gates"
 harness_seeds = None  # the pass key through lm-evaluation-harness, keys per depth (0: no section)
 
 # %% [markdown]
@@ -48,7 +49,8 @@ from streamlib.report import figures
 cfg, run = wb.open_run(profile, run_dir=run_dir, dry_run=dry_run, force=force, retrieval_cache=retrieval_cache,
                        retrieval_context_tokens=retrieval_context_tokens, retrieval_depths=retrieval_depths,
                        streameval_tokens=streameval_tokens, recall_turns=recall_turns,
-                       head_split_shares=head_split_shares, harness_seeds=harness_seeds)
+                       head_split_shares=head_split_shares, head_map_method=head_map_method,
+                       harness_seeds=harness_seeds)
 
 # %% [markdown]
 # ## The model and the trials
@@ -168,15 +170,24 @@ report.recall_table(run).round(2) if chat else 'no recall chat'
 
 # %% [markdown]
 # ## Memory beyond the window: retrieval heads
-# StreamingLLM forgets a key once it leaves the window; its authors' answer to "can it remember more?" is no. Their follow-up, DuoAttention (Xiao et al., 2024), keeps the whole context in a few *retrieval heads* and sinks plus a window in all the others. Which heads retrieve can be found without training (Wu et al., 2024): while the model writes a pass key under Dense, a head whose strongest attention lands on the digit being copied retrieves it. The map is the model's shipped one (`scripts/head_map.py`, `streamlib/assets/<model>/head_map.json`) where it has one, else measured here on six prompts apart from the ones asked below. Bright cells are the heads a split keeps whole.
+# StreamingLLM forgets a key once it leaves the window; its authors' answer to "can it remember more?" is no. Their follow-up, DuoAttention (Xiao et al., 2024), keeps the whole context in a few *retrieval heads* and sinks plus a window in all the others. Which heads retrieve can be found two ways, `head_map_method`:
+#
+# - `retrieval`, without training (Wu et al., 2024): while the model writes a pass key under Dense, a head whose strongest attention lands on the digit being copied retrieves it;
+# - `gates`, DuoAttention's own: a gate per kv head mixing full and streaming attention, trained with the model frozen so the answer's hidden states stay Dense's while an L1 pull closes every gate it can (minutes to half an hour on a CPU, so only shipped).
+#
+# The map is the model's shipped one (`scripts/head_map.py`, `streamlib/assets/<model>/head_map.json` or `head_gates.json`) where it has one; else the retrieval score is measured here on six prompts apart from the ones asked below. Bright cells are the heads a split keeps whole.
 
 # %%
-shipped = head_map(cfg.model) if cfg.head_split_shares else None
+shipped = head_map(cfg.model, cfg.head_map_method) if cfg.head_split_shares else None
+method = cfg.head_map_method if shipped is not None else 'retrieval'
+if cfg.head_split_shares and method != cfg.head_map_method:
+    print(f'{cfg.model} ships no {cfg.head_map_method} map (scripts/head_map.py --method {cfg.head_map_method}): '
+          'the retrieval score is measured here instead')
 eager = wb.model_and_tokenizer(cfg, attn_implementation='eager')[0] if cfg.head_split_shares and shipped is None else None
 scored = map_trials(tokenizer, cfg.head_split_tokens, bos=cfg.bos)
-if cfg.head_split_shares:
-    run.measure('head_scores', Dense(), lambda: measure_head_scores(eager, tokenizer, scored, shipped),
-                tokens=cfg.head_split_tokens, trials=len(scored), shipped=shipped is not None)
+heads = run.measure('head_scores', Dense(), lambda: measure_head_scores(eager, tokenizer, scored, shipped, method),
+                    tokens=cfg.head_split_tokens, trials=len(scored), shipped=shipped is not None,
+                    method=method).curve if cfg.head_split_shares else None
 del eager
 report.draw(run, 'fig16_head_map')
 
@@ -184,9 +195,8 @@ report.draw(run, 'fig16_head_map')
 # The policies: Dense, StreamingLLM at the retrieval budget, and for each of `head_split_shares` HeadSplit keeping that share of the kv heads whole (the best scored) with the same sinks and window, beside StreamingLLM holding the same KV bytes at this prompt's length. The KV column is what each holds at the end of the prompt, from the model's shapes.
 
 # %%
-heads = run.curves('head_scores')
-heads = heads[heads.key == heads.key.iloc[-1]] if len(heads) else heads  # the latest map
-scores = torch.tensor(heads.pivot(index='layer', columns='kv_head', values='score').to_numpy()) if len(heads) else None
+scores = torch.tensor(heads.pivot(index='layer', columns='kv_head', values='score').to_numpy()) \
+    if heads is not None and len(heads) else None
 grid = head_split_grid(cfg, scores, model.config) if scores is not None else []
 far = passkey_grid(tokenizer, [cfg.head_split_tokens], cfg.head_split_depths, cfg.head_split_seeds, bos=cfg.bos)
 kv_mib = {p: p.kv_bytes_held(model.config, far[0].prompt_ids.shape[1], model.dtype) / 2**20 for p in grid}

@@ -111,3 +111,22 @@ def test_top_heads_and_retrieval_scores():
     assert found.shape == (layers, heads) and bool(((found >= 0) & (found <= 1)).all())
     with pytest.raises(ValueError, match="eager"):
         retrieval_scores(load_model("micro"), tokenizer, trials)
+
+
+def test_beyond_window_grid_compares_at_equal_bytes(llama, gemma):
+    from streamlib.experiments.config import Config
+    from streamlib.experiments.grids import head_split_grid
+
+    cfg = Config.load("smoke", retrieval_cache=16, head_split_shares=[0.25], head_split_tokens=64)
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    grid = head_split_grid(cfg, scores, llama.config)
+    assert [type(p).__name__ for p in grid] == ["Dense", "StreamingLLM", "HeadSplit", "StreamingLLM", "LayerBudgets"]
+    split, uniform, pyramid = grid[2:]
+    assert split.retrieval_mask(2, 2).tolist() == [[True, False], [False, False]]
+    held = [p.kv_bytes_held(llama.config, 64, torch.float32) for p in (split, uniform, pyramid)]
+    assert held[1] == held[2] and abs(held[0] - held[1]) <= held[0] / 64  # equal bytes, up to a token's rounding
+    assert pyramid.windows[0] > pyramid.windows[-1]  # PyramidKV: more below
+    # Gemma 3's sliding layers keep their own window: a pyramid over every layer would not hold the same bytes
+    gemma_grid = head_split_grid(Config.load("smoke", retrieval_cache=16, head_split_shares=[1.0], head_split_tokens=64),
+                                 torch.tensor([[0.0], [0.9]]), gemma.config)
+    assert "LayerBudgets" not in [type(p).__name__ for p in gemma_grid]

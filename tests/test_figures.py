@@ -53,3 +53,11 @@ def test_head_map_shows_every_score():
     mesh = fig.axes[0].collections[0]
     np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(4, 3),
                                scores.pivot(index="layer", columns="kv_head", values="score").to_numpy())
+
+
+def test_head_map_says_which_map_it_shows():
+    rows = [{"layer": layer, "kv_head": 0, "score": 0.5} for layer in range(3)]
+    gates = fig_head_map(pd.DataFrame([{**r, "method": "gates"} for r in rows]))
+    assert "gate" in gates.axes[0].get_title() and "gate" in gates.axes[1].get_ylabel()
+    legacy = fig_head_map(pd.DataFrame(rows))  # records made before the method column: retrieval scores
+    assert legacy.axes[0].get_title().startswith("Retrieval score")

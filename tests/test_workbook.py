@@ -72,6 +72,8 @@ def test_profiles_load_and_validate():
         Config.load("smoke", generation_temperature=-1.0)
     with pytest.raises(ValueError, match="device_map must be None or 'auto'"):
         Config.load("smoke", device_map="balanced")
+    with pytest.raises(ValueError, match=r"head_map_method must be one of \['gates', 'retrieval'\]; got 'gate'"):
+        Config.load("smoke", head_map_method="gate")
     assert Config.load("paper-12b").device_map == "auto"
     for name, bad in (("streameval_lines_back", []), ("streameval_lines_back", [0]), ("streameval_every", 0),
                       ("recall_turns", -1), ("recall_turns_back", []), ("recall_more_policies", 1),

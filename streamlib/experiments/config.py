@@ -13,6 +13,7 @@ import torch
 from ..core.checks import check_bool, check_int, check_ints
 from ..loading import models as M
 from ..loading.data import repo_root
+from ..loading.head_maps import MAP_FILES
 from ..policies import H2O, BurstEviction, StreamingLLM, parse_policy, registered
 from .processes import Share
 from .profiles import check_names, read_profile
@@ -111,6 +112,8 @@ class Config:
     head_split_depths: list = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7])  # where the key sits (all beyond
     # the window at 1,024 tokens and a budget of 128)
     head_split_seeds: int = 5  # trials per depth
+    head_map_method: str = "retrieval"  # 06: the shipped map HeadSplit picks its heads from: "retrieval" (scores read
+    # from Dense's attention, Wu et al. 2024) or "gates" (DuoAttention's trained gates, Xiao et al. 2024)
     harness_seeds: int = 0  # 06: the pass key through lm-evaluation-harness, this many keys per depth (0: no section)
     quant_bits: list = field(default_factory=list)  # 03: quantized KV caches at these bit widths (8, 4, 2); [] none
     quant_budget: int = 256  # 03: the full-precision cache the equal-memory series matches (4+252 = 8-bit 4+508 ...)
@@ -172,6 +175,8 @@ class Config:
             raise ValueError(f"head_split_shares must be a list of numbers in (0, 1]; got {self.head_split_shares!r}")
         check_int("head_split_tokens", self.head_split_tokens, 64)
         check_int("head_split_seeds", self.head_split_seeds, 1)
+        if self.head_map_method not in MAP_FILES:
+            raise ValueError(f"head_map_method must be one of {sorted(MAP_FILES)}; got {self.head_map_method!r}")
         check_int("harness_seeds", self.harness_seeds, 0)
         for depth in self.head_split_depths:
             if isinstance(depth, bool) or not isinstance(depth, (int, float)) or not 0 <= depth <= 1:

@@ -4,8 +4,9 @@ report guesses so."""
 
 from __future__ import annotations
 
+from ..core.arch import SLIDING, layer_types
 from ..metrics.head_scores import top_heads
-from ..policies import TOVA, Dense, HeadSplit, Recompute, StreamingLLM, Window, parse_policy
+from ..policies import TOVA, Dense, HeadSplit, LayerBudgets, Recompute, StreamingLLM, Window, parse_policy
 
 SWEEP_SINKS = 4  # the sink count of the cache-size sweep (the paper's choice)
 SWEEP_NEW_TOKENS = 16  # tokens generated after the prompt when 03 times decoding (its latency tables)
@@ -42,13 +43,17 @@ def head_split_grid(cfg, scores, config) -> list:
     """06's memory beyond the window: Dense, StreamingLLM at the retrieval budget, and for each of
     ``head_split_shares`` HeadSplit keeping that share of the full layers' kv heads whole (those with the highest
     retrieval ``scores``) beside StreamingLLM holding the same KV bytes at a prompt of ``head_split_tokens`` (its
-    budget ``share * T + (1 - share) * budget``)."""
+    budget ``share * T + (1 - share) * budget``) and, on a model without sliding layers, PyramidKV's budgets per layer
+    at that total (more in the lower layers, less in the upper: the bottom layers reach keys a uniform window has
+    dropped)."""
     budget, n_sink, tokens = cfg.retrieval_cache, cfg.n_sink, cfg.head_split_tokens
     grid = [Dense(), StreamingLLM(n_sink, budget - n_sink)]
     for share in cfg.head_split_shares:
         split = HeadSplit.of(top_heads(scores, share, config), n_sink, budget - n_sink)
         equal = round(split.full_share(config) * tokens + (1 - split.full_share(config)) * budget)
         grid += [split, StreamingLLM(n_sink, equal - n_sink)]
+        if SLIDING not in layer_types(config):  # a hybrid model's sliding layers would take a share of the total
+            grid.append(LayerBudgets.pyramid(n_sink, equal - n_sink, config.num_hidden_layers))
     return list(dict.fromkeys(grid))
 
 

@@ -26,7 +26,7 @@ SECTIONS = {
                   "retrieval_scored_seeds", "retrieval_new_tokens", "streameval_tokens", "streameval_lines_back",
                   "streameval_every", "streameval_scored_tokens", "recall_turns", "recall_turns_back",
                   "recall_more_policies", "head_split_shares", "head_split_tokens", "head_split_depths",
-                  "head_split_seeds", "harness_seeds"],
+                  "head_split_seeds", "head_map_method", "harness_seeds"],
 }
 SECTION_OF = {name: section for section, names in SECTIONS.items() for name in names}
 

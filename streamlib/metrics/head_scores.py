@@ -68,12 +68,17 @@ def map_trials(tokenizer, tokens: int, count: int = 6, bos: bool | None = None) 
     return [passkey_trial(tokenizer, tokens, (i + 0.5) / count, 1000 + i, bos=bos) for i in range(count)]
 
 
-def measure_head_scores(model, tokenizer, trials: list[PassKeyTrial], shipped: torch.Tensor | None = None) -> Measurement:
-    """The retrieval scores as a measurement: ``shipped`` (a model's map, ``streamlib.loading.head_maps``) when given,
-    else measured on ``trials`` (``model`` attending eagerly). The curve has a row per kv head."""
+def measure_head_scores(model, tokenizer, trials: list[PassKeyTrial], shipped: torch.Tensor | None = None,
+                        method: str = "retrieval") -> Measurement:
+    """A head map as a measurement: ``shipped`` (a model's map made by ``method``, ``streamlib.loading.head_maps``)
+    when given, else the retrieval scores measured on ``trials`` (``model`` attending eagerly). The curve has a row
+    per kv head, with the map's method."""
+    if shipped is None and method != "retrieval":
+        raise ValueError(f"method: only the retrieval score is measured here ({method!r} needs a shipped map, "
+                         "scripts/head_map.py)")
     start = time.perf_counter()
     scores = shipped if shipped is not None else retrieval_scores(model, tokenizer, trials)
-    curve = pd.DataFrame([{"layer": layer, "kv_head": head, "score": float(scores[layer, head])}
+    curve = pd.DataFrame([{"layer": layer, "kv_head": head, "score": float(scores[layer, head]), "method": method}
                           for layer in range(scores.shape[0]) for head in range(scores.shape[1])])
     rows = [("head_score_max", float(scores.max()), ""), ("map_seconds", time.perf_counter() - start, "s"),
             ("map_shipped", float(shipped is not None), "")]

@@ -42,8 +42,10 @@ CAPTIONS = {
                         "length.",
     "fig14_recall": "Recall across turns of one chat: accuracy (Wilson 95 % CI bars) against the turns from a fact to "
                     "its question, and the KV cache held after each turn.",
-    "fig16_head_map": "Retrieval score of every kv head (the share of a pass key's digits its strongest attention "
-                      "lands on while the model writes the key, under Dense): the heads HeadSplit keeps whole.",
+    "fig16_head_map": "The map HeadSplit picks its heads from, per kv head: the retrieval score (the share of a pass "
+                      "key's digits its strongest attention lands on while the model writes the key, under Dense) or "
+                      "DuoAttention's trained gate (1: full attention, 0: streaming), as the title says; the "
+                      "brightest heads are kept whole.",
     "fig17_beyond_window": "Pass keys further back than the window: accuracy (Wilson 95 % CI bars) against the KV "
                            "cache each policy holds at the prompt's length; HeadSplit keeping its best retrieval heads "
                            "whole beside StreamingLLM at equal bytes.",

@@ -109,16 +109,23 @@ def fig_recall(turns: pd.DataFrame, budget: int | None = None):
     return fig
 
 
+HEAD_MAPS = {"retrieval": ("Retrieval score per kv head", "share of the key's digits retrieved"),
+             "gates": ("DuoAttention gate per kv head", "gate (1: full attention, 0: streaming)")}
+
+
 def fig_head_map(scores: pd.DataFrame):
-    """Figure 16: every kv head's retrieval score (layers down, kv heads across), and which heads a split keeps
-    whole. ``scores``: layer, kv_head, score."""
+    """Figure 16: every kv head's map value (layers down, kv heads across): its retrieval score or its trained
+    DuoAttention gate; a split keeps the brightest whole. ``scores``: layer, kv_head, score (and method, retrieval
+    when absent: records made before the gates)."""
+    method = scores["method"].iloc[0] if "method" in scores and scores["method"].notna().any() else "retrieval"
+    title, label = HEAD_MAPS[method]
     table = scores.pivot(index="layer", columns="kv_head", values="score")
     fig, ax = plt.subplots(figsize=(2.2 + 0.5 * table.shape[1], 0.6 + 0.16 * table.shape[0]))
     sns.heatmap(table, ax=ax, cmap="viridis", vmin=0, vmax=max(1e-9, table.to_numpy().max()),
-                cbar_kws={"label": "share of the key's digits retrieved"})
+                cbar_kws={"label": label})
     ax.set_xlabel("kv head")
     ax.set_ylabel("layer")
-    ax.set_title("Retrieval score per kv head", fontsize=9)
+    ax.set_title(title, fontsize=9)
     return fig
 
 
