@@ -68,13 +68,16 @@ pd.DataFrame([{'seed': t.seed, 'key': t.key, 'depth': t.depth, 'prompt tokens': 
 
 # %% [markdown]
 # ## The policies, at one KV budget
-# StreamingLLM twice: with its 4 sinks, and keeping the whole prompt prefix (BOS, the chat markup and the instructions, at most half the budget) as its sinks in the same budget, as llama.cpp's `--keep` does. H2O in each split of `h2o_heavy_shares` (the share of its budget that keeps heavy hitters; the rest keeps recent tokens). TOVA and H2O read a prompt longer than their budget token by token (a full decode step each), so they get the first `retrieval_scored_seeds` seeds of the grid; the others, prefilled in chunks, get all `retrieval_seeds`.
+# Dense, StreamingLLM twice and, as `task_policies` says, Window (the same budget without sinks), TOVA and H2O. StreamingLLM with its 4 sinks, and keeping the whole prompt prefix (BOS, the chat markup and the instructions, at most half the budget) as its sinks in the same budget, as llama.cpp's `--keep` does. H2O in each split of `h2o_heavy_shares` (the share of its budget that keeps heavy hitters; the rest keeps recent tokens). TOVA and H2O read a prompt longer than their budget token by token (a full decode step each), so they get the first `retrieval_scored_seeds` seeds of the grid; the others, prefilled in chunks, get all `retrieval_seeds`.
 
 # %%
 budget = cfg.retrieval_cache
 streaming = StreamingLLM(cfg.n_sink, budget - cfg.n_sink)
 keeps_prompt = streaming.with_sinks(min(trials[0].prefix_tokens, budget // 2))
-policies = [Dense(), Window(budget), streaming, keeps_prompt, TOVA(budget)] + cfg.h2o_policies(budget)
+window = [Window(budget)] if 'window' in cfg.task_policies else []
+scored = ([TOVA(budget)] if 'tova' in cfg.task_policies else []) + \
+    (cfg.h2o_policies(budget) if 'h2o' in cfg.task_policies else [])
+policies = [Dense(), *window, streaming, keeps_prompt, *scored]
 pd.DataFrame([{'label': p.label(), 'keeps (tokens)': p.budget} for p in policies])
 
 # %% [markdown]
@@ -125,7 +128,7 @@ task.questions.groupby('lines_back').agg(questions=('line', 'size'), tokens_back
 
 # %%
 ratio = cfg.burst_configs[0][1]
-stream_policies = [Dense(), Window(budget), streaming, streaming.with_sinks(min(task.prefix_tokens, budget // 2)),
+stream_policies = [Dense(), *window, streaming, streaming.with_sinks(min(task.prefix_tokens, budget // 2)),
                    BurstEviction(cfg.n_sink, budget, ratio)]
 if cfg.streameval_scored_tokens:
     stream_policies += [TOVA(budget)] + cfg.h2o_policies(budget)[:1]
@@ -157,7 +160,7 @@ pd.DataFrame(script)[['turn', 'kind', 'turns_back', 'user', 'primed']].head(8) i
 # %%
 if chat:
     header = len(chat_header_ids(tokenizer))
-    chat_policies = [Dense(), Window(budget), streaming, streaming.with_sinks(min(header, budget // 2))]
+    chat_policies = [Dense(), *window, streaming, streaming.with_sinks(min(header, budget // 2))]
     if cfg.recall_more_policies:
         chat_policies += [BurstEviction(cfg.n_sink, budget, ratio), TOVA(budget)] + cfg.h2o_policies(budget)[:1]
     for policy in chat_policies:
@@ -192,24 +195,28 @@ del eager
 report.draw(run, 'fig16_head_map')
 
 # %% [markdown]
-# The policies: Dense, StreamingLLM at the retrieval budget, and for each of `head_split_shares` HeadSplit keeping that share of the kv heads whole (the best scored) with the same sinks and window, beside StreamingLLM holding the same KV bytes at this prompt's length. The KV column is what each holds at the end of the prompt, from the model's shapes.
+# The policies: Dense, StreamingLLM at the retrieval budget, and for each of `head_split_shares` HeadSplit keeping that share of the kv heads whole (the best scored) with the same sinks and window, beside StreamingLLM and PyramidKV's budgets per layer holding the same KV bytes at this prompt's length; with `head_split_scored_seeds`, TOVA and H2O at the retrieval budget too, which keep the tokens attention picked rather than the recent ones. The KV column is what each holds at the end of the prompt, from the model's shapes.
 
 # %%
 scores = torch.tensor(heads.pivot(index='layer', columns='kv_head', values='score').to_numpy()) \
     if heads is not None and len(heads) else None
 grid = head_split_grid(cfg, scores, model.config) if scores is not None else []
+if grid and cfg.head_split_scored_seeds:  # they read the prompt token by token: fewer keys
+    grid += [TOVA(cfg.retrieval_cache)] + cfg.h2o_policies(cfg.retrieval_cache)[:1]
 far = passkey_grid(tokenizer, [cfg.head_split_tokens], cfg.head_split_depths, cfg.head_split_seeds, bos=cfg.bos)
 kv_mib = {p: p.kv_bytes_held(model.config, far[0].prompt_ids.shape[1], model.dtype) / 2**20 for p in grid}
 pd.DataFrame([{'label': p.label(), 'KV at the prompt (MiB)': round(kv_mib[p], 2)} for p in grid])
 
 # %% [markdown]
-# Every policy on the same prompts, each key further back than the window (`head_split_depths` of a `head_split_tokens`-token prompt, `head_split_seeds` keys each).
+# Every policy on the same prompts, each key further back than the window (`head_split_depths` of a `head_split_tokens`-token prompt, `head_split_seeds` keys each; TOVA and H2O the first `head_split_scored_seeds`).
 
 # %%
 for policy in grid:
-    run.measure('beyond_window', policy, lambda: measure_retrieval(model, tokenizer, policy, far,
+    seeds = cfg.head_split_scored_seeds if policy.token_mode else cfg.head_split_seeds
+    mine = [t for t in far if t.seed < seeds]
+    run.measure('beyond_window', policy, lambda: measure_retrieval(model, tokenizer, policy, mine,
                 cfg.retrieval_new_tokens), context_tokens=cfg.head_split_tokens, depths=cfg.head_split_depths,
-                seeds=cfg.head_split_seeds, new_tokens=cfg.retrieval_new_tokens, kv_mib=round(kv_mib[policy], 4))
+                seeds=seeds, new_tokens=cfg.retrieval_new_tokens, kv_mib=round(kv_mib[policy], 4))
 report.beyond_window_table(run).round(3)
 
 # %% [markdown]

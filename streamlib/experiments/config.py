@@ -24,6 +24,8 @@ TOKEN_COUNTS = ("ppl_tokens", "speed_prompt_tokens", "speed_new_tokens", "flops_
                 "sweep_sink_cache", "generation_prompt_tokens", "generation_new_tokens", "recompute_tokens",
                 "burst_tokens", "burst_new_tokens", "retrieval_cache", "quant_tokens")
 
+TASK_POLICIES = ["window", "tova", "h2o"]  # 06's optional policies beside Dense and StreamingLLM (task_policies)
+
 # A dry run: the profile's chain, every notebook and code path, offline on CPU in a few minutes.
 DRY_RUN_MODEL = "random:pythia-14m"  # random weights of the smallest Pythia shape
 DRY_RUN_TOKENIZER = "micro"  # the embedded tokenizer (4096 ids, all valid for Pythia's 50304-token vocabulary)
@@ -99,6 +101,8 @@ class Config:
     retrieval_seeds: int = 2  # trials per length and depth (a seed fixes the key)
     retrieval_scored_seeds: int = 1  # the same for TOVA and H2O, which read the prompt token by token
     retrieval_new_tokens: int = 8  # the answer's length
+    task_policies: list = field(default_factory=lambda: ["window", "tova", "h2o"])  # 06: beside Dense and
+    # StreamingLLM: Window (no sinks) in the pass key, StreamEval and recall; TOVA and H2O in the pass key
     streameval_tokens: int = 2048  # 06: the StreamEval stream (past the trained length shows what Dense does there)
     streameval_lines_back: list = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # how far back questions ask
     streameval_every: int = 3  # a question after every this many fact lines
@@ -112,6 +116,8 @@ class Config:
     head_split_depths: list = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7])  # where the key sits (all beyond
     # the window at 1,024 tokens and a budget of 128)
     head_split_seeds: int = 5  # trials per depth
+    head_split_scored_seeds: int = 0  # 06: TOVA and H2O on the first of those keys per depth (token by token, about
+    # a minute a 1K-token trial on 2 cores); 0 none
     head_map_method: str = "retrieval"  # 06: the shipped map HeadSplit picks its heads from: "retrieval" (scores read
     # from Dense's attention, Wu et al. 2024) or "gates" (DuoAttention's trained gates, Xiao et al. 2024)
     harness_seeds: int = 0  # 06: the pass key through lm-evaluation-harness, this many keys per depth (0: no section)
@@ -170,11 +176,14 @@ class Config:
         check_int("recall_turns", self.recall_turns, 0)
         check_ints("recall_turns_back", self.recall_turns_back, 1)
         check_bool("recall_more_policies", self.recall_more_policies)
+        if not isinstance(self.task_policies, list) or any(p not in TASK_POLICIES for p in self.task_policies):
+            raise ValueError(f"task_policies must be a list of {TASK_POLICIES}; got {self.task_policies!r}")
         if not isinstance(self.head_split_shares, list) or any(
                 isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= 1 for s in self.head_split_shares):
             raise ValueError(f"head_split_shares must be a list of numbers in (0, 1]; got {self.head_split_shares!r}")
         check_int("head_split_tokens", self.head_split_tokens, 64)
         check_int("head_split_seeds", self.head_split_seeds, 1)
+        check_int("head_split_scored_seeds", self.head_split_scored_seeds, 0, self.head_split_seeds)
         if self.head_map_method not in MAP_FILES:
             raise ValueError(f"head_map_method must be one of {sorted(MAP_FILES)}; got {self.head_map_method!r}")
         check_int("harness_seeds", self.harness_seeds, 0)
@@ -338,6 +347,7 @@ def dry_run_values(values: dict) -> dict:
     v["recall_turns"] = 0  # the embedded tokenizer has no chat template
     v["head_split_tokens"] = min(256, v.get("head_split_tokens", 1024))
     v["head_split_seeds"] = 1
+    v["head_split_scored_seeds"] = min(1, v.get("head_split_scored_seeds", 0))
     v["harness_seeds"] = min(1, v.get("harness_seeds", 0))
     v["burst_configs"] = [[max(16, capacity // div), ratio] for capacity, ratio in v.get("burst_configs", [[256, 0.7]])]
     for name, cap in DRY_RUN_CAPS.items():

@@ -23,10 +23,10 @@ SECTIONS = {
     "generation": ["generation_prompt", "generation_prompt_tokens", "generation_new_tokens", "generation_temperature",
                    "generation_top_p", "generation_seed", "chat_turns", "chat_new_tokens"],
     "retrieval": ["retrieval_cache", "retrieval_context_tokens", "retrieval_depths", "retrieval_seeds",
-                  "retrieval_scored_seeds", "retrieval_new_tokens", "streameval_tokens", "streameval_lines_back",
+                  "retrieval_scored_seeds", "retrieval_new_tokens", "task_policies", "streameval_tokens", "streameval_lines_back",
                   "streameval_every", "streameval_scored_tokens", "recall_turns", "recall_turns_back",
                   "recall_more_policies", "head_split_shares", "head_split_tokens", "head_split_depths",
-                  "head_split_seeds", "head_map_method", "harness_seeds"],
+                  "head_split_seeds", "head_split_scored_seeds", "head_map_method", "harness_seeds"],
 }
 SECTION_OF = {name: section for section, names in SECTIONS.items() for name in names}
 
