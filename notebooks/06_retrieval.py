@@ -124,12 +124,12 @@ print(tokenizer.decode(task.ids[0, :task.prefix_tokens + 60]), '...')
 task.questions.groupby('lines_back').agg(questions=('line', 'size'), tokens_back=('tokens_back', 'mean'))
 
 # %% [markdown]
-# The same budget as the pass key. StreamingLLM also keeps the record's instructions as sinks, and the lab's press (burst eviction with the first `burst_configs` ratio) runs at this budget too. TOVA and H2O read token by token: they get the first `streameval_scored_tokens` of the stream (0 leaves them out).
+# The same budget as the pass key. StreamingLLM also keeps the record's instructions as sinks, and the lab's press (burst eviction with the first `burst_configs` ratio, when `task_policies` names it) runs at this budget too. TOVA and H2O read token by token: they get the first `streameval_scored_tokens` of the stream (0 leaves them out).
 
 # %%
 ratio = cfg.burst_configs[0][1]
-stream_policies = [Dense(), *window, streaming, streaming.with_sinks(min(task.prefix_tokens, budget // 2)),
-                   BurstEviction(cfg.n_sink, budget, ratio)]
+stream_policies = [Dense(), *window, streaming, streaming.with_sinks(min(task.prefix_tokens, budget // 2))]
+stream_policies += [BurstEviction(cfg.n_sink, budget, ratio)] if 'burst' in cfg.task_policies else []
 if cfg.streameval_scored_tokens:
     stream_policies += [TOVA(budget)] + cfg.h2o_policies(budget)[:1]
 for policy in stream_policies:

@@ -76,7 +76,7 @@ def test_profiles_load_and_validate():
         Config.load("smoke", head_map_method="gate")
     with pytest.raises(ValueError, match=r"head_split_scored_seeds must be an integer in \[0, 1\]; got 2"):
         Config.load("smoke", head_split_scored_seeds=2)  # smoke asks 1 key per depth
-    with pytest.raises(ValueError, match=r"task_policies must be a list of \['window', 'tova', 'h2o'\]; got \['tova', 'H2O'\]"):
+    with pytest.raises(ValueError, match=r"task_policies must be a list of \['window', 'tova', 'h2o', 'burst'\]; got \['tova', 'H2O'\]"):
         Config.load("smoke", task_policies=["tova", "H2O"])
     assert Config.load("paper-12b").device_map == "auto"
     for name, bad in (("streameval_lines_back", []), ("streameval_lines_back", [0]), ("streameval_every", 0),

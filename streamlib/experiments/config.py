@@ -24,7 +24,7 @@ TOKEN_COUNTS = ("ppl_tokens", "speed_prompt_tokens", "speed_new_tokens", "flops_
                 "sweep_sink_cache", "generation_prompt_tokens", "generation_new_tokens", "recompute_tokens",
                 "burst_tokens", "burst_new_tokens", "retrieval_cache", "quant_tokens")
 
-TASK_POLICIES = ["window", "tova", "h2o"]  # 06's optional policies beside Dense and StreamingLLM (task_policies)
+TASK_POLICIES = ["window", "tova", "h2o", "burst"]  # 06's optional policies beside Dense and StreamingLLM (task_policies)
 
 # A dry run: the profile's chain, every notebook and code path, offline on CPU in a few minutes.
 DRY_RUN_MODEL = "random:pythia-14m"  # random weights of the smallest Pythia shape
@@ -101,8 +101,8 @@ class Config:
     retrieval_seeds: int = 2  # trials per length and depth (a seed fixes the key)
     retrieval_scored_seeds: int = 1  # the same for TOVA and H2O, which read the prompt token by token
     retrieval_new_tokens: int = 8  # the answer's length
-    task_policies: list = field(default_factory=lambda: ["window", "tova", "h2o"])  # 06: beside Dense and
-    # StreamingLLM: Window (no sinks) in the pass key, StreamEval and recall; TOVA and H2O in the pass key
+    task_policies: list = field(default_factory=lambda: list(TASK_POLICIES))  # 06: beside Dense and StreamingLLM:
+    # Window (no sinks) in the pass key, StreamEval and recall; TOVA and H2O in the pass key; burst eviction in StreamEval
     streameval_tokens: int = 2048  # 06: the StreamEval stream (past the trained length shows what Dense does there)
     streameval_lines_back: list = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # how far back questions ask
     streameval_every: int = 3  # a question after every this many fact lines
