@@ -75,9 +75,9 @@ budget = cfg.retrieval_cache
 streaming = StreamingLLM(cfg.n_sink, budget - cfg.n_sink)
 keeps_prompt = streaming.with_sinks(min(trials[0].prefix_tokens, budget // 2))
 window = [Window(budget)] if 'window' in cfg.task_policies else []
-scored = ([TOVA(budget)] if 'tova' in cfg.task_policies else []) + \
+by_score = ([TOVA(budget)] if 'tova' in cfg.task_policies else []) + \
     (cfg.h2o_policies(budget) if 'h2o' in cfg.task_policies else [])
-policies = [Dense(), *window, streaming, keeps_prompt, *scored]
+policies = [Dense(), *window, streaming, keeps_prompt, *by_score]
 pd.DataFrame([{'label': p.label(), 'keeps (tokens)': p.budget} for p in policies])
 
 # %% [markdown]
