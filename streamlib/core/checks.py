@@ -23,6 +23,17 @@ def check_ints(name: str, values, minimum: int, maximum: int | None = None) -> N
             raise ValueError(str(err).replace(f"{name} must be an integer", f"{name} must hold integers")) from None
 
 
+def check_choice(name: str, value, choices: list) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+
+
+def check_choices(name: str, values, choices: list) -> None:
+    """``values`` must be a list whose every item is one of ``choices``."""
+    if not isinstance(values, list) or any(v not in choices for v in values):
+        raise ValueError(f"{name} must be a list of {choices}; got {values!r}")
+
+
 def check_bool(name: str, value) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False; got {value!r}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.checks import check_bool, check_int, check_ints
+from ..core.checks import check_bool, check_choice, check_choices, check_int, check_ints
 from ..loading import models as M
 from ..loading.data import repo_root
 from ..loading.head_maps import MAP_FILES
@@ -23,8 +23,8 @@ TOKEN_COUNTS = ("ppl_tokens", "speed_prompt_tokens", "speed_new_tokens", "flops_
                 "long_stream_tokens", "trace_tokens", "trace_every", "max_dense_tokens", "recompute_window",
                 "sweep_sink_cache", "generation_prompt_tokens", "generation_new_tokens", "recompute_tokens",
                 "burst_tokens", "burst_new_tokens", "retrieval_cache", "quant_tokens")
-
-TASK_POLICIES = ["window", "tova", "h2o", "burst"]  # 06's optional policies beside Dense and StreamingLLM (task_policies)
+TASK_POLICIES = ["window", "tova", "h2o", "burst"]  # 06's optional policies: Window (pass key, StreamEval, recall),
+# TOVA and H2O (pass key), burst eviction (StreamEval)
 
 # A dry run: the profile's chain, every notebook and code path, offline on CPU in a few minutes.
 DRY_RUN_MODEL = "random:pythia-14m"  # random weights of the smallest Pythia shape
@@ -101,8 +101,7 @@ class Config:
     retrieval_seeds: int = 2  # trials per length and depth (a seed fixes the key)
     retrieval_scored_seeds: int = 1  # the same for TOVA and H2O, which read the prompt token by token
     retrieval_new_tokens: int = 8  # the answer's length
-    task_policies: list = field(default_factory=lambda: list(TASK_POLICIES))  # 06: beside Dense and StreamingLLM:
-    # Window (no sinks) in the pass key, StreamEval and recall; TOVA and H2O in the pass key; burst eviction in StreamEval
+    task_policies: list = field(default_factory=lambda: list(TASK_POLICIES))  # 06: beside Dense and StreamingLLM
     streameval_tokens: int = 2048  # 06: the StreamEval stream (past the trained length shows what Dense does there)
     streameval_lines_back: list = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # how far back questions ask
     streameval_every: int = 3  # a question after every this many fact lines
@@ -116,10 +115,8 @@ class Config:
     head_split_depths: list = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7])  # where the key sits (all beyond
     # the window at 1,024 tokens and a budget of 128)
     head_split_seeds: int = 5  # trials per depth
-    head_split_scored_seeds: int = 0  # 06: TOVA and H2O on the first of those keys per depth (token by token, about
-    # a minute a 1K-token trial on 2 cores); 0 none
-    head_map_method: str = "retrieval"  # 06: the shipped map HeadSplit picks its heads from: "retrieval" (scores read
-    # from Dense's attention, Wu et al. 2024) or "gates" (DuoAttention's trained gates, Xiao et al. 2024)
+    head_split_scored_seeds: int = 0  # TOVA and H2O on the first of those seeds (token by token: slow); 0 none
+    head_map_method: str = "retrieval"  # 06: HeadSplit's map: "retrieval" scores (Wu et al.) or DuoAttention's "gates"
     harness_seeds: int = 0  # 06: the pass key through lm-evaluation-harness, this many keys per depth (0: no section)
     quant_bits: list = field(default_factory=list)  # 03: quantized KV caches at these bit widths (8, 4, 2); [] none
     quant_budget: int = 256  # 03: the full-precision cache the equal-memory series matches (4+252 = 8-bit 4+508 ...)
@@ -176,16 +173,14 @@ class Config:
         check_int("recall_turns", self.recall_turns, 0)
         check_ints("recall_turns_back", self.recall_turns_back, 1)
         check_bool("recall_more_policies", self.recall_more_policies)
-        if not isinstance(self.task_policies, list) or any(p not in TASK_POLICIES for p in self.task_policies):
-            raise ValueError(f"task_policies must be a list of {TASK_POLICIES}; got {self.task_policies!r}")
+        check_choices("task_policies", self.task_policies, TASK_POLICIES)
         if not isinstance(self.head_split_shares, list) or any(
                 isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= 1 for s in self.head_split_shares):
             raise ValueError(f"head_split_shares must be a list of numbers in (0, 1]; got {self.head_split_shares!r}")
         check_int("head_split_tokens", self.head_split_tokens, 64)
         check_int("head_split_seeds", self.head_split_seeds, 1)
         check_int("head_split_scored_seeds", self.head_split_scored_seeds, 0, self.head_split_seeds)
-        if self.head_map_method not in MAP_FILES:
-            raise ValueError(f"head_map_method must be one of {sorted(MAP_FILES)}; got {self.head_map_method!r}")
+        check_choice("head_map_method", self.head_map_method, sorted(MAP_FILES))
         check_int("harness_seeds", self.harness_seeds, 0)
         for depth in self.head_split_depths:
             if isinstance(depth, bool) or not isinstance(depth, (int, float)) or not 0 <= depth <= 1:
@@ -245,10 +240,8 @@ class Config:
                              f"'figures/gemma3-270m'; got {self.figures_dir!r}")
         if self.device_map not in (None, "auto"):
             raise ValueError(f"device_map must be None or 'auto'; got {self.device_map!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be one of 'auto', 'cpu', 'cuda'; got {self.device!r}")
-        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise ValueError(f"dtype must be one of 'auto', 'float32', 'float16', 'bfloat16'; got {self.dtype!r}")
+        check_choice("device", self.device, ["auto", "cpu", "cuda"])
+        check_choice("dtype", self.dtype, ["auto", "float32", "float16", "bfloat16"])
         if not (isinstance(self.generation_temperature, (int, float)) and self.generation_temperature >= 0):
             raise ValueError(f"generation_temperature must be >= 0 (0: greedy); got {self.generation_temperature!r}")
         if not (isinstance(self.generation_top_p, (int, float)) and 0 < self.generation_top_p <= 1):
