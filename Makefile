@@ -22,9 +22,10 @@ lab: env
 	.venv/bin/jupyter lab --ServerApp.root_dir=notebooks $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 # Two processes of one thread each (OMP_NUM_THREADS=1 reaches the notebook kernels the dry runs start, so two
-# processes never run four threads on two cores); each file's tests stay in one process (tests/conftest.py).
+# processes never run four threads on two cores); each file's tests stay in one process, so a file's models and the
+# smoke chain are made once, and the longest files go first (tests/conftest.py).
 test: env
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup --durations=25
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 bench: env
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_policies.py

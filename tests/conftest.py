@@ -132,14 +132,44 @@ def peaky_gemma_sdpa():
 RULES = {"tova": "current", "h2o": "accumulated"}
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist keeps in one process")
+# Files of a minute or more on 2 cores, longest first (``--durations``, 2026-12-04): ``make test`` deals whole files
+# to its two processes in this order (``--dist loadfile --no-loadscope-reorder``), the longest first so that neither
+# process is left with a long file at the end; the others follow in their usual order.
+LONGEST_FIRST = ["test_workbook", "test_dry_runs_paper", "test_dry_runs", "test_smollm2", "test_gemma3",
+                 "test_generation", "test_harness", "test_streameval", "test_policies", "test_compiled"]
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist with ``--dist loadgroup`` (``make test``: two processes) each file's tests run in one
-    process, so a file's models and the smoke chain are made once, while the dry runs, each a whole notebook chain,
-    are dealt out one by one."""
-    for item in items:
-        if item.module.__name__ != "test_dry_runs":
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))  # stable: the rest keep their order
+
+
+def check_dry_run(profile: str, tmp_path) -> None:
+    """``python -m streamlib run --profile <profile> --dry-run`` runs quietly to its report, marked as a dry run in
+    the report, the config and 03's output, with no failed measurement and only the dry run's model."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import nbformat
+
+    from streamlib.experiments.records import load_results
+
+    run_dir = tmp_path / profile
+    proc = subprocess.run([sys.executable, "-m", "streamlib", "run", "--profile", profile, "--dry-run",
+                           "--run-dir", str(run_dir)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "WARNING" not in proc.stdout + proc.stderr and "Warning" not in proc.stderr  # quiet runs
+    assert "(dry run)" in proc.stdout
+    report = (run_dir / "report.md").read_text()
+    assert "DRY RUN" in report.splitlines()[2]
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["dry_run"] and cfg["profile"] == profile and not cfg["export_figures"]
+    df = load_results(run_dir)
+    assert (df.status == "failed").sum() == 0
+    assert set(df.model) == {cfg["model"]}
+    executed = nbformat.read(run_dir / "03_sweep.ipynb", as_version=4)
+    assert "DRY RUN" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))

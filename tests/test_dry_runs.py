@@ -1,17 +1,16 @@
-"""Dry runs: the cpu, paper and paper-12b profiles' whole chains offline on random weights, and the million-token
-profile's own notebooks, each as a user runs it (``python -m streamlib run --profile P --dry-run``). Apart from
-tests/test_workbook.py so that the two chains of tests run side by side under ``make test``."""
+"""Dry runs: the cpu profile's whole chain offline on random weights, and the million-token profile's own notebooks,
+each as a user runs it (``python -m streamlib run --profile P --dry-run``); the paper profiles' are in
+tests/test_dry_runs_paper.py. Files apart from tests/test_workbook.py so that ``make test``'s two processes run the
+chains side by side."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pandas as pd
-import pytest
 import yaml
 
+from conftest import check_dry_run
 from streamlib.experiments.config import PROFILES_DIR, Config
 from streamlib.experiments.records import load_results
 
@@ -45,21 +44,5 @@ def test_the_long_profile_runs_its_own_notebooks(tmp_path):
     assert (run_dir / "figures" / "fig12_kv_whole_stream.png").is_file()
 
 
-@pytest.mark.parametrize("profile", ["cpu", "paper", "paper-12b"])
-def test_dry_run_of_a_profile_runs_offline(profile, tmp_path):
-    run_dir = tmp_path / profile
-    proc = subprocess.run([sys.executable, "-m", "streamlib", "run", "--profile", profile, "--dry-run",
-                           "--run-dir", str(run_dir)], capture_output=True, text=True, cwd=ROOT,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "WARNING" not in proc.stdout + proc.stderr and "Warning" not in proc.stderr  # quiet runs
-    assert "(dry run)" in proc.stdout
-    report = (run_dir / "report.md").read_text()
-    assert "DRY RUN" in report.splitlines()[2]
-    cfg = json.loads((run_dir / "config.json").read_text())
-    assert cfg["dry_run"] and cfg["profile"] == profile and not cfg["export_figures"]
-    df = load_results(run_dir)
-    assert (df.status == "failed").sum() == 0
-    assert set(df.model) == {cfg["model"]}
-    executed = nbformat.read(run_dir / "03_sweep.ipynb", as_version=4)
-    assert "DRY RUN" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+def test_dry_run_of_the_cpu_profile_runs_offline(tmp_path):
+    check_dry_run("cpu", tmp_path)

@@ -31,11 +31,11 @@ DRY_RUN_MODEL = "random:pythia-14m"  # random weights of the smallest Pythia sha
 DRY_RUN_TOKENIZER = "micro"  # the embedded tokenizer (4096 ids, all valid for Pythia's 50304-token vocabulary)
 DRY_RUN_CORPORA = ["kjv-heldout", "kjv-train"]  # embedded text in place of the profile's datasets
 DRY_RUN_CACHE_DIVISOR = 4  # cache sizes and windows shrink by this
-DRY_RUN_CAPS = {"ppl_tokens": 512, "sweep_tokens": 1024, "long_stream_tokens": 2048, "trace_tokens": 512,
+DRY_RUN_CAPS = {"ppl_tokens": 512, "sweep_tokens": 1024, "long_stream_tokens": 2048, "trace_tokens": 256,
                 "trace_every": 32, "max_dense_tokens": 2048, "streameval_tokens": 1024, "streameval_scored_tokens": 256,
                 "recompute_tokens": 256, "speed_prompt_tokens": 256, "speed_new_tokens": 16,
                 "speed_repeats": 1, "flops_tokens": 128, "generation_prompt_tokens": 32,
-                "generation_new_tokens": 384, "burst_tokens": 1024, "burst_new_tokens": 64, "quant_tokens": 1024}
+                "generation_new_tokens": 192, "burst_tokens": 512, "burst_new_tokens": 64, "quant_tokens": 512}
 
 
 class ConfigError(ValueError):
@@ -345,4 +345,6 @@ def dry_run_values(values: dict) -> dict:
     v["burst_configs"] = [[max(16, capacity // div), ratio] for capacity, ratio in v.get("burst_configs", [[256, 0.7]])]
     for name, cap in DRY_RUN_CAPS.items():
         v[name] = min(v.get(name, cap), cap)
+    # the sweep's stream a quarter past its largest cache (token-mode policies pay a step per token)
+    v["sweep_tokens"] = min(v["sweep_tokens"], max(512, max(v["sweep_cache_sizes"]) * 5 // 4))
     return v
