@@ -18,7 +18,7 @@ from lm_eval.models.huggingface import HFLM  # noqa: E402
 
 from streamlib.caches.generation import stream_generate  # noqa: E402
 from streamlib.loading.models import load_model, load_tokenizer  # noqa: E402
-from streamlib.metrics.harness import StreamlibLM  # noqa: E402
+from streamlib.metrics.harness import StreamlibLM, own_tasks_only  # noqa: E402
 from streamlib.metrics.harness_tasks import CHOICE, PASSKEY, PERPLEXITY, prose_documents, task_configs  # noqa: E402
 from streamlib.metrics.quality import token_nll  # noqa: E402
 from streamlib.policies import StreamingLLM  # noqa: E402
@@ -52,7 +52,8 @@ def test_dense_equals_the_harness_hf_backend(smollm2, tokenizer, tmp_path):
     runs = {}
     for name, lm in (("hf", HFLM(pretrained=smollm2, tokenizer=tokenizer, batch_size=1)),
                      ("streamlib", StreamlibLM(smollm2, "dense", tokenizer=tokenizer))):
-        runs[name] = lm_eval.simple_evaluate(model=lm, tasks=tasks, log_samples=True, bootstrap_iters=0)
+        runs[name] = lm_eval.simple_evaluate(model=lm, tasks=tasks, log_samples=True, bootstrap_iters=0,
+                                             task_manager=own_tasks_only())
     for task in (PERPLEXITY, CHOICE):
         got, want = _per_sample(runs["streamlib"], task), _per_sample(runs["hf"], task)
         assert len(got) == len(want) > 0
