@@ -346,5 +346,5 @@ def dry_run_values(values: dict) -> dict:
     for name, cap in DRY_RUN_CAPS.items():
         v[name] = min(v.get(name, cap), cap)
     # the sweep's stream a quarter past its largest cache (token-mode policies pay a step per token)
-    v["sweep_tokens"] = min(v["sweep_tokens"], max(512, max(v["sweep_cache_sizes"]) * 5 // 4))
+    v["sweep_tokens"] = min(v["sweep_tokens"], max(512, max(v["sweep_cache_sizes"], default=0) * 5 // 4))
     return v
