@@ -3,7 +3,8 @@ random SmolLM2-135M weights by default; on CUDA it uses the GPU):
 
   1. decode step of StreamingLLM 4+252 and 4+1020 at 8 and 4 bits, each against the full-precision cache of its size
      (rounds alternate the policies against drift): what rebuilding the keys and values from codes costs per step
-     (goal: at most 1.15x)
+     (goal: at most 1.15x); each quantized cache twice: its rebuild eager, and compiled from the first call
+     (``quant_fused.FUSED_AFTER = 0``; by default a process compiles a shape after 4,096 eager rebuilds of it)
   2. evaluation throughput (tokens/s, chunked): a quantized cache reads a stream in chunks of at most its residual
      (goal: at least 1 / 1.5 of full precision's)
   3. KV bytes after a full cache, against full precision's of the same size: allocated (what ``generate``'s KV line
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 from bench_policies import bench_model, bench_parser, median_step
 
+from streamlib.caches import quant_fused, quant_store
 from streamlib.metrics.quality import token_nll
 from streamlib.policies import StreamingLLM
 
@@ -48,16 +50,24 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=2048)
     args = ap.parse_args()
     model, tag, info = bench_model(args)
-    policies = {f"{name} 4+{window}": StreamingLLM(4, window, bits=bits)
-                for window in (252, 1020) for name, bits in (("fp", 16), ("int8", 8), ("int4", 4))}
+    policies, fused_after = {}, {}
+    for window in (252, 1020):
+        for name, bits in (("fp", 16), ("int8", 8), ("int4", 4)):
+            for rebuild, after in (("", None), (" compiled", 0)) if bits < 16 else (("", None),):
+                policies[f"{name} 4+{window}{rebuild}"] = StreamingLLM(4, window, bits=bits)
+                fused_after[f"{name} 4+{window}{rebuild}"] = after
     base = {name: f"fp {name.split()[1]}" for name in policies}  # the full-precision cache of the same size
+
+    def measure(name, fn, *a):
+        quant_fused.FUSED_AFTER = fused_after[name]
+        return fn(model, policies[name], *a)
 
     steps = {name: [] for name in policies}
     for _ in range(args.rounds):
         for name, policy in policies.items():
-            steps[name].append(median_step(model, policy, 2 * policy.budget, args.steps))
+            steps[name].append(measure(name, median_step, 2 * policy.budget, args.steps))
     step = {name: statistics.median(t) for name, t in steps.items()}
-    throughput = {name: eval_throughput(model, p, args.eval_tokens) for name, p in policies.items()}
+    throughput = {name: measure(name, eval_throughput, args.eval_tokens) for name in policies}
     kv = {name: kv_bytes(model, p, 2 * p.budget) for name, p in policies.items()}
     allocated = {name: a for name, (a, _) in kv.items()}
     held = {name: h for name, (_, h) in kv.items()}
@@ -74,7 +84,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"quant-{info['device']}-{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
     for name in policies:
-        print(f"{name:12s} decode step x{result['decode_step_vs_fp'][name]:.2f}, evaluation x"
+        print(f"{name:21s} decode step x{result['decode_step_vs_fp'][name]:.2f}, evaluation x"
               f"{result['eval_vs_fp'][name]:.2f}, KV allocated x{result['kv_allocated_vs_fp'][name]:.3f}, held x"
               f"{result['kv_held_vs_fp'][name]:.3f} (against {base[name]})")
 

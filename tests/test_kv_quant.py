@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from streamlib.caches import quant as kv_quant
+from streamlib.caches import quant_fused, quant_store
 from streamlib.caches.generation import stream_generate
 from streamlib.metrics.quality import token_nll
 from streamlib.naive import NaiveQuant, burst_kept_indices, naive_scored_nll, naive_streaming_nll
@@ -265,3 +266,36 @@ def test_compiling_and_long_plain_calls_are_refused_with_directions(peaky_llama,
     with pytest.raises(ValueError, match="head size 30 does not divide"):
         model = make_peaky_llama(head_dim=30, hidden_size=60)
         token_nll(model, ids[:, :10], StreamingLLM(4, 60, True, 2))
+
+
+@pytest.mark.parametrize("policy", [StreamingLLM(4, 28, bits=4), TOVA(32, bits=8)], ids=str)
+def test_compiled_rebuild_equals_the_eager_one(policy, ids, monkeypatch):
+    """The rebuild inductor compiles for hot shapes (float32 on a CPU) gives every slot the key and value the eager
+    rebuild gives from the same codes (float32 rounding apart), keys per channel (StreamingLLM, GPT-NeoX's partial
+    rotary) and per token (TOVA); the shape is compiled only after FUSED_AFTER eager rebuilds of it."""
+    monkeypatch.setattr(quant_fused, "FUSED", quant_fused.FusedRebuilds())
+    monkeypatch.setattr(quant_fused, "FUSED_AFTER", 0)
+    eager_rebuild = quant_store.QuantizedStore.rebuild
+    worst, compared = [0.0], []
+
+    def both(store, layer, position):
+        monkeypatch.setattr(quant_fused, "FUSED_AFTER", None)
+        eager_rebuild(store, layer, position)
+        keys, values = layer.keys.clone(), layer.values.clone()
+        monkeypatch.setattr(quant_fused, "FUSED_AFTER", 0)
+        eager_rebuild(store, layer, position)
+        worst[0] = max(worst[0], (keys - layer.keys).abs().max().item(), (values - layer.values).abs().max().item())
+        compared.append(position)
+
+    monkeypatch.setattr(quant_store.QuantizedStore, "rebuild", both)
+    model = make_peaky_model()
+    layers = model.config.num_hidden_layers
+    token_nll(model, ids, policy, mode="token")  # a call per token but the last
+    assert len(quant_fused.FUSED.compiled) == 1 and len(compared) == (ids.shape[1] - 1) * layers
+    assert worst[0] < 1e-5
+
+    monkeypatch.setattr(quant_store.QuantizedStore, "rebuild", eager_rebuild)
+    monkeypatch.setattr(quant_fused, "FUSED", quant_fused.FusedRebuilds())
+    monkeypatch.setattr(quant_fused, "FUSED_AFTER", 100)
+    token_nll(model, ids[:, :20], policy, mode="token")  # 19 calls a layer: eager
+    assert not quant_fused.FUSED.compiled and max(quant_fused.FUSED.calls.values()) == 19 * layers

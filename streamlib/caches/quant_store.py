@@ -9,6 +9,7 @@ lets the layer's own ``place`` run unchanged (the ring, the chunk plans, the bur
 keeps the new tokens and, at a block's end, quantizes the block (its keys turned back to unrotated) into the slots
 that hold its tokens (``layer.slot_positions()``). A call never crosses a block: the layer's loops cut chunks there, and a longer plain
 call is refused.
+On a CPU, float32 rebuilds of a shape the process has made often are compiled: :mod:`streamlib.caches.quant_fused`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 import torch
 
 from ..core.rotary import rotate, rotation_tables
+from . import quant_fused
 from .quant import (SCALE_DTYPE, KVQuantSpec, compute_dtype, full_precision, group_size, held_bytes, pack,
                     quantize_per_channel, quantize_per_token, unpack)
 
@@ -234,6 +236,11 @@ class QuantizedStore:
         positions alone is worked out once per step for the layers that share it (:meth:`SlotScratch.plan`)."""
         q = self.quant
         plan = self.scratch.plan(layer, position, self)
+        if quant_fused.rebuild(self, layer, plan):  # the sinks as below
+            self.copy_full_precision(layer, plan)
+            if layer.n_sink:
+                layer.sink_delta = None
+            return layer.place_sinks(-layer.offset) if layer.n_sink and position < layer.capacity else None
         k_dim = self.recent_keys.shape[-1]
         codes = unpack(self.codes, q.bits).to(compute_dtype(layer.values.dtype))
         key_codes, value_codes = codes[..., :k_dim], codes[..., k_dim:]
@@ -283,6 +290,14 @@ class QuantizedStore:
             # while the cache fills the layer takes its sink slots as they are: the sinks as first rotated, moved to
             # the frame
             layer.place_sinks(-layer.offset)
+
+    def copy_full_precision(self, layer, plan: SlotPlan) -> None:
+        """The slots a query sees in full precision (the current block, the full-precision sinks' values), over the
+        rebuilt ones (slots shared by the rows)."""
+        for slots, store_k, store_v, source in plan.full_precision(self):
+            layer.values.index_copy_(2, slots, store_v.index_select(2, source))
+            if store_k is not None:
+                layer.keys.index_copy_(2, slots, store_k.index_select(2, source))
 
     def quantize_block(self, layer, block: int) -> None:
         """After the step of ``block``'s last token: quantize the block's tokens the layer holds (those that step
