@@ -75,8 +75,10 @@ def main() -> None:
     def ratios(values):
         return {k: v / values[base[k]] for k, v in values.items()}
 
+    # each round's ratio against the same round's full precision: the spread of the interleaved rounds
+    round_ratios = {k: [t / steps[base[k]][i] for i, t in enumerate(v)] for k, v in steps.items()}
     result = {"machine": info, "torch_threads": torch.get_num_threads(), "decode_step_s": step,
-              "decode_step_vs_fp": ratios(step), "eval_tokens_per_s": throughput, "eval_vs_fp": ratios(throughput),
+              "decode_step_vs_fp": ratios(step), "decode_step_vs_fp_rounds": round_ratios, "eval_tokens_per_s": throughput, "eval_vs_fp": ratios(throughput),
               "kv_allocated_bytes": allocated, "kv_allocated_vs_fp": ratios(allocated),
               "kv_held_bytes": held, "kv_held_vs_fp": ratios(held)}
     print(json.dumps(result, indent=1))
@@ -84,7 +86,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"quant-{info['device']}-{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
     for name in policies:
-        print(f"{name:21s} decode step x{result['decode_step_vs_fp'][name]:.2f}, evaluation x"
+        spread = round_ratios[name]
+        print(f"{name:21s} decode step x{result['decode_step_vs_fp'][name]:.2f} (rounds {min(spread):.2f}-"
+              f"{max(spread):.2f}), evaluation x"
               f"{result['eval_vs_fp'][name]:.2f}, KV allocated x{result['kv_allocated_vs_fp'][name]:.3f}, held x"
               f"{result['kv_held_vs_fp'][name]:.3f} (against {base[name]})")
 
