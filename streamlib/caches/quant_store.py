@@ -3,11 +3,12 @@
 A layer that quantizes holds a :class:`QuantizedStore` as a part (``layer.store``), as transformers' quantized cache
 layers hold their backend: between calls the store keeps codes (packed ``8 // bits`` to a byte) per slot, the value
 scales per slot, the key scales per block (per slot for keys grouped per token), the current block as the model gave
-it (keys at their frame positions, turned along when the frame moves) and the full-precision sinks' values. Before a call it rebuilds every slot's key (rotated to its frame position) and value into a
-scratch that all quantized layers of a cache share (a layer's attention is over before the next layer's update) and
-lets the layer's own ``place`` run unchanged (the ring, the chunk plans, the bursts, the scores). After the call it
-keeps the new tokens and, at a block's end, quantizes the block (its keys turned back to unrotated) into the slots
-that hold its tokens (``layer.slot_positions()``). A call never crosses a block: the layer's loops cut chunks there, and a longer plain
+it (keys at their frame positions, turned along when the frame moves) and the full-precision sinks' values. Before a
+call it rebuilds every slot's key (rotated to its frame position) and value into a scratch that all quantized layers
+of a cache share (a layer's attention is over before the next layer's update) and lets the layer's own ``place`` run
+unchanged (the ring, the chunk plans, the bursts, the scores). After the call it keeps the new tokens and, at a
+block's end, quantizes the block (its keys turned back to unrotated) into the slots that hold its tokens
+(``layer.slot_positions()``). A call never crosses a block: the layer's loops cut chunks there, and a longer plain
 call is refused.
 On a CPU, float32 rebuilds of a shape the process has made often are compiled: :mod:`streamlib.caches.quant_fused`.
 """
@@ -234,13 +235,23 @@ class QuantizedStore:
         more than their size): one unpack of the key and value codes together, one multiply-add each for keys and
         values, and the rotation as ``k * cos + k[perm] * sin`` over the whole head; what depends on the slots'
         positions alone is worked out once per step for the layers that share it (:meth:`SlotScratch.plan`)."""
-        q = self.quant
         plan = self.scratch.plan(layer, position, self)
-        if quant_fused.rebuild(self, layer, plan):  # the sinks as below
+        if not quant_fused.rebuild(self, layer, plan):
+            self.dequantize(layer, plan)
+        if plan.shared:  # one set of slots for every row: the few full-precision ones copied over
             self.copy_full_precision(layer, plan)
-            if layer.n_sink:
-                layer.sink_delta = None
-            return layer.place_sinks(-layer.offset) if layer.n_sink and position < layer.capacity else None
+        if layer.n_sink:
+            layer.sink_delta = None  # the sink slots were overwritten; the layer's place rewrites them
+        if layer.n_sink and position < layer.capacity:
+            # while the cache fills the layer takes its sink slots as they are: the sinks as first rotated, moved to
+            # the frame
+            layer.place_sinks(-layer.offset)
+
+    @torch.no_grad()
+    def dequantize(self, layer, plan: SlotPlan) -> None:
+        """The eager rebuild: every slot's value and rotated key from the codes, the full-precision ones where the
+        rows hold their own tokens, and the freshly quantized sinks' keys as first rotated."""
+        q = self.quant
         k_dim = self.recent_keys.shape[-1]
         codes = unpack(self.codes, q.bits).to(compute_dtype(layer.values.dtype))
         key_codes, value_codes = codes[..., :k_dim], codes[..., k_dim:]
@@ -258,10 +269,7 @@ class QuantizedStore:
         else:
             keys = key_codes.unflatten(-1, (-1, self.key_group)) * self.key_scale[..., None]
             keys = keys.add_(self.key_zero[..., None]).flatten(-2)
-        if plan.shared:  # one set of slots for every row: copy the few full-precision values (keys below)
-            for slots, _, store_v, source in plan.full_precision(self):
-                values.index_copy_(2, slots, store_v.index_select(2, source))
-        else:  # each row (H2O's kv heads) holds its own tokens
+        if not plan.shared:  # each row (H2O's kv heads) holds its own tokens
             recent = plan.recent[..., None]
             index = plan.recent_index
             values.copy_(torch.where(recent, self.recent_values.gather(2, index.expand(-1, -1, -1, values.shape[-1])),
@@ -270,30 +278,20 @@ class QuantizedStore:
             cos, sin = rotation_tables(torch.arange(layer.n_sink), layer.rotations.info, layer.device)
             rotate(keys[:, :, : layer.n_sink], cos, sin, out=layer.sink_keys)
             self.sinks_requantized = False
-        if layer.n_sink:
-            layer.sink_delta = None  # the sink slots are overwritten below; the layer's place rewrites them
         if keys.dtype == torch.float32:
             torch.mul(keys, plan.cos, out=layer.keys)
             layer.keys.addcmul_(plan.partners(keys), plan.sin)
         else:  # rotate in float32, as the model does
             cos, sin = plan.tables
             rotate(keys, cos, sin, out=layer.keys)
-        # the current block's keys, kept at their frame positions
-        if plan.shared:
-            slots, source = plan.slots[0], plan.sources[0]
-            if slots.numel():
-                layer.keys.index_copy_(2, slots, self.recent_keys.index_select(2, source))
-        else:
+        if not plan.shared:  # the current block's keys, kept at their frame positions
             index = plan.recent_index.expand(-1, -1, -1, keys.shape[-1])
             layer.keys.copy_(torch.where(plan.recent[..., None], self.recent_keys.gather(2, index), layer.keys))
-        if layer.n_sink and position < layer.capacity:
-            # while the cache fills the layer takes its sink slots as they are: the sinks as first rotated, moved to
-            # the frame
-            layer.place_sinks(-layer.offset)
 
     def copy_full_precision(self, layer, plan: SlotPlan) -> None:
-        """The slots a query sees in full precision (the current block, the full-precision sinks' values), over the
-        rebuilt ones (slots shared by the rows)."""
+        """The slots a query sees in full precision over the rebuilt ones, where the rows share their slots: the
+        current block's keys (at their frame positions) and values, the full-precision sinks' values (their keys are
+        the layer's own ``sink_keys``)."""
         for slots, store_k, store_v, source in plan.full_precision(self):
             layer.values.index_copy_(2, slots, store_v.index_select(2, source))
             if store_k is not None:
