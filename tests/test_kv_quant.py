@@ -96,6 +96,35 @@ def test_streamingllm_exact_against_reference(request, family, policy, ids):
         torch.testing.assert_close(got, expected, atol=TOL, rtol=0, msg=f"{mode} {chunk}")
 
 
+def test_chunks_cross_blocks_where_each_block_is_whole(llama64, ids):
+    """A chunk runs to its size across the residual's blocks (its later blocks' queries attend to the earlier blocks'
+    quantized copies), from the start of the stream, while the cache fills and once it is full: exact against the
+    reference (chunks from the start and past a full cache are also in test_streamingllm_exact_against_reference).
+    Where the window is below the residual a block's first tokens leave before it is quantized, and chunks stop at
+    each block; with quantized sinks the stream starts in plain calls within a block."""
+    policy = StreamingLLM(4, 24, True, 4, 8)
+    expected = naive_streaming_nll(llama64, ids, 4, 24, True, quant=reference_quant(policy)).float()
+    cache = policy.make_cache(llama64)
+    assert cache.crosses_blocks
+    calls, nll = [], []
+    for part, chunk in ((ids[:, :6], 40), (ids[:, 6:-1], 40)):  # 6 tokens in a plain call, then chunks from 6
+        for start, logits in cache.feed(llama64, part, chunk_size=chunk):
+            calls.append(logits.shape[1])
+            nll.append(logits[0].float().log_softmax(-1))
+    assert calls == [6, 40, 40, 9]  # the first chunk crosses blocks 0-5 and fills the cache (29 slots)
+    targets = ids[0, 1:]
+    got = -torch.cat(nll).gather(1, targets[:, None])[:, 0]
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=0)
+    cut = StreamingLLM(4, 20, True, 4, 32).make_cache(llama64)
+    assert not cut.crosses_blocks
+    calls = [(start, logits.shape[1]) for start, logits in cut.feed(llama64, ids, chunk_size=40)]
+    assert max(n for _, n in calls) == 32
+    assert all(start // 32 == (start + n - 1) // 32 for start, n in calls)
+    sinks_quantized = StreamingLLM(4, 24, True, 4, 8, True).make_cache(llama64)
+    calls = [logits.shape[1] for _, logits in sinks_quantized.feed(llama64, ids, chunk_size=40)]
+    assert calls == [8, 8, 8, 5, 40, 27]  # plain calls within a block until full, then chunks across blocks
+
+
 def test_eight_bits_and_window_exact_against_reference(neox64, ids):
     """At 8 bits a code step is small enough that the model's own float32 rotary angles (which the cache turns back
     exactly) can move a key across a rounding boundary on the fully rotated Llama heads; GPT-NeoX rotates a quarter

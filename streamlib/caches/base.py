@@ -85,6 +85,7 @@ class StreamingCache(PolicyCache, Cache):
 
     chunkable = True
     starts_in_chunk = False
+    crosses_blocks = False  # a quantized cache's chunks may cross its blocks (the layers' plans say how)
 
     def __init__(self, spec, layers: list[StreamLayer], rotations: Rotations, rebase_interval: int = 256,
                  quant=None, scratch=None, layer_types: tuple | None = None, rotate_queries: bool = False):
@@ -95,7 +96,7 @@ class StreamingCache(PolicyCache, Cache):
         self.rotate_queries = rotate_queries  # chunks turn each query to the sinks (through the hand-over)
         self._workspace = Workspace()
         if quant is not None:
-            self.starts_in_chunk = False  # every call stays inside one block of the residual
+            self.starts_in_chunk = False  # unless its chunks can cross the blocks of its residual (the cache says)
             self.fixed_shape = False
             self.why_not_compiled = "its keys and values are rebuilt from codes at every step"
         self.rotations = rotations
@@ -166,8 +167,10 @@ class StreamingCache(PolicyCache, Cache):
 
     def chunk_room(self, chunk_size: int) -> int:
         """How many tokens the next chunk may hold: ``chunk_size``, unless a kind of layer takes less at once (a
-        quantized cache: the rest of the residual's block)."""
-        return chunk_size if self.quant is None else min(chunk_size, self.quant.room(self.position))
+        quantized cache whose chunks cannot cross its blocks: the rest of the residual's block)."""
+        if self.quant is None or self.crosses_blocks:
+            return chunk_size
+        return min(chunk_size, self.quant.room(self.position))
 
     def held_positions(self, layer_idx: int = 0) -> torch.Tensor:
         return self.layers[layer_idx].held_positions()
@@ -212,6 +215,11 @@ class StreamingCache(PolicyCache, Cache):
     def check_chunk(self, n: int) -> None:
         """Raise when the cache cannot take a chunk of ``n`` tokens now."""
 
+    def chunks_before_full(self) -> bool:
+        """Whether the next call may be a chunk although the cache is not full: a stream's first, for a cache that
+        ``starts_in_chunk``."""
+        return self.position == 0 and self.starts_in_chunk
+
     @contextmanager
     def chunk(self, n: int, dtype: torch.dtype, device):
         """Feed the next ``n`` tokens in one call with masks of the cache's own: yields the ``position_ids`` and the
@@ -246,16 +254,17 @@ class StreamingCache(PolicyCache, Cache):
         cache is first filled with one plain call (no token needs an eviction yet), then each chunk gets its own
         positions and mask inside ``with self.chunk(...)``; a cache that ``starts_in_chunk`` takes a stream longer
         than itself in a chunk from the start instead, with no filling call. A cache that is not ``chunkable`` takes
-        one token per call once full."""
+        one token per call once full; a quantized cache whose chunks cross blocks takes chunks while it fills too,
+        where plain calls would stop at each block."""
         if chunk_size is None:
             chunk_size = self.default_chunk_size()
         total, start = input_ids.shape[1], 0
         while start < total:
             self.maybe_rebase()
             room = self.plain_room()
-            first_chunk = self.position == 0 and self.starts_in_chunk and min(chunk_size, total) > room
+            early_chunk = self.chunks_before_full() and min(chunk_size, total - start) > room
             chunked = False
-            if room > 0 and not first_chunk:  # filling: a plain causal call is exact
+            if room > 0 and not early_chunk:  # filling: a plain causal call is exact
                 n = min(room, chunk_size, total - start)
             elif chunk_size == 1 or total - start == 1 or not self.chunkable:
                 n = 1

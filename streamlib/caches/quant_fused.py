@@ -20,7 +20,7 @@ def dequantized_slots(codes, value_scale, value_zero, key_scale, key_zero, entry
     """Every slot's value and rotated key, from the codes, as one expression for inductor to fuse (the eager
     :meth:`~streamlib.caches.quant_store.QuantizedStore.dequantize` computes the same). ``entry``: each slot's
     key-scale entry (keys per channel); ``cos``, ``sin``: each slot's rotation over the whole head, ``sin`` signed
-    (:class:`~streamlib.caches.quant_store.SlotPlan`)."""
+    (:class:`~streamlib.caches.quant_slots.SlotPlan`)."""
     if bits == 8:
         unpacked = codes
     else:  # the planes of pack(), by shifts broadcast over a new axis instead of a concatenation

@@ -8,8 +8,10 @@ call it rebuilds every slot's key (rotated to its frame position) and value into
 of a cache share (a layer's attention is over before the next layer's update) and lets the layer's own ``place`` run
 unchanged (the ring, the chunk plans, the bursts, the scores). After the call it keeps the new tokens and, at a
 block's end, quantizes the block (its keys turned back to unrotated) into the slots that hold its tokens
-(``layer.slot_positions()``). A call never crosses a block: the layer's loops cut chunks there, and a longer plain
-call is refused.
+(``layer.slot_positions()``). A plain call never crosses a block (a longer one is refused); a chunk crosses blocks
+where its plan gives the later blocks' queries the earlier blocks' quantized copies (``block_keys``), which the store
+writes (:meth:`QuantizedStore.quantize_crossed`); elsewhere the layer's loops cut chunks at each block. The scratch and
+each step's plan of the slots are :mod:`streamlib.caches.quant_slots`.
 On a CPU, float32 rebuilds of a shape the process has made often are compiled: :mod:`streamlib.caches.quant_fused`.
 """
 
@@ -21,111 +23,9 @@ import torch
 
 from ..core.rotary import rotate, rotation_tables
 from . import quant_fused
-from .quant import (SCALE_DTYPE, KVQuantSpec, compute_dtype, full_precision, group_size, held_bytes, pack,
+from .quant import (SCALE_DTYPE, KVQuantSpec, compute_dtype, dequantize_per_token, group_size, held_bytes, pack,
                     quantize_per_channel, quantize_per_token, unpack)
-
-
-class SlotScratch:
-    """The full-precision keys and values a quantized layer is rebuilt into before each call, one buffer per device and
-    shape shared by every quantized layer of a cache; the table of rotations by every delta; and each step's
-    :class:`SlotPlan`, which the layers of one kind share."""
-
-    def __init__(self):
-        self._buffers: dict = {}
-        self._plans: dict = {}
-        self._heads: dict = {}
-
-    def __call__(self, batch, heads, slots, k_dim, v_dim, dtype, device):
-        key = (batch, heads, slots, k_dim, v_dim, dtype, torch.device(device))
-        if key not in self._buffers:
-            self._buffers[key] = (torch.zeros(batch, heads, slots, k_dim, dtype=dtype, device=device),
-                                  torch.zeros(batch, heads, slots, v_dim, dtype=dtype, device=device))
-        return self._buffers[key]
-
-    def head_tables(self, deltas: torch.Tensor, info, k_dim: int, device):
-        """cos and signed sin over the whole head (:class:`SlotPlan`) for rotating by ``deltas`` (>= 0), picked from
-        a table of every delta up to the largest asked for so far, made once (a frame's deltas stay below the rebase
-        interval plus the capacity)."""
-        key = ("head", id(info), k_dim, torch.device(device))
-        need = int(deltas.max()) + 1
-        if key not in self._heads or self._heads[key][0].shape[0] < need:
-            n = max(need, 1024)
-            cos, sin = rotation_tables(torch.arange(n), info, device)
-            r = cos.shape[-1]
-            half, rest = r // 2, (n, k_dim - r)
-            self._heads[key] = (torch.cat([cos, cos.new_ones(rest)], dim=-1),
-                                torch.cat([-sin[..., :half], sin[..., half:], sin.new_zeros(rest)], dim=-1))
-        cos, sin = self._heads[key]
-        index = deltas.reshape(-1)
-        return (cos.index_select(0, index).view(*deltas.shape, k_dim),
-                sin.index_select(0, index).view(*deltas.shape, k_dim))
-
-    def plan(self, layer, position: int, store) -> "SlotPlan":
-        """The :class:`SlotPlan` of ``layer``'s slots before a call at ``position``: worked out once per step for the
-        layers whose slots follow the position alone (the same kind, budget and frame), per layer otherwise."""
-        if not layer.slots_follow_position:
-            return SlotPlan(layer, position, store)
-        key = ("plan", layer.spec, position, layer.offset, getattr(layer, "held", None), torch.device(layer.device))
-        if key not in self._plans:
-            if len(self._plans) > 16:
-                self._plans.clear()
-            self._plans[key] = SlotPlan(layer, position, store)
-        return self._plans[key]
-
-    def release(self) -> None:
-        """Let the buffers go (the next call makes them again)."""
-        self._buffers.clear()
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for pair in self._buffers.values() for t in pair)
-
-
-class SlotPlan:
-    """What rebuilding a layer's slots needs that depends on the tokens' positions alone: the key-scale entry of each
-    slot, the slots a query sees in full precision and where their keys and values are kept, and the rotation of
-    every slot to its frame position as ``k * cos + k[partner] * sin`` over the whole head (``cos`` 1 and ``sin`` 0
-    on the channels rotary passes by; ``sin`` signed for the first half of each pair)."""
-
-    def __init__(self, layer, position: int, store):
-        q = store.quant
-        positions = layer.slot_positions()
-        self.shared = positions.shape[:2] == (1, 1)
-        recent, sink = full_precision(q, positions, position // q.residual)
-        if q.key_axis == "channel":
-            self.entry = store.block_entry(positions[0, 0] // q.residual)
-        if self.shared:
-            slots = [mask[0, 0].nonzero()[:, 0] for mask in (recent, sink)]
-            self.sources = (positions[0, 0, slots[0]] % q.residual, positions[0, 0, slots[1]])
-            self.slots = tuple(slots)
-        else:
-            self.recent = recent.expand(store.codes.shape[:3])
-            self.recent_index = (positions % q.residual).clamp(min=0).expand(store.codes.shape[:3])[..., None]
-        self.deltas = (positions - layer.offset).clamp(min=0)  # an empty slot (-1) is never attended to
-        self.info, self.device = layer.rotations.info, layer.device
-        self.rotary = self.info.rotary_ndims
-        self.half = self.rotary // 2
-        self.cos, self.sin = store.scratch.head_tables(self.deltas, self.info, store.recent_keys.shape[-1],
-                                                       layer.device)
-
-    @property
-    def tables(self):
-        """cos and sin over the rotary channels (for keys rotated by :func:`~streamlib.core.rotary.rotate`)."""
-        return rotation_tables(self.deltas, self.info, self.device)
-
-    def partners(self, keys: torch.Tensor) -> torch.Tensor:
-        """Each channel's partner in its rotary pair (itself where rotary passes by)."""
-        half, r = self.half, self.rotary
-        if r == keys.shape[-1]:
-            return torch.roll(keys, half, dims=-1)
-        return torch.cat([keys[..., half:r], keys[..., :half], keys[..., r:]], dim=-1)
-
-    def full_precision(self, store):
-        """(slots, keys, values, index into them) for the full-precision tokens a query sees: the current block's
-        from the residual, the sinks' values from their store (their keys are the layer's own ``sink_keys``); none
-        where there are none."""
-        stores = ((store.recent_keys, store.recent_values), (None, store.sink_values))
-        return [(slots, k, v, source) for slots, (k, v), source in zip(self.slots, stores, self.sources)
-                if slots.numel()]
+from .quant_slots import SlotPlan, SlotScratch
 
 
 class QuantizedStore:
@@ -194,7 +94,8 @@ class QuantizedStore:
         quantize a block at its end."""
         q = self.quant
         n, first = key_states.shape[-2], layer.position
-        if n > q.room(first):
+        crossing = getattr(step, "block_keys", 0)
+        if n > q.room(first) and not crossing:
             raise ValueError(
                 f"input_ids: {n} tokens at stream position {first} cross a block of this {q.bits}-bit cache's "
                 f"{q.residual}-token full-precision residual (the block is quantized after its last token); feed at "
@@ -209,12 +110,16 @@ class QuantizedStore:
         self.rebuild(layer, first)
         out = layer.place(key_states, value_states, step)
         self.follow_frame(layer)
-        slot = first % q.residual
-        self.recent_keys[:, :, slot : slot + n] = key_states  # as the model rotated them, at their frame positions
-        self.recent_values[:, :, slot : slot + n] = value_states
         if first < q.fp_sinks:
             m = min(n, q.fp_sinks - first)
             self.sink_values[:, :, first : first + m] = value_states[:, :, :m]
+        if crossing:  # the blocks before the chunk's last: quantized now, the rest as a call within one block
+            done = self.quantize_crossed(layer, first, key_states, value_states, out)
+            key_states, value_states = key_states[:, :, done:], value_states[:, :, done:]
+            first, n = first + done, n - done
+        slot = first % q.residual
+        self.recent_keys[:, :, slot : slot + n] = key_states  # as the model rotated them, at their frame positions
+        self.recent_values[:, :, slot : slot + n] = value_states
         if (first + n) % q.residual == 0:
             self.quantize_block(layer, (first + n) // q.residual - 1)
         return out
@@ -328,6 +233,45 @@ class QuantizedStore:
         self.codes[members] = pack(torch.cat([key_codes, value_codes], dim=-1), q.bits)[members]
         if q.quantize_sinks and block * q.residual < layer.n_sink:
             self.sinks_requantized = True
+
+    @torch.no_grad()
+    def quantize_crossed(self, layer, first: int, key_states: torch.Tensor, value_states: torch.Tensor,
+                         out: tuple[torch.Tensor, torch.Tensor]) -> int:
+        """A chunk from ``first`` that crosses blocks (its plan's ``block_keys``): quantize each block before its last
+        as token by token it would be after the block's last token (from the residual's tokens of the first block and
+        the chunk's own; every token of a block is still held then), write their dequantized copies, rotated to their
+        frame positions, after the chunk's keys in ``out`` for the later blocks' queries, and keep the codes of the
+        tokens the layer still holds. Returns how many of the chunk's tokens those blocks took."""
+        q, r = self.quant, self.quant.residual
+        start = first // r * r
+        end = (first + key_states.shape[-2] - 1) // r * r
+        keys = torch.cat([self.recent_keys[:, :, : first - start], key_states[:, :, : end - first]], dim=2)
+        values = torch.cat([self.recent_values[:, :, : first - start], value_states[:, :, : end - first]], dim=2)
+        tokens = torch.arange(start, end, device=layer.device)
+        deltas = tokens - layer.offset
+        keys = rotate(keys, *rotation_tables(-deltas, layer.rotations.info, layer.device))  # quantized unrotated
+        dtype, compute = self.value_scale.dtype, compute_dtype(keys.dtype)
+        members = (tokens >= q.fp_sinks).view(-1, r)  # a block's tokens but the full-precision sinks
+        key_codes, key_scale, key_zero = quantize_per_channel(keys.unflatten(2, (-1, r)), members, q.bits, dtype)
+        value_codes, value_scale, value_zero = quantize_per_token(values, q.bits, self.group, dtype)
+        copies_k, copies_v = (buffer[:, :, buffer.shape[2] - (end - start) :] for buffer in out)
+        copies_v.copy_(dequantize_per_token(value_codes, value_scale, value_zero, compute))
+        dequantized = torch.addcmul(key_zero[..., None, :], key_codes.to(compute), key_scale[..., None, :])
+        rotate(dequantized.flatten(2, 3), *rotation_tables(deltas, layer.rotations.info, layer.device), out=copies_k)
+        # the codes of the tokens still held go to their slots, the last blocks' key scales to their entries
+        positions = layer.slot_positions()[0, 0]
+        slots = ((positions >= max(start, q.fp_sinks)) & (positions < end)).nonzero()[:, 0]
+        source = positions[slots] - start
+        codes = pack(torch.cat([key_codes.flatten(2, 3), value_codes], dim=-1), q.bits)
+        self.codes.index_copy_(2, slots, codes.index_select(2, source))
+        self.value_scale.index_copy_(2, slots, value_scale.index_select(2, source))
+        self.value_zero.index_copy_(2, slots, value_zero.index_select(2, source))
+        blocks = torch.arange(start // r, end // r, device=layer.device)[-(self.key_blocks - 1) :]
+        entries = self.block_entry(blocks)
+        kept = slice(key_scale.shape[2] - len(blocks), None)
+        self.key_scale.index_copy_(0, entries, key_scale[:, :, kept].permute(2, 0, 1, 3))
+        self.key_zero.index_copy_(0, entries, key_zero[:, :, kept].permute(2, 0, 1, 3))
+        return end - first
 
     # -- what it holds ---------------------------------------------------------------------------------------------
     def kv_bytes(self, layer) -> tuple[int, int]:

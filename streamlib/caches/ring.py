@@ -98,7 +98,8 @@ class ChunkPlan:
     n_sink: int
     n_sink_keys: int  # keys in the sink block of the workspace
     ring_keys: int  # keys in the ring block: window + 1, or 0 for a chunk that starts the stream
-    kv_length: int  # keys returned for the chunk
+    kv_length: int  # keys returned for the chunk: the sink block, the ring, the chunk and its blocks' keys
+    block_keys: int  # keys after the chunk's own: a quantized layer's view of the blocks the chunk completes
     cos: torch.Tensor  # rotation tables for the sinks or the queries (see SinkWindowCache.chunk)
     sin: torch.Tensor
     ring_index: torch.Tensor  # ring slots that receive the chunk's last tokens
@@ -143,16 +144,23 @@ class ChunkPlan:
 
 
 def ring_chunk_plan(spec: SinkWindowSpec, first: int, offset: int, n: int, dtype: torch.dtype, device,
-                    rotary: RotaryInfo, workspace: Workspace,
-                    rotate_queries: bool = False) -> tuple[ChunkPlan | None, torch.Tensor]:
+                    rotary: RotaryInfo, workspace: Workspace, rotate_queries: bool = False,
+                    residual: int | None = None) -> tuple[ChunkPlan | None, torch.Tensor]:
     """The plan and the additive mask (n, keys) of a chunk of ``n`` tokens from stream position ``first`` for the
     sink-and-ring layers of ``spec`` (see :meth:`SinkWindowCache.chunk`). Their ring may be still filling (a hybrid
     model's other layers are full): its empty slots are hidden, and a chunk that fits what is left of it is a plain
-    causal call for these layers (no plan to follow)."""
+    causal call for these layers (no plan to follow).
+
+    ``residual``: the layers quantize in blocks of that many positions (:mod:`streamlib.caches.quant`), and a query
+    sees the tokens of its own block in full precision and those of earlier blocks quantized. A chunk that crosses a
+    block then brings every token from the start of its first block to the start of its last twice: in full precision
+    (the ring's and the chunk's keys, for the queries of the token's own block) and as the block's quantized copy,
+    which the layers' store puts after the chunk's keys (``block_keys`` of them) for the later blocks' queries."""
     empty, ring = first == 0, spec.window + 1
     t = first + torch.arange(n)
     window = spec.window_at(t)[:, None]  # each query's own (one for all unless the window varies)
-    if first + n <= spec.plain_until:
+    crosses = residual is not None and (first + n - 1) // residual > first // residual
+    if first + n <= spec.plain_until and not crosses:
         return None, additive_mask(torch.arange(first + n)[None, :] <= t[:, None], dtype)
     if empty:
         ring_visible = torch.zeros(n, 0, dtype=torch.bool)
@@ -164,6 +172,17 @@ def ring_chunk_plan(spec: SinkWindowSpec, first: int, offset: int, n: int, dtype
     lag = t[:, None] - t[None, :]
     # the sinks are seen through the sink block only
     chunk_visible = (lag >= 0) & (lag <= window) & (t[None, :] >= spec.n_sink)
+    copies = torch.zeros(n, 0, dtype=torch.bool)
+    plain_queries = min(n, spec.plain_until) if empty else 0
+    if crosses:
+        start, block = first // residual * residual, t // residual
+        copied = torch.arange(start, block[-1] * residual)  # the blocks before the chunk's last, from the first's start
+        if not empty:
+            ring_visible &= (token_in_slot[None, :] < start) | (token_in_slot[None, :] // residual == block[:, None])
+        chunk_visible &= t[None, :] // residual == block[:, None]
+        copies = ((copied[None, :] // residual < block[:, None]) & (t[:, None] - copied[None, :] <= window)
+                  & (copied[None, :] >= spec.n_sink))  # full-precision sinks: the sink block's
+        plain_queries = min(plain_queries, residual)  # a query past the first block sees it quantized
     sink_seen = torch.arange(spec.n_sink)[None, :] <= t[:, None]  # all of them once the stream is past them
     rotate_queries = rotate_queries and spec.n_sink > 0 and spec.pos_shift
     if rotate_queries:
@@ -178,15 +197,15 @@ def ring_chunk_plan(spec: SinkWindowSpec, first: int, offset: int, n: int, dtype
     else:
         sink_visible = sink_seen
         cos, sin = rotation_tables(torch.tensor(float(spec.sink_delta(first, offset))), rotary, device)
-    visible = torch.cat([sink_visible, ring_visible, chunk_visible], dim=1)
+    visible = torch.cat([sink_visible, ring_visible, chunk_visible, copies], dim=1)
     mask = additive_mask(visible, dtype)
     m = min(n, ring)
     new_tokens = torch.arange(first + n - m, first + n)
     plan = ChunkPlan(
         first=first, n=n, n_sink=spec.n_sink, n_sink_keys=sink_visible.shape[1],
-        ring_keys=ring_visible.shape[1], kv_length=visible.shape[1], cos=cos, sin=sin,
+        ring_keys=ring_visible.shape[1], kv_length=visible.shape[1], block_keys=copies.shape[1], cos=cos, sin=sin,
         ring_index=spec.ring_slot(new_tokens).to(device), ring_src_start=n - m, workspace=workspace,
-        mask=mask, rotate_queries=rotate_queries, plain_queries=min(n, spec.plain_until) if empty else 0,
+        mask=mask, rotate_queries=rotate_queries, plain_queries=plain_queries,
     )
     return plan, mask
 

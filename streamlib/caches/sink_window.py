@@ -13,7 +13,8 @@ from ..core.rotary import RotaryInfo, Rotations, rotate
 from .base import StreamingCache
 from .layers import SinkLayer, StreamLayer, additive_mask
 from .quant import KVQuantSpec
-from .quant_store import QuantizedStore, SlotScratch
+from .quant_slots import SlotScratch
+from .quant_store import QuantizedStore
 from .ring import ChunkPlan, SinkWindowSpec, StaticState, ring_chunk_plan
 
 
@@ -70,8 +71,9 @@ class SinkWindowLayer(SinkLayer):
         return min(self.position, self.n_sink + self.spec.window_at(self.position))
 
     def chunk_plan(self, first: int, offset: int, n: int, dtype, device, workspace, rotate_queries: bool):
+        residual = self.store.quant.residual if self.store is not None else None
         return ring_chunk_plan(self.spec, first, offset, n, dtype, device, self.rotations.info, workspace,
-                               rotate_queries)
+                               rotate_queries, residual)
 
     def held_positions(self) -> torch.Tensor:
         """Stream positions of the tokens the next query sees besides itself, shape (1, n): the sinks and the last
@@ -158,8 +160,8 @@ class SinkWindowLayer(SinkLayer):
         if ring:
             ws_k[:, :, s : s + ring] = self.keys[:, :, n_sink:]
             ws_v[:, :, s : s + ring] = self.values[:, :, n_sink:]
-        ws_k[:, :, s + ring :] = key_states
-        ws_v[:, :, s + ring :] = value_states
+        ws_k[:, :, s + ring : s + ring + n] = key_states  # a quantized layer's store fills the block keys after them
+        ws_v[:, :, s + ring : s + ring + n] = value_states
         ring_index = plan.ring_index.to(self.device)
         self.keys.index_copy_(2, ring_index, key_states[:, :, plan.ring_src_start :])
         self.values.index_copy_(2, ring_index, value_states[:, :, plan.ring_src_start :])
@@ -219,6 +221,12 @@ class SinkWindowCache(StreamingCache):
                          sliding.layer_types if sliding is not None else None,
                          rotate_queries=rotate_queries and n_sink > 0 and pos_shift)
         self.needs_handover = self.rotate_queries or own_masks
+        # a chunk crosses blocks where each block's tokens are all still held when it is quantized (a window of at
+        # least the residual) and one plan serves the quantized layers
+        self.crosses_blocks = (quant is not None and not own_masks and quant.key_axis == "channel"
+                               and all(kind.window >= quant.residual - 1 for kind in kinds))
+        # and from the start, where the sinks stay in full precision (quantized, a query would need them both ways)
+        self.starts_in_chunk = quant is None or (self.crosses_blocks and not quant.quantize_sinks)
         self.static_state: StaticState | None = None  # made by the first compiled decode step
         # one shape for the whole stream: a compiled decode step can run on it (one kind of layer, for now)
         self.fixed_shape = not self.is_hybrid and quant is None and not own_masks
@@ -232,6 +240,13 @@ class SinkWindowCache(StreamingCache):
         if spec.pos_shift and spec.n_sink and not self.rotate_queries:
             return max(16, min(spec.window, 512))
         return 512
+
+    def chunks_before_full(self) -> bool:
+        """A stream's first chunk (:attr:`starts_in_chunk`); for a quantized cache whose chunks cross blocks, any
+        chunk once the sinks are in (:meth:`check_chunk`), where plain calls would stop at each block."""
+        if self.position == 0 or not self.crosses_blocks:
+            return super().chunks_before_full()
+        return self.starts_in_chunk and self.position >= self.spec.n_sink
 
     def ready_for_compiled_step(self) -> bool:
         """Whether the next step can be a compiled one: the buffers exist (a prompt was fed) and hold the sinks."""
@@ -256,7 +271,7 @@ class SinkWindowCache(StreamingCache):
         not a filling call and a chunk (each reads every weight once).
         """
         empty = self.position == 0
-        if not (empty or self.plain_room() <= 0):
+        if not (empty or self.plain_room() <= 0 or self.chunks_before_full()):
             raise ValueError(f"a chunk needs an empty or a full cache ({self.spec.slots} tokens seen); it has "
                              f"{self.position}")
         if empty and n <= self.plain_room():
