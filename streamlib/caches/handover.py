@@ -121,7 +121,7 @@ def grouped_mix(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
 
 
 def sink_rotated_attention(base, module, query, key, value, attention_mask, *, n_sink: int, cos, sin,
-                           scaling: float, plain_queries: int = 0):
+                           scaling: float, plain_queries: int = 0, bias_buffer=None):
     """Attention for a chunk whose keys are laid out ``[sinks | ring | chunk]`` with one copy of the sinks, each query
     seeing the sinks from the fixed slot ``n_sink + window`` of the cache (position shift).
 
@@ -134,6 +134,9 @@ def sink_rotated_attention(base, module, query, key, value, attention_mask, *, n
     ``plain_queries``: in a chunk that starts the stream (``[sinks | chunk]``, no ring), the leading queries that
     see every chunk token before them with the sinks where they are (the cache was still filling for them). With
     sdpa they take a plain causal attention over the chunk's keys, and only the rest pay for the wide heads.
+
+    ``bias_buffer(shape, dtype)``: an empty tensor of that shape to build the per-head mask in, kept between calls (a
+    fresh one of tens of MiB a layer costs more in page faults than filling it).
     """
     d = query.shape[-1]
     if getattr(base, "__name__", "") == "eager_attention_forward":
@@ -155,7 +158,8 @@ def sink_rotated_attention(base, module, query, key, value, attention_mask, *, n
         rest = query[:, :, p:]
         sinks = key[:, :, :n_sink]
         turn = (grouped_scores(rotate(rest, cos[p:], sin[p:]), sinks) - grouped_scores(rest, sinks)) * scaling
-        bias = attention_mask[..., p:, :].expand(rest.shape[0], rest.shape[1], -1, -1).clone()
+        mask = attention_mask[..., p:, :].expand(rest.shape[0], rest.shape[1], -1, -1)
+        bias = bias_buffer(mask.shape, mask.dtype).copy_(mask) if bias_buffer else mask.clone()
         bias[..., :n_sink] += turn.to(bias.dtype)
         parts.append(torch.nn.functional.scaled_dot_product_attention(rest, key, value, attn_mask=bias, scale=scaling,
                                                                       enable_gqa=gqa))

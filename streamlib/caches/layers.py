@@ -4,6 +4,8 @@ workspace their chunks share, and the additive mask. See ``docs/design.md``."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from transformers.cache_utils import CacheLayerMixin
 
@@ -15,7 +17,7 @@ class Workspace:
     GPUs): one buffer of the chunk's keys per device, not per layer."""
 
     def __init__(self):
-        self._buffers: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._buffers: dict = {}  # the keys and values by device; the biases by device and dtype
 
     def __call__(self, batch, heads, k_dim, v_dim, length, like: torch.Tensor):
         ws = self._buffers.get(like.device)
@@ -27,6 +29,16 @@ class Workspace:
             )
             self._buffers[like.device] = ws
         return ws[0][:, :, :length], ws[1][:, :, :length]
+
+    def bias(self, shape, dtype: torch.dtype, device) -> torch.Tensor:
+        """An empty tensor of ``shape`` for a chunk's attention bias per head, from one buffer per device and dtype
+        kept for the next chunk and layer (each layer's attention is over before the next builds its bias)."""
+        key = ("bias", torch.device(device), dtype)
+        numel = math.prod(shape)
+        flat = self._buffers.get(key)
+        if flat is None or flat.numel() < numel:
+            flat = self._buffers[key] = torch.empty(numel, dtype=dtype, device=device)
+        return flat[:numel].view(shape)
 
 
 def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

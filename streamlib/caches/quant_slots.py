@@ -45,6 +45,15 @@ class SlotScratch:
         return (cos.index_select(0, index).view(*deltas.shape, k_dim),
                 sin.index_select(0, index).view(*deltas.shape, k_dim))
 
+    def span_tables(self, start: int, end: int, offset: int, info, device):
+        """cos and sin (:func:`~streamlib.core.rotary.rotation_tables`) of positions ``start..end-1`` in the frame
+        moved back by ``offset``: what a chunk's quantized blocks are turned back and forth by, made once for all the
+        layers of the call."""
+        key = ("span", start, end, offset, id(info), torch.device(device))
+        if key not in self._plans:
+            self._plans[key] = rotation_tables(torch.arange(start, end, device=device) - offset, info, device)
+        return self._plans[key]
+
     def plan(self, layer, position: int, store) -> "SlotPlan":
         """The :class:`SlotPlan` of ``layer``'s slots before a call at ``position``: worked out once per step for the
         layers whose slots follow the position alone (the same kind, budget and frame), per layer otherwise."""

@@ -248,8 +248,8 @@ class QuantizedStore:
         keys = torch.cat([self.recent_keys[:, :, : first - start], key_states[:, :, : end - first]], dim=2)
         values = torch.cat([self.recent_values[:, :, : first - start], value_states[:, :, : end - first]], dim=2)
         tokens = torch.arange(start, end, device=layer.device)
-        deltas = tokens - layer.offset
-        keys = rotate(keys, *rotation_tables(-deltas, layer.rotations.info, layer.device))  # quantized unrotated
+        cos, sin = self.scratch.span_tables(start, end, layer.offset, layer.rotations.info, layer.device)
+        keys = rotate(keys, cos, -sin)  # quantized unrotated
         dtype, compute = self.value_scale.dtype, compute_dtype(keys.dtype)
         members = (tokens >= q.fp_sinks).view(-1, r)  # a block's tokens but the full-precision sinks
         key_codes, key_scale, key_zero = quantize_per_channel(keys.unflatten(2, (-1, r)), members, q.bits, dtype)
@@ -257,7 +257,7 @@ class QuantizedStore:
         copies_k, copies_v = (buffer[:, :, buffer.shape[2] - (end - start) :] for buffer in out)
         copies_v.copy_(dequantize_per_token(value_codes, value_scale, value_zero, compute))
         dequantized = torch.addcmul(key_zero[..., None, :], key_codes.to(compute), key_scale[..., None, :])
-        rotate(dequantized.flatten(2, 3), *rotation_tables(deltas, layer.rotations.info, layer.device), out=copies_k)
+        rotate(dequantized.flatten(2, 3), cos, sin, out=copies_k)
         # the codes of the tokens still held go to their slots, the last blocks' key scales to their entries
         positions = layer.slot_positions()[0, 0]
         slots = ((positions >= max(start, q.fp_sinks)) & (positions < end)).nonzero()[:, 0]

@@ -140,7 +140,8 @@ class ChunkPlan:
         cos, sin = self.tables_on(query.device)
         return sink_rotated_attention(base, module, query, key, value, mask, n_sink=self.n_sink,
                                       cos=cos, sin=sin, scaling=kwargs.get("scaling", module.scaling),
-                                      plain_queries=self.plain_queries)
+                                      plain_queries=self.plain_queries,
+                                      bias_buffer=lambda shape, dtype: self.workspace.bias(shape, dtype, query.device))
 
 
 def ring_chunk_plan(spec: SinkWindowSpec, first: int, offset: int, n: int, dtype: torch.dtype, device,
