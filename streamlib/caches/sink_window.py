@@ -222,7 +222,7 @@ class SinkWindowCache(StreamingCache):
                          rotate_queries=rotate_queries and n_sink > 0 and pos_shift)
         self.needs_handover = self.rotate_queries or own_masks
         # a chunk crosses blocks where each block's tokens are all still held when it is quantized (a window of at
-        # least the residual) and one plan serves the quantized layers
+        # least residual - 1) and one plan serves the quantized layers
         self.crosses_blocks = (quant is not None and not own_masks and quant.key_axis == "channel"
                                and all(kind.window >= quant.residual - 1 for kind in kinds))
         # and from the start, where the sinks stay in full precision (quantized, a query would need them both ways)
