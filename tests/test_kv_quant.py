@@ -328,3 +328,24 @@ def test_compiled_rebuild_equals_the_eager_one(policy, ids, monkeypatch):
     monkeypatch.setattr(quant_fused, "FUSED_AFTER", 100)
     token_nll(model, ids[:, :20], policy, mode="token")  # 19 calls a layer: eager
     assert not quant_fused.FUSED.compiled and max(quant_fused.FUSED.calls.values()) == 19 * layers
+
+
+def test_a_rebuild_that_does_not_compile_stays_eager(ids, monkeypatch):
+    """Where inductor cannot compile the rebuild (no C++ compiler, say), the cache warns once and rebuilds eagerly from
+    then on, with the eager rebuild's numbers."""
+    import torch._inductor
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    policy, model = StreamingLLM(4, 28, bits=4), make_peaky_model()
+    monkeypatch.setattr(quant_fused, "FUSED_AFTER", None)
+    eager = token_nll(model, ids[:, :40], policy, mode="token")
+    monkeypatch.setattr(quant_fused, "FUSED", quant_fused.FusedRebuilds())
+    monkeypatch.setattr(quant_fused, "FUSED_AFTER", 0)
+    monkeypatch.setattr(torch._inductor, "compile", refuse)
+    with pytest.warns(RuntimeWarning, match="stay eager.*no compiler here") as caught:
+        nll = token_nll(model, ids[:, :40], policy, mode="token")
+    assert quant_fused.FUSED.failed and not quant_fused.FUSED.compiled
+    assert len([w for w in caught if "stay eager" in str(w.message)]) == 1
+    assert torch.equal(nll, eager)

@@ -184,8 +184,9 @@ class QuantizedStore:
             rotate(keys[:, :, : layer.n_sink], cos, sin, out=layer.sink_keys)
             self.sinks_requantized = False
         if keys.dtype == torch.float32:
-            torch.mul(keys, plan.cos, out=layer.keys)
-            layer.keys.addcmul_(plan.partners(keys), plan.sin)
+            cos, sin = plan.head
+            torch.mul(keys, cos, out=layer.keys)
+            layer.keys.addcmul_(plan.partners(keys), sin)
         else:  # rotate in float32, as the model does
             cos, sin = plan.tables
             rotate(keys, cos, sin, out=layer.keys)
