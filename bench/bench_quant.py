@@ -1,10 +1,13 @@
 """Quantized KV caches against the full-precision cache of the same policy, as ratios measured in one run (CPU, fp32,
 random SmolLM2-135M weights by default; on CUDA it uses the GPU):
 
-  1. decode step of StreamingLLM 4+252 and 4+1020 at 8 and 4 bits, each against the full-precision cache of its size
-     (rounds alternate the policies against drift): what rebuilding the keys and values from codes costs per step
-     (goal: at most 1.15x); each quantized cache twice: its rebuild eager, and compiled from the first call
-     (``quant_fused.FUSED_AFTER = 0``; by default a process compiles a shape after 4,096 eager rebuilds of it)
+  1. decode step of StreamingLLM 4+252 and 4+1020 at 8 and 4 bits, each against the full-precision cache of its size:
+     what rebuilding the keys and values from codes costs per step (goal: at most 1.15x); each quantized cache twice:
+     its rebuild eager, and compiled from the first call (``quant_fused.FUSED_AFTER = 0``; by default a process
+     compiles a shape after 4,096 eager rebuilds of it). The caches of one size take their steps in turn, one step
+     each (the order turning), so that a load on the machine falls on all of them alike: whole rounds of one cache
+     after another gave ratios from 0.98 to 1.32 for one cache on this shared machine, steps in turn 1.07-1.10.
+     Steps per round: a multiple of the 32-token block, so that each cache quantizes its blocks as often.
   2. evaluation throughput (tokens/s, chunked, in the same interleaved rounds): a quantized StreamingLLM cache reads a
      stream in chunks of full precision's size, which cross its blocks (the later blocks' queries attend to the earlier
      blocks' quantized copies, kept after the chunk's keys) (goal: at least 1 / 1.5 of full precision's)
@@ -17,14 +20,16 @@ random SmolLM2-135M weights by default; on CUDA it uses the GPU):
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from bench_policies import bench_model, bench_parser, median_step
+from bench_policies import bench_model, bench_parser, prefilled
 
 from streamlib.caches import quant_fused
+from streamlib.caches.generation import decode_step
 from streamlib.metrics.quality import token_nll
 from streamlib.policies import StreamingLLM
 
@@ -34,6 +39,33 @@ def eval_throughput(model, policy, n_tokens: int) -> float:
     start = time.perf_counter()
     token_nll(model, ids, policy)
     return n_tokens / (time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def steps_in_turn(model, policies: dict, fused_after: dict, steps: int, warmup: int = 4) -> dict[str, list[float]]:
+    """Times of ``steps`` greedy decode steps of each policy's prefilled cache, one step of each cache in turn (the
+    order turning by one every step); each step under its own ``quant_fused.FUSED_AFTER``."""
+    names = list(policies)
+    state = {}
+    for name in names:
+        quant_fused.FUSED_AFTER = fused_after[name]
+        state[name] = list(prefilled(model, policies[name], 2 * policies[name].budget))
+    cuda = next(model.parameters()).device.type == "cuda"
+    times = {name: [] for name in names}
+    for i in range(warmup + steps):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            quant_fused.FUSED_AFTER = fused_after[name]
+            cache, token = state[name]
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            token = decode_step(model, cache, token).argmax(-1, keepdim=True)
+            if cuda:
+                torch.cuda.synchronize()
+            state[name][1] = token
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
 
 
 def kv_bytes(model, policy, n_tokens: int) -> tuple[int, int]:
@@ -59,16 +91,18 @@ def main() -> None:
                 fused_after[f"{name} 4+{window}{rebuild}"] = after
     base = {name: f"fp {name.split()[1]}" for name in policies}  # the full-precision cache of the same size
 
-    def measure(name, fn, *a):
-        quant_fused.FUSED_AFTER = fused_after[name]
-        return fn(model, policies[name], *a)
-
+    sizes = {size: [name for name in policies if base[name] == size] for size in set(base.values())}
+    n_steps = 32 * math.ceil(args.steps / 32)
     steps = {name: [] for name in policies}
     throughputs = {name: [] for name in policies}
     for _ in range(args.rounds):
+        for names in sizes.values():
+            timed = steps_in_turn(model, {n: policies[n] for n in names}, fused_after, n_steps)
+            for name in names:
+                steps[name].append(statistics.median(timed[name]))
         for name, policy in policies.items():
-            steps[name].append(measure(name, median_step, 2 * policy.budget, args.steps))
-            throughputs[name].append(measure(name, eval_throughput, args.eval_tokens))
+            quant_fused.FUSED_AFTER = fused_after[name]
+            throughputs[name].append(eval_throughput(model, policy, args.eval_tokens))
     step = {name: statistics.median(t) for name, t in steps.items()}
     throughput = {name: statistics.median(t) for name, t in throughputs.items()}
     kv = {name: kv_bytes(model, p, 2 * p.budget) for name, p in policies.items()}

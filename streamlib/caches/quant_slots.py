@@ -129,6 +129,16 @@ class SlotPlan:
             return torch.roll(keys, half, dims=-1)
         return torch.cat([keys[..., half:r], keys[..., :half], keys[..., r:]], dim=-1)
 
+    @cached_property
+    def sources_per_slot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where rows share their slots: for each slot, its token's index in the current block's store and in the
+        full-precision sinks' store, -1 where it is in neither (the compiled rebuild's form of :meth:`full_precision`)."""
+        out = []
+        for slots, source in zip(self.slots, self.sources):
+            index = torch.full((len(self.deltas[0, 0]),), -1, dtype=torch.long, device=self.device)
+            out.append(index.index_copy_(0, slots, source))
+        return tuple(out)
+
     def full_precision(self, store):
         """(slots, keys, values, index into them) for the full-precision tokens a query sees: the current block's
         from the residual, the sinks' values from their store (their keys are the layer's own ``sink_keys``); none
