@@ -11,7 +11,7 @@ from streamlib.caches.generation import TokenStream, forward_chunks, stream_gene
 from streamlib.core import arch
 from streamlib.metrics.quality import token_nll
 from streamlib.naive import burst_kept_indices, naive_scored_nll, naive_streaming_nll
-from streamlib.policies import H2O, TOVA, BurstEviction, Dense, StreamingLLM, Window
+from streamlib.policies import H2O, TOVA, BurstEviction, Dense, GrowingWindow, StreamingLLM, Window
 
 from conftest import RULES, make_peaky_gemma
 
@@ -164,10 +164,33 @@ def test_kv_bytes_by_layer_type(peaky_gemma, ids):
 def test_generation_and_refusals(peaky_gemma, ids):
     tokens = stream_generate(peaky_gemma, ids[:, :30], StreamingLLM(2, 10), 40)
     assert tokens.shape == (1, 40)
-    with pytest.raises(ValueError, match="compile=True .*hybrid"):
-        TokenStream(peaky_gemma, StreamingLLM(2, 10), compile=True)
+    # the compiled step takes a hybrid model's caches of fixed shape (below), not a window that grows or codes
+    with pytest.raises(ValueError, match="compile"):
+        TokenStream(peaky_gemma, GrowingWindow(2, 0.5, 4, 10), compile=True)
+    with pytest.raises(ValueError, match="compile=False"):
+        TokenStream(peaky_gemma, StreamingLLM(2, 10, bits=8), compile=True)
     with pytest.raises(ValueError, match="n_sink must be below the model's sliding window"):
         StreamingLLM(8, 10).make_cache(peaky_gemma)
+
+
+def test_compiled_steps_equal_eager_on_a_hybrid_model(peaky_gemma):
+    """The compiled decode step on Gemma 3's mixed layers (each kind its own slots, mask and rotary): every step's
+    logits within 1e-4 of eager and the same tokens, from a prompt that leaves both kinds of layer filling (compiled
+    steps while the sliding ring and the full layers' fill, with their empty slots masked) through 300 steps, a
+    re-base of the frame included; one graph for both streams."""
+    from streamlib.caches.compiled import compile_count
+
+    from conftest import decode_side_by_side
+
+    policy = StreamingLLM(2, 10)
+    prompt = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(1))
+    eager, compiled, worst = decode_side_by_side(peaky_gemma, policy, prompt[:, :3], 40)
+    assert worst < 1e-4 and compiled.cache.static_state is not None  # the steps ran compiled
+    before = compile_count()
+    eager, compiled, worst = decode_side_by_side(peaky_gemma, policy, prompt, 300)
+    assert worst < 1e-4 and compile_count() == before
+    assert compiled.cache.position > policy.budget + compiled.cache.rebase_interval
+    assert compiled.cache.get_seq_length() == eager.cache.get_seq_length()
 
 
 def test_mistral_with_a_sliding_window_is_still_refused():

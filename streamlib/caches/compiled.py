@@ -1,6 +1,6 @@
-"""A compiled, shape-static decode step for the bounded caches (StreamingLLM and Window, and Dense preallocated):
-the whole step, cache write and sink rotation included, as one ``torch.compile`` graph (inductor on CPU, CUDA graphs
-on CUDA). Why and how it stays static: ``docs/design.md``."""
+"""A compiled, shape-static decode step for the bounded caches (StreamingLLM and Window, on hybrid models too, and
+Dense preallocated): the whole step, cache write and sink rotation included, as one ``torch.compile`` graph (inductor
+on CPU, CUDA graphs on CUDA). Why and how it stays static: ``docs/design.md``."""
 
 from __future__ import annotations
 
@@ -29,15 +29,23 @@ def _check_model(model) -> None:
 
 
 def _decode_step(model, cache: SinkWindowCache, input_ids: torch.Tensor) -> torch.Tensor:
-    """Next-token logits (batch, vocab) for ``input_ids`` (batch, 1) fed into ``cache``."""
+    """Next-token logits (batch, vocab) for ``input_ids`` (batch, 1) fed into ``cache``. A hybrid model's layers take
+    the mask and the rotary embedding of their type (Gemma 3: sliding layers their ring's mask and the local
+    rotary), as the model's own forward gives them."""
     stack = arch.backbone(model)
     state = cache.step  # the StaticState of compiled_step
     hidden = arch.embed(model, input_ids)
     position_ids = state.frame_position().expand(input_ids.shape[0], 1)
-    position_embeddings = stack.rotary_emb(hidden, position_ids)
-    mask = state.attention_mask(hidden.dtype)
     cache_argument = {arch.cache_keyword(model): cache}
-    for layer in stack.layers:
+    if cache.layer_types is None:
+        position_embeddings = stack.rotary_emb(hidden, position_ids)
+        mask = state.attention_mask(hidden.dtype)
+        per_layer = [(mask, position_embeddings)] * len(stack.layers)
+    else:
+        kinds = {kind: (state.attention_mask(hidden.dtype, layer.spec), stack.rotary_emb(hidden, position_ids, kind))
+                 for kind, layer in zip(cache.layer_types, cache.layers)}
+        per_layer = [kinds[kind] for kind in cache.layer_types]
+    for layer, (mask, position_embeddings) in zip(stack.layers, per_layer):
         hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=position_embeddings,
                        use_cache=True, **cache_argument)
     logits = model.lm_head(arch.final_norm(model, hidden[:, -1]))
@@ -67,8 +75,8 @@ class CompiledDecoder:
         self._steps: dict[tuple, object] = {}  # one compiled step per cache geometry
 
     def _compiled_step(self, cache: SinkWindowCache):
-        layer = cache.layers[0]
-        geometry = (cache.spec, tuple(layer.keys.shape), layer.keys.dtype)
+        geometry = tuple(dict.fromkeys((layer.spec, tuple(layer.keys.shape), layer.keys.dtype)
+                                       for layer in cache.layers))
         if geometry not in self._steps:
             options = {}
             skip_module_guards = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
@@ -116,9 +124,9 @@ class CompiledDecoder:
     @staticmethod
     def _mark_static(state: StaticState) -> None:
         # CUDA graphs replay fixed addresses: tell dynamo these buffers never move, so it captures them in place
-        tensors = [state.t, state.offset, state.inv_freq, state.sink_slots, state.slots]
+        tensors = state.tensors()
         for layer in state.cache.layers:
-            tensors += [layer.keys, layer.values, layer.sink_keys]
+            tensors += [layer.keys, layer.values] + ([layer.sink_keys] if layer.n_sink else [])
         for t in tensors:
             torch._dynamo.mark_static_address(t)
 

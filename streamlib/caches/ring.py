@@ -213,9 +213,10 @@ def ring_chunk_plan(spec: SinkWindowSpec, first: int, offset: int, n: int, dtype
 
 class StaticState:
     """The stream position and frame offset of a :class:`SinkWindowCache` as device tensors, for a compiled decode
-    step (:mod:`streamlib.caches.compiled`) once the cache holds its sinks. The step derives the ring slot, the query
-    position, the mask and the sink rotation from them (the spec's formulas) and advances ``t`` in place; the host
-    mirrors the count in the layers' ``position`` without reading the device, so no step waits for the host."""
+    step (:mod:`streamlib.caches.compiled`) once the cache holds its sinks. The step derives each layer's ring slot, the
+    query position, the masks and the sink rotation from them (the spec's formulas; a hybrid model's sliding layers
+    follow their own spec) and advances ``t`` in place; the host mirrors the count in the layers' ``position`` without
+    reading the device, so no step waits for the host."""
 
     def __init__(self, cache, device):  # a SinkWindowCache
         self.cache = cache
@@ -224,9 +225,15 @@ class StaticState:
         self.offset = torch.zeros((), dtype=torch.long, device=device)
         self.inv_freq = cache.rotary.inv_freq.to(device)  # float64, as the eager rotation tables
         self.sink_slots = torch.arange(self.spec.n_sink, device=device)
-        self.slots = torch.arange(self.spec.slots, device=device)
+        # each kind of layer's slots (one kind, or a hybrid model's sliding and full layers)
+        self.slots = {spec: torch.arange(spec.slots, device=device) for spec in dict.fromkeys(
+            layer.spec for layer in cache.layers)}
         self._on_device = (0, 0)  # (t, offset) as the device holds them, known without reading the device
         self.sync()
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The device tensors a step reads (a CUDA graph captures them in place)."""
+        return [self.t, self.offset, self.inv_freq, self.sink_slots, *self.slots.values()]
 
     def sync(self) -> None:
         """Bring the device tensors in line with the layers after eager work (a prompt fed, a re-base)."""
@@ -240,14 +247,20 @@ class StaticState:
         """Frame position of the next token, shape (1, 1)."""
         return (self.t - self.offset).view(1, 1)
 
-    def attention_mask(self, dtype: torch.dtype) -> torch.Tensor:
-        """Additive mask over the slots, shape (1, 1, 1, slots): while the cache fills, token ``t`` sits in slot
-        ``t`` and the slots after it are empty; once full every slot is visible."""
-        return additive_mask((self.slots <= self.t).view(1, 1, 1, -1), dtype)
+    def attention_mask(self, dtype: torch.dtype, spec: SinkWindowSpec | None = None) -> torch.Tensor:
+        """Additive mask over the slots of ``spec``'s layers (default: the cache's), shape (1, 1, 1, slots): while the
+        cache fills, token ``t`` sits in slot ``t`` and the slots after it are empty; once full every slot is
+        visible."""
+        return additive_mask((self.slots[spec or self.spec] <= self.t).view(1, 1, 1, -1), dtype)
 
-    def slot_and_sink_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        slot = self.spec.ring_slot(self.t).view(1)
-        cos, sin = angle_tables(self.spec.sink_delta(self.t, self.offset), self.inv_freq)
+    def slot_and_sink_tables(self, spec: SinkWindowSpec | None = None):
+        """The new token's slot in ``spec``'s layers (default: the cache's) and, where they keep sinks, the tables
+        that rotate them to the query's distance (None where they keep none)."""
+        spec = spec or self.spec
+        slot = spec.ring_slot(self.t).view(1)
+        if not spec.n_sink:
+            return slot, None, None
+        cos, sin = angle_tables(spec.sink_delta(self.t, self.offset), self.inv_freq)
         return slot, cos, sin
 
     def advance(self) -> None:

@@ -115,7 +115,7 @@ class SinkWindowLayer(SinkLayer):
         tensors, so the step reads no Python number that changes from step to step. Returns every slot; the step's
         mask hides the empty ones while the cache fills (token ``t >= n_sink`` then sits in slot ``t``, which the
         ring formula gives too)."""
-        slot, cos, sin = state.slot_and_sink_tables()
+        slot, cos, sin = state.slot_and_sink_tables(self.spec)
         if self.n_sink:
             # one scatter for the rotated sinks and the new key: a slice assignment here would make the compiler
             # rewrite the whole buffer every step
@@ -228,10 +228,11 @@ class SinkWindowCache(StreamingCache):
         # and from the start, where the sinks stay in full precision (quantized, a query would need them both ways)
         self.starts_in_chunk = quant is None or (self.crosses_blocks and not quant.quantize_sinks)
         self.static_state: StaticState | None = None  # made by the first compiled decode step
-        # one shape for the whole stream: a compiled decode step can run on it (one kind of layer, for now)
-        self.fixed_shape = not self.is_hybrid and quant is None and not own_masks
-        if self.is_hybrid:
-            self.why_not_compiled = "a hybrid model's cache; the compiled step takes one kind of layer"
+        # one shape for the whole stream: a compiled decode step can run on it (a hybrid model's sliding layers with
+        # their own slots and mask)
+        self.fixed_shape = quant is None and not own_masks
+        if own_masks:
+            self.why_not_compiled = "its layers' windows differ or change along the stream, so each query has a mask of its own"
 
     def default_chunk_size(self) -> int:
         """512 (:meth:`StreamingCache.default_chunk_size`); with position shift but no hand-over every query brings
