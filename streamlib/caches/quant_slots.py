@@ -135,7 +135,7 @@ class SlotPlan:
         full-precision sinks' store, -1 where it is in neither (the compiled rebuild's form of :meth:`full_precision`)."""
         out = []
         for slots, source in zip(self.slots, self.sources):
-            index = torch.full((len(self.deltas[0, 0]),), -1, dtype=torch.long, device=self.device)
+            index = torch.full((self.deltas.shape[-1],), -1, dtype=torch.long, device=self.device)
             out.append(index.index_copy_(0, slots, source))
         return tuple(out)
 
