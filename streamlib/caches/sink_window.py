@@ -232,7 +232,8 @@ class SinkWindowCache(StreamingCache):
         # their own slots and mask)
         self.fixed_shape = quant is None and not own_masks
         if own_masks:
-            self.why_not_compiled = "its layers' windows differ or change along the stream, so each query has a mask of its own"
+            self.why_not_compiled = ("its layers' windows differ or change along the stream, so each query has a "
+                                     "mask of its own")
 
     def default_chunk_size(self) -> int:
         """512 (:meth:`StreamingCache.default_chunk_size`); with position shift but no hand-over every query brings
