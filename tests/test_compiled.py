@@ -77,6 +77,23 @@ def test_dense_compiled_on_a_preallocated_cache_equals_eager(peaky_model_sdpa):
         TokenStream(peaky_model_sdpa, Dense(), compile=True)
 
 
+def test_quantized_compiled_equals_eager(peaky_model_sdpa):
+    """A 4-bit StreamingLLM cache decoded compiled: from a prompt that leaves it filling, past nine quantized blocks
+    (on the host after the step of a block's last token) and a re-base of the frame in the middle of a block (a
+    budget of 30: the current block's keys turn with the frame), the same tokens as the eager cache at every step and
+    the same logits but for rounding; it holds what the eager cache holds. The bound is looser than full
+    precision's: the compiled forward's keys differ from eager's in the last bits, and a key that sits on a rounding
+    boundary then takes the neighbouring code (a misplaced slot or block moves the logits by whole units)."""
+    policy = StreamingLLM(4, 26, bits=4)
+    eager, compiled, worst = decode_side_by_side(peaky_model_sdpa, policy, _prompt(6, 97, seed=9), 300)
+    assert compiled.cache.static_state is not None and compiled.cache.position > 30 + compiled.cache.rebase_interval
+    assert worst < 1e-3
+    assert compiled.cache.get_seq_length() == eager.cache.get_seq_length()
+    assert compiled.cache.kv_bytes()[1] == eager.cache.kv_bytes()[1]
+    with pytest.raises(ValueError, match="quantize_sinks: compile=True takes full-precision sinks"):
+        TokenStream(peaky_model_sdpa, StreamingLLM(4, 28, bits=4, quantize_sinks=True), compile=True)
+
+
 def test_compile_refuses_caches_without_a_fixed_shape(peaky_model_sdpa):
     with pytest.raises(ValueError, match="compile=True covers StreamingLLM, Window, and Dense when"):
         TokenStream(peaky_model_sdpa, TOVA(16), compile=True)

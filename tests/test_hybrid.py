@@ -164,11 +164,9 @@ def test_kv_bytes_by_layer_type(peaky_gemma, ids):
 def test_generation_and_refusals(peaky_gemma, ids):
     tokens = stream_generate(peaky_gemma, ids[:, :30], StreamingLLM(2, 10), 40)
     assert tokens.shape == (1, 40)
-    # the compiled step takes a hybrid model's caches of fixed shape (below), not a window that grows or codes
+    # the compiled step takes a hybrid model's caches of fixed shape (below), not a window that grows
     with pytest.raises(ValueError, match="compile"):
         TokenStream(peaky_gemma, GrowingWindow(2, 0.5, 4, 10), compile=True)
-    with pytest.raises(ValueError, match="compile=False"):
-        TokenStream(peaky_gemma, StreamingLLM(2, 10, bits=8), compile=True)
     with pytest.raises(ValueError, match="n_sink must be below the model's sliding window"):
         StreamingLLM(8, 10).make_cache(peaky_gemma)
 
@@ -177,7 +175,7 @@ def test_compiled_steps_equal_eager_on_a_hybrid_model(peaky_gemma):
     """The compiled decode step on Gemma 3's mixed layers (each kind its own slots, mask and rotary): every step's
     logits within 1e-4 of eager and the same tokens, from a prompt that leaves both kinds of layer filling (compiled
     steps while the sliding ring and the full layers' fill, with their empty slots masked) through 300 steps, a
-    re-base of the frame included; one graph for both streams."""
+    re-base of the frame included; one graph for both streams; and with the full layers quantized."""
     from streamlib.caches.compiled import compile_count
 
     from conftest import decode_side_by_side
@@ -191,6 +189,10 @@ def test_compiled_steps_equal_eager_on_a_hybrid_model(peaky_gemma):
     assert worst < 1e-4 and compile_count() == before
     assert compiled.cache.position > policy.budget + compiled.cache.rebase_interval
     assert compiled.cache.get_seq_length() == eager.cache.get_seq_length()
+    # quantized full layers beside the sliding ones in full precision (the bound: tests/test_compiled.py's)
+    eager, compiled, worst = decode_side_by_side(peaky_gemma, StreamingLLM(2, 10, bits=8, residual=16), prompt[:, :3],
+                                                 120)
+    assert worst < 2e-3 and compiled.cache.static_state is not None
 
 
 def test_mistral_with_a_sliding_window_is_still_refused():

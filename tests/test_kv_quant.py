@@ -287,8 +287,8 @@ def test_bad_settings_name_the_parameter(make, match):
 
 
 def test_compiling_and_long_plain_calls_are_refused_with_directions(peaky_llama, ids):
-    with pytest.raises(ValueError, match="bits: compile=True takes a full-precision cache"):
-        StreamingLLM(4, 60, True, 4).compiled_form()
+    with pytest.raises(ValueError, match="quantize_sinks: compile=True takes full-precision sinks"):
+        StreamingLLM(4, 60, True, 4, quantize_sinks=True).compiled_form()
     cache = StreamingLLM(4, 60, True, 4, 16).make_cache(peaky_llama)
     with pytest.raises(ValueError, match="cross a block .* feed at most 16 tokens .* prefill_chunk_size=16"):
         peaky_llama(input_ids=ids[:, :20], cache=cache)

@@ -75,7 +75,8 @@ class CompiledDecoder:
         self._steps: dict[tuple, object] = {}  # one compiled step per cache geometry
 
     def _compiled_step(self, cache: SinkWindowCache):
-        geometry = tuple(dict.fromkeys((layer.spec, tuple(layer.keys.shape), layer.keys.dtype)
+        geometry = tuple(dict.fromkeys((layer.spec, tuple(layer.keys.shape), layer.keys.dtype,
+                                        layer.store.quant if layer.store is not None else None)
                                        for layer in cache.layers))
         if geometry not in self._steps:
             options = {}
@@ -108,15 +109,17 @@ class CompiledDecoder:
         if not self.can_step(cache):
             raise ValueError("cache: a compiled step needs a StreamingLLM or Window cache that holds at least its sink "
                              "tokens and one token; feed the prompt first")
+        cache.maybe_rebase()
+        cache.before_compiled_step()
         state = cache.static_state
         if state is None:
             state = cache.static_state = StaticState(cache, self.device)
             self._mark_static(state)
-        cache.maybe_rebase()
         state.sync()
         with cache.compiled_step(state):
             logits = self._compiled_step(cache)(self.model, cache, input_ids)
         state.mirror_step()
+        cache.after_compiled_step()
         if self.uses_cuda_graphs:
             logits = logits.clone()  # a CUDA graph writes its output buffer again at the next replay
         return logits
@@ -124,10 +127,7 @@ class CompiledDecoder:
     @staticmethod
     def _mark_static(state: StaticState) -> None:
         # CUDA graphs replay fixed addresses: tell dynamo these buffers never move, so it captures them in place
-        tensors = state.tensors()
-        for layer in state.cache.layers:
-            tensors += [layer.keys, layer.values] + ([layer.sink_keys] if layer.n_sink else [])
-        for t in tensors:
+        for t in state.tensors():
             torch._dynamo.mark_static_address(t)
 
 

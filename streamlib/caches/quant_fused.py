@@ -102,6 +102,13 @@ class FusedRebuilds:
 FUSED = FusedRebuilds()
 
 
+def static_arguments(store, layer) -> dict:
+    """The arguments of :func:`dequantized_slots` that fix its graph, for ``layer``'s ``store``."""
+    q, rotary = store.quant, layer.rotations.info.rotary_ndims
+    return dict(bits=q.bits, k_dim=store.recent_keys.shape[-1], group=store.group, key_group=store.key_group,
+                half=rotary // 2, rotary=rotary, per_channel=q.key_axis == "channel", fp_sinks=q.fp_sinks > 0)
+
+
 def rebuild(store, layer, plan) -> bool:
     """Rebuild ``layer``'s slots from ``store`` (a QuantizedStore) through the compiled :func:`dequantized_slots`,
     the full-precision tokens included, where it applies and the shape is hot: float32 on a CPU, slots shared by the
@@ -110,10 +117,8 @@ def rebuild(store, layer, plan) -> bool:
     if (keys.device.type != "cpu" or keys.dtype != torch.float32 or not plan.shared or store.sinks_requantized
             or FUSED_AFTER is None):
         return False
-    q = store.quant
-    per_channel = q.key_axis == "channel"
-    static = dict(bits=q.bits, k_dim=keys.shape[-1], group=store.group, key_group=store.key_group, half=plan.half,
-                  rotary=plan.rotary, per_channel=per_channel, fp_sinks=q.fp_sinks > 0)
+    static = static_arguments(store, layer)
+    per_channel = static["per_channel"]
     geometry = (tuple(store.codes.shape), tuple(store.key_scale.shape), store.key_scale.dtype,
                 tuple(store.recent_keys.shape), tuple(store.sink_values.shape), *static.values())
     cos, sin = plan.pairs

@@ -92,6 +92,8 @@ class QuantizedStore:
     def update(self, layer, key_states: torch.Tensor, value_states: torch.Tensor, step=None):
         """``layer``'s call: rebuild its slots from the store, let it place the tokens, keep them unrotated, and
         quantize a block at its end."""
+        if getattr(step, "compiled", False):  # a compiled decode step: no Python number may change per step
+            return self.update_static(layer, key_states, value_states, step)
         q = self.quant
         n, first = key_states.shape[-2], layer.position
         crossing = getattr(step, "block_keys", 0)
@@ -122,6 +124,31 @@ class QuantizedStore:
         self.recent_values[:, :, slot : slot + n] = value_states
         if (first + n) % q.residual == 0:
             self.quantize_block(layer, (first + n) // q.residual - 1)
+        return out
+
+    def update_static(self, layer, key_states: torch.Tensor, value_states: torch.Tensor, state):
+        """One token in a compiled decode step (``state``: the cache's
+        :class:`~streamlib.caches.ring.StaticState`): the rebuild of :func:`~streamlib.caches.quant_fused.
+        dequantized_slots` with the slots' positions, key-scale entries, rotations and full-precision sources worked
+        out on the device from the stream position, the layer's own static placement, and the token kept in the
+        current block. What changes the store's Python state (a block quantized at its end, the frame followed) the
+        decoder does on the host around the step."""
+        q = self.quant
+        positions = state.slot_positions(layer.spec)
+        seen = positions >= 0
+        recent = torch.where(seen & (positions // q.residual == state.t // q.residual), positions % q.residual, -1)
+        sink = torch.where(seen & (positions < q.fp_sinks), positions, -1)
+        cos, sin = (table.index_select(0, (positions - state.offset).clamp(min=0)).view(1, 1, len(positions), -1)
+                    for table in state.pair_tables(layer, self))
+        entry = self.block_entry(positions // q.residual)
+        quant_fused.dequantized_slots(
+            self.codes, self.value_scale, self.value_zero, self.key_scale, self.key_zero, entry, cos, sin,
+            self.recent_keys, self.recent_values, self.sink_values, recent, sink, layer.keys, layer.values,
+            **quant_fused.static_arguments(self, layer))
+        out = layer.place(key_states, value_states, state)
+        slot = torch.remainder(state.t, q.residual).view(1)
+        self.recent_keys.index_copy_(2, slot, key_states)
+        self.recent_values.index_copy_(2, slot, value_states)
         return out
 
     def follow_frame(self, layer) -> None:

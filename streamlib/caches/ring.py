@@ -218,6 +218,8 @@ class StaticState:
     follow their own spec) and advances ``t`` in place; the host mirrors the count in the layers' ``position`` without
     reading the device, so no step waits for the host."""
 
+    compiled = True  # what a layer's update tells this step from a chunk's plan by
+
     def __init__(self, cache, device):  # a SinkWindowCache
         self.cache = cache
         self.spec = cache.spec
@@ -229,11 +231,37 @@ class StaticState:
         self.slots = {spec: torch.arange(spec.slots, device=device) for spec in dict.fromkeys(
             layer.spec for layer in cache.layers)}
         self._on_device = (0, 0)  # (t, offset) as the device holds them, known without reading the device
+        self._pair_tables = None  # a quantized cache's rotation tables (pair_tables)
         self.sync()
 
     def tensors(self) -> list[torch.Tensor]:
         """The device tensors a step reads (a CUDA graph captures them in place)."""
-        return [self.t, self.offset, self.inv_freq, self.sink_slots, *self.slots.values()]
+        out = [self.t, self.offset, self.inv_freq, self.sink_slots, *self.slots.values()]
+        for layer in self.cache.layers:
+            out += [layer.keys, layer.values] + ([layer.sink_keys] if layer.n_sink else [])
+            if layer.store is not None:  # its codes, scales, current block and sinks, as the graph reads them
+                out += [t for t in vars(layer.store).values() if torch.is_tensor(t)]
+                out += list(self.pair_tables(layer, layer.store))
+        return out
+
+    def pair_tables(self, layer, store) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin per rotary pair for every delta a frame reaches (below the frame floor plus the re-base
+        interval, as the cache re-bases before each step), made once: a quantized layer's rebuild picks its slots'
+        rotations from them."""
+        if self._pair_tables is None:
+            n = self.cache.frame_floor + self.cache.rebase_interval + 1
+            self._pair_tables = store.scratch.head_tables(torch.arange(n, device=self.t.device), layer.rotations.info,
+                                                          store.recent_keys.shape[-1], self.t.device, pairs=True)
+        return self._pair_tables
+
+    def slot_positions(self, spec: SinkWindowSpec) -> torch.Tensor:
+        """The stream position of the token in each of ``spec``'s slots before the step's token is placed, -1 where
+        empty (the layer's ``slot_positions`` as a formula of ``t``, for a quantized layer's rebuild): the sinks,
+        then in ring slot ``j`` the last token before ``t`` whose slot it is."""
+        slots = self.slots[spec]
+        ring = slots - spec.n_sink
+        last = self.t - 1 - torch.remainder(self.t - 1 - spec.n_sink - ring, spec.window + 1)
+        return torch.where(ring < 0, slots, torch.where(last >= spec.n_sink, last, -1))
 
     def sync(self) -> None:
         """Bring the device tensors in line with the layers after eager work (a prompt fed, a re-base)."""

@@ -230,7 +230,11 @@ class SinkWindowCache(StreamingCache):
         self.static_state: StaticState | None = None  # made by the first compiled decode step
         # one shape for the whole stream: a compiled decode step can run on it (a hybrid model's sliding layers with
         # their own slots and mask)
-        self.fixed_shape = quant is None and not own_masks
+        quantized_sinks = quant is not None and quant.quantize_sinks and quant.n_sink > 0
+        self.fixed_shape = not own_masks and not quantized_sinks
+        if quantized_sinks:
+            self.why_not_compiled = ("its sinks are quantized: once their block is, the eager rebuild turns their "
+                                     "codes to the sinks' first rotation, which the compiled step does not")
         if own_masks:
             self.why_not_compiled = ("its layers' windows differ or change along the stream, so each query has a "
                                      "mask of its own")
@@ -279,6 +283,28 @@ class SinkWindowCache(StreamingCache):
         if empty and n <= self.plain_room():
             raise ValueError(f"n: a chunk that starts the stream must be longer than the cache "
                              f"({self.plain_room()} slots); {n} tokens fit one plain call")
+
+    def before_compiled_step(self) -> None:
+        """On the host before a compiled step (after a re-base): each quantized layer's slots at hand and its current
+        block's keys in the frame (:meth:`QuantizedStore.follow_frame`)."""
+        for layer in self.layers:
+            if layer.store is not None:
+                if layer.keys is None:
+                    layer.keys, layer.values = layer.store.slots(layer)
+                layer.store.follow_frame(layer)
+
+    def after_compiled_step(self) -> None:
+        """On the host after a compiled step: the block that step's token ended quantized, as an eager call would."""
+        if self.quant is not None and self.position % self.quant.residual == 0:
+            for layer in self.layers:
+                if layer.store is not None:
+                    layer.store.quantize_block(layer, self.position // self.quant.residual - 1)
+
+    def release_scratch(self) -> None:
+        """As :meth:`StreamingCache.release_scratch`, until a compiled step has run: from then on the scratch stays
+        where the compiled graph (a CUDA graph: at fixed addresses) took it."""
+        if self.static_state is None:
+            super().release_scratch()
 
     @contextmanager
     def compiled_step(self, state: "StaticState"):

@@ -225,11 +225,6 @@ class PolicyBase:
         return KVQuantSpec(bits, self.residual, self.key_axis, getattr(self, "n_sink", 0),
                            getattr(self, "quantize_sinks", False))
 
-    def check_not_quantized(self, what: str) -> None:
-        if getattr(self, "bits", 16) != 16:
-            raise ValueError(f"bits: {what} takes a full-precision cache; {self.label()} stores {self.bits}-bit codes "
-                             "(use bits=16, or compile=False)")
-
     def compiled_form(self, max_length: int | None = None) -> "PolicyBase":
         """The policy whose cache a compiled decode step runs on for a stream of at most ``max_length`` tokens (None:
         not known); a ValueError naming ``compile`` when there is none."""

@@ -69,8 +69,11 @@ class StreamingLLM(PolicyBase, name="streamingllm", title="StreamingLLM", form="
                             self.quantize_sinks)
 
     def compiled_form(self, max_length: int | None = None) -> "StreamingLLM":
-        """Itself: its cache keeps one shape for the whole stream (a full-precision one)."""
-        self.check_not_quantized("compile=True")
+        """Itself: its cache keeps one shape for the whole stream (a quantized one too, its sinks in full
+        precision)."""
+        if self.quantize_sinks and self.n_sink and self.bits != 16:
+            raise ValueError(f"quantize_sinks: compile=True takes full-precision sinks; {self.label()} quantizes "
+                             "them (use quantize_sinks=False, or compile=False)")
         return self
 
     @classmethod
