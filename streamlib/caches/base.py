@@ -97,8 +97,6 @@ class StreamingCache(PolicyCache, Cache):
         self._workspace = Workspace()
         if quant is not None:
             self.starts_in_chunk = False  # unless its chunks can cross the blocks of its residual (the cache says)
-            self.fixed_shape = False
-            self.why_not_compiled = "its keys and values are rebuilt from codes at every step"
         self.rotations = rotations
         self.rebase_interval = rebase_interval
         self.step = None  # the mode of the call in progress, handed to each layer's update

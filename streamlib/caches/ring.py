@@ -231,7 +231,11 @@ class StaticState:
         self.slots = {spec: torch.arange(spec.slots, device=device) for spec in dict.fromkeys(
             layer.spec for layer in cache.layers)}
         self._on_device = (0, 0)  # (t, offset) as the device holds them, known without reading the device
-        self._pair_tables = None  # a quantized cache's rotation tables (pair_tables)
+        self._pair_tables = None  # a quantized cache's rotation tables, made here: not while the step is traced
+        for layer in cache.layers:
+            if layer.store is not None:
+                self.pair_tables(layer, layer.store)
+                break
         self.sync()
 
     def tensors(self) -> list[torch.Tensor]:
@@ -246,8 +250,8 @@ class StaticState:
 
     def pair_tables(self, layer, store) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin per rotary pair for every delta a frame reaches (below the frame floor plus the re-base
-        interval, as the cache re-bases before each step), made once: a quantized layer's rebuild picks its slots'
-        rotations from them."""
+        interval, as the cache re-bases before each step), made once (the quantized layers share one rotary): a
+        quantized layer's rebuild picks its slots' rotations from them."""
         if self._pair_tables is None:
             n = self.cache.frame_floor + self.cache.rebase_interval + 1
             self._pair_tables = store.scratch.head_tables(torch.arange(n, device=self.t.device), layer.rotations.info,
