@@ -24,20 +24,25 @@ from streamlib.metrics.timing import time_generation
 from streamlib.policies import Dense, Recompute, StreamingLLM
 
 
+def timed_step(model, cache, token) -> tuple[torch.Tensor, float]:
+    """One greedy decode step: (the next token, its time in seconds, synchronised on CUDA)."""
+    cuda = token.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    token = decode_step(model, cache, token).argmax(-1, keepdim=True)
+    if cuda:
+        torch.cuda.synchronize()
+    return token, time.perf_counter() - t0
+
+
 @torch.inference_mode()
 def decode_steps(model, cache, first_token, steps: int) -> list[float]:
     """Times of ``steps`` greedy decode steps on a prefilled cache (synchronised on CUDA)."""
-    token = first_token
-    cuda = next(model.parameters()).device.type == "cuda"
-    times = []
+    token, times = first_token, []
     for _ in range(steps):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        token = decode_step(model, cache, token).argmax(-1, keepdim=True)
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        token, seconds = timed_step(model, cache, token)
+        times.append(seconds)
     return times
 
 

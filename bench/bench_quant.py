@@ -26,10 +26,9 @@ import time
 from pathlib import Path
 
 import torch
-from bench_policies import bench_model, bench_parser, prefilled
+from bench_policies import bench_model, bench_parser, prefilled, timed_step
 
 from streamlib.caches import quant_fused
-from streamlib.caches.generation import decode_step
 from streamlib.metrics.quality import token_nll
 from streamlib.policies import StreamingLLM
 
@@ -50,21 +49,13 @@ def steps_in_turn(model, policies: dict, fused_after: dict, steps: int, warmup: 
     for name in names:
         quant_fused.FUSED_AFTER = fused_after[name]
         state[name] = list(prefilled(model, policies[name], 2 * policies[name].budget))
-    cuda = next(model.parameters()).device.type == "cuda"
     times = {name: [] for name in names}
     for i in range(warmup + steps):
         for name in names[i % len(names):] + names[: i % len(names)]:
             quant_fused.FUSED_AFTER = fused_after[name]
-            cache, token = state[name]
-            if cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            token = decode_step(model, cache, token).argmax(-1, keepdim=True)
-            if cuda:
-                torch.cuda.synchronize()
-            state[name][1] = token
+            state[name][1], seconds = timed_step(model, *state[name])
             if i >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
     return times
 
 
